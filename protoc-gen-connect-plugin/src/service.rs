@@ -1,0 +1,184 @@
+//! Service code: prost-build hands every service to [`TemplateServiceGenerator`], which renders
+//! it through the handlebars templates into the package's file.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use handlebars::Handlebars;
+use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
+use prost_build::{Comments, Method, Service, ServiceGenerator};
+use prost_types::method_options::IdempotencyLevel;
+use serde::Serialize;
+
+/// Everything the service template sees. Field names are the template's variable names.
+#[derive(Debug, Serialize)]
+pub(crate) struct ServiceData {
+    /// Path of the runtime crate, e.g. `::connect_plugin`.
+    pub rt: String,
+    pub docs: String,
+    pub proto_name: String,
+    pub full_name: String,
+    pub const_prefix: String,
+    pub trait_name: String,
+    pub server_name: String,
+    pub client_name: String,
+    pub plugin_name: String,
+    pub plugin_id: String,
+    pub plugin_version: String,
+    pub methods: Vec<MethodData>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct MethodData {
+    pub proto_name: String,
+    pub rust_name: String,
+    pub const_name: String,
+    pub path: String,
+    pub input: String,
+    pub output: String,
+    pub docs: String,
+    pub kind: &'static str,
+    pub server_streaming: bool,
+    pub idempotency: &'static str,
+}
+
+/// Errors found while generating, collected because prost's `ServiceGenerator` cannot fail.
+pub(crate) type ErrorSink = Rc<RefCell<Vec<String>>>;
+
+pub(crate) struct TemplateServiceGenerator {
+    pub(crate) templates: Rc<Handlebars<'static>>,
+    pub(crate) runtime_crate: String,
+    pub(crate) plugin_version: String,
+    pub(crate) errors: ErrorSink,
+}
+
+impl ServiceGenerator for TemplateServiceGenerator {
+    fn generate(&mut self, service: Service, buf: &mut String) {
+        match self.service_data(&service) {
+            Ok(data) => match self.templates.render("service.rs", &data) {
+                Ok(code) => buf.push_str(&code),
+                Err(e) => self.errors.borrow_mut().push(format!(
+                    "rendering service {}: template error: {e}",
+                    data.full_name
+                )),
+            },
+            Err(e) => self.errors.borrow_mut().push(e),
+        }
+    }
+}
+
+impl TemplateServiceGenerator {
+    fn service_data(&self, service: &Service) -> Result<ServiceData, String> {
+        let full_name = if service.package.is_empty() {
+            service.proto_name.clone()
+        } else {
+            format!("{}.{}", service.package, service.proto_name)
+        };
+        let upper = service.proto_name.to_upper_camel_case();
+        let methods = service
+            .methods
+            .iter()
+            .map(|m| method_data(&full_name, &service.proto_name, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ServiceData {
+            rt: self.runtime_crate.clone(),
+            docs: doc_comments(&service.comments),
+            proto_name: service.proto_name.clone(),
+            full_name,
+            const_prefix: service.proto_name.to_shouty_snake_case(),
+            trait_name: sanitize(&upper),
+            server_name: format!("{upper}Server"),
+            client_name: format!("{upper}Client"),
+            plugin_name: format!("{upper}Plugin"),
+            plugin_id: plugin_id(&service.proto_name),
+            plugin_version: self.plugin_version.clone(),
+            methods,
+        })
+    }
+}
+
+/// connect-plugin-go's plugin name: the service name lower-cased, without a trailing
+/// `Service` (`KVService` is `kv`, `Logger` is `logger`).
+pub(crate) fn plugin_id(service: &str) -> String {
+    let trimmed = service.strip_suffix("Service").filter(|s| !s.is_empty());
+    trimmed.unwrap_or(service).to_lowercase()
+}
+
+fn method_data(full_name: &str, service: &str, method: &Method) -> Result<MethodData, String> {
+    let kind = match (method.client_streaming, method.server_streaming) {
+        (false, false) => "Unary",
+        (false, true) => "ServerStreaming",
+        (true, _) => {
+            return Err(format!(
+                "method {full_name}.{}: client and bidirectional streaming are not supported by this \
+                 version of protoc-gen-connect-plugin; use unary or server-streaming methods",
+                method.proto_name
+            ));
+        }
+    };
+    let idempotency = match method.options.idempotency_level() {
+        IdempotencyLevel::IdempotencyUnknown => "Unknown",
+        IdempotencyLevel::NoSideEffects => "NoSideEffects",
+        IdempotencyLevel::Idempotent => "Idempotent",
+    };
+    Ok(MethodData {
+        proto_name: method.proto_name.clone(),
+        rust_name: sanitize(&method.proto_name.to_snake_case()),
+        const_name: format!(
+            "{}_{}",
+            service.to_shouty_snake_case(),
+            method.proto_name.to_shouty_snake_case()
+        ),
+        path: format!("/{full_name}/{}", method.proto_name),
+        input: method.input_type.clone(),
+        output: method.output_type.clone(),
+        docs: doc_comments(&method.comments),
+        kind,
+        server_streaming: method.server_streaming,
+        idempotency,
+    })
+}
+
+/// Proto comments as `///` lines (prost's own sanitising: URLs and brackets made rustdoc-safe).
+fn doc_comments(comments: &Comments) -> String {
+    let mut docs = String::new();
+    comments.append_with_indent(0, &mut docs);
+    // Detached comments come out as `//` lines, which the formatter drops; keep only docs.
+    docs.lines()
+        .filter(|l| l.starts_with("///"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Escapes Rust keywords: raw identifiers where allowed, a trailing `_` otherwise.
+pub(crate) fn sanitize(ident: &str) -> String {
+    match ident {
+        "as" | "break" | "const" | "continue" | "else" | "enum" | "false" | "fn" | "for" | "if"
+        | "impl" | "in" | "let" | "loop" | "match" | "mod" | "move" | "mut" | "pub" | "ref"
+        | "return" | "static" | "struct" | "trait" | "true" | "type" | "unsafe" | "use"
+        | "where" | "while" | "dyn" | "abstract" | "become" | "box" | "do" | "final" | "macro"
+        | "override" | "priv" | "typeof" | "unsized" | "virtual" | "yield" | "async" | "await"
+        | "try" | "gen" => format!("r#{ident}"),
+        "_" | "super" | "self" | "Self" | "extern" | "crate" => format!("{ident}_"),
+        _ => ident.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_ids_follow_upstream() {
+        assert_eq!(plugin_id("KVService"), "kv");
+        assert_eq!(plugin_id("Logger"), "logger");
+        assert_eq!(plugin_id("Service"), "service");
+    }
+
+    #[test]
+    fn keywords_are_escaped() {
+        assert_eq!(sanitize("type"), "r#type");
+        assert_eq!(sanitize("self"), "self_");
+        assert_eq!(sanitize("get"), "get");
+    }
+}

@@ -1,0 +1,512 @@
+//! The Connect client transport: [`Channel`], a pooled HTTP connection to one base URL.
+//!
+//! Generated clients wrap a `Channel` and call [`Channel::unary`] or
+//! [`Channel::server_streaming`] with the method's descriptor. The client is strict about
+//! what servers send (spec §2.7): wrong content types, mismatched codecs and truncated streams
+//! are errors with the codes the spec assigns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::{self, Body};
+use crate::method::MethodDescriptor;
+use crate::protocol::codec::Message;
+use crate::protocol::envelope;
+use crate::protocol::headers::{
+    self, CONNECT_PROTOCOL_VERSION, CONNECT_TIMEOUT_MS, PROTOCOL_VERSION_1, TRAILER_PREFIX,
+};
+use crate::protocol::{Codec, error_json, timeout};
+use crate::server::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::stream::Streaming;
+use crate::{Code, Error, Request, Response};
+
+/// Which HTTP version a [`Channel`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HttpVersion {
+    /// HTTP/2 with prior knowledge (h2c) on `http://`: one multiplexed connection, the default.
+    #[default]
+    Http2,
+    /// HTTP/1.1: one request per connection at a time, pooled.
+    Http1,
+}
+
+/// A client connection to one Connect server (a plugin or a host), cheap to clone and share.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), connect_plugin::Error> {
+/// use connect_plugin::{Channel, Codec};
+///
+/// let channel = Channel::builder("http://127.0.0.1:8080")
+///     .codec(Codec::Json)
+///     .timeout(std::time::Duration::from_secs(5))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<ChannelInner>,
+}
+
+struct ChannelInner {
+    http: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    /// A routing prefix before `/<service>/<method>`, without a trailing slash ("" if none).
+    prefix: String,
+    base_url: String,
+    codec: Codec,
+    timeout: Option<Duration>,
+    max_message_size: usize,
+    metadata: HeaderMap,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("base_url", &self.inner.base_url)
+            .field("codec", &self.inner.codec)
+            .finish()
+    }
+}
+
+/// Builds a [`Channel`].
+#[derive(Debug)]
+pub struct ChannelBuilder {
+    base_url: String,
+    codec: Codec,
+    http_version: HttpVersion,
+    timeout: Option<Duration>,
+    connect_timeout: Duration,
+    max_message_size: usize,
+    metadata: HeaderMap,
+}
+
+impl ChannelBuilder {
+    /// The codec for requests: binary protobuf (default) or JSON.
+    #[must_use]
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The HTTP version (default: h2c).
+    #[must_use]
+    pub fn http_version(mut self, version: HttpVersion) -> Self {
+        self.http_version = version;
+        self
+    }
+
+    /// A default timeout for every call; a [`Request`]'s own timeout takes precedence.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long to wait for a TCP connection (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest response message accepted (default 4 MiB).
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Metadata sent with every call (a request's own metadata is added after it).
+    #[must_use]
+    pub fn metadata(mut self, metadata: HeaderMap) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Builds the channel. No connection is made until the first call.
+    ///
+    /// # Errors
+    /// `invalid_argument` if the base URL is not an absolute `http://` URL.
+    pub fn build(self) -> Result<Channel, Error> {
+        let bad = |why: &str| {
+            Error::invalid_argument(format!(
+                "invalid endpoint {:?}: {why} (expected something like http://127.0.0.1:8080)",
+                self.base_url
+            ))
+        };
+        let uri: Uri = self.base_url.parse().map_err(|_| bad("not a URL"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
+        if scheme != Scheme::HTTP {
+            return Err(bad("only http:// is supported by this client"));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        if uri.query().is_some() {
+            return Err(bad("a query string is not allowed"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.enforce_http(true);
+        let mut http = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        http.pool_idle_timeout(Duration::from_secs(90));
+        if self.http_version == HttpVersion::Http2 {
+            http.http2_only(true);
+        }
+        let http = http.build(connector);
+        Ok(Channel {
+            inner: Arc::new(ChannelInner {
+                http,
+                scheme,
+                authority,
+                prefix,
+                base_url: self.base_url,
+                codec: self.codec,
+                timeout: self.timeout,
+                max_message_size: self.max_message_size,
+                metadata: self.metadata,
+            }),
+        })
+    }
+}
+
+impl Channel {
+    /// A channel to `base_url` with the defaults (h2c, binary protobuf, no timeout).
+    ///
+    /// # Errors
+    /// `invalid_argument` if the URL is not an absolute `http://` URL.
+    pub fn new(base_url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(base_url).build()
+    }
+
+    /// A builder for a channel to `base_url`.
+    pub fn builder(base_url: impl Into<String>) -> ChannelBuilder {
+        ChannelBuilder {
+            base_url: base_url.into(),
+            codec: Codec::Proto,
+            http_version: HttpVersion::Http2,
+            timeout: None,
+            connect_timeout: Duration::from_secs(5),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            metadata: HeaderMap::new(),
+        }
+    }
+
+    /// The base URL calls go to.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// Calls a unary procedure.
+    ///
+    /// # Errors
+    /// The server's error, or a client-side one: `unavailable` if the server cannot be
+    /// reached, `deadline_exceeded` on timeout, `internal`/`unknown` for protocol violations.
+    pub async fn unary<Req: Message, Res: Message>(
+        &self,
+        method: &'static MethodDescriptor,
+        request: Request<Req>,
+    ) -> Result<Response<Res>, Error> {
+        let inner = &*self.inner;
+        let (message, metadata, timeout) = request.into_parts();
+        let timeout = timeout.or(inner.timeout);
+        let mut buf = BytesMut::new();
+        inner.codec.encode(&message, &mut buf)?;
+        let http_request = self.http_request(
+            method,
+            inner.codec.unary_content_type(),
+            metadata,
+            timeout,
+            Body::full(buf.freeze()),
+        )?;
+        let call = async {
+            let response = self.send(http_request).await?;
+            let (parts, body) = response.into_parts();
+            let (headers, trailers) = split_trailers(parts.headers);
+            if parts.status != StatusCode::OK {
+                return Err(error_from_response(parts.status, headers, trailers, body, inner).await);
+            }
+            // C3, C4: a success must carry our codec's unary content type.
+            check_content_type(&headers, inner.codec, false)?;
+            let bytes = body::read_to_bytes(body, inner.max_message_size)
+                .await
+                .map_err(client_side)?;
+            let message = inner.codec.decode::<Res>(bytes).map_err(|e| {
+                Error::internal(format!("cannot decode the response: {}", e.message()))
+            })?;
+            Ok(Response::from_parts(message, headers, trailers))
+        };
+        with_timeout(timeout, call).await
+    }
+
+    /// Calls a server-streaming procedure; returns once the server has sent its response
+    /// headers, with a [`Streaming`] to read the messages from.
+    ///
+    /// # Errors
+    /// As for [`Channel::unary`]; errors the server sends after the headers arrive through the
+    /// stream.
+    pub async fn server_streaming<Req: Message, Res: Message>(
+        &self,
+        method: &'static MethodDescriptor,
+        request: Request<Req>,
+    ) -> Result<Response<Streaming<Res>>, Error> {
+        let inner = &*self.inner;
+        let (message, metadata, timeout) = request.into_parts();
+        let timeout = timeout.or(inner.timeout);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut buf = BytesMut::new();
+        envelope::encode_with(&mut buf, 0, |b| inner.codec.encode(&message, b))?;
+        let http_request = self.http_request(
+            method,
+            inner.codec.stream_content_type(),
+            metadata,
+            timeout,
+            Body::full(buf.freeze()),
+        )?;
+        let call = async {
+            let response = self.send(http_request).await?;
+            let (parts, body) = response.into_parts();
+            if parts.status != StatusCode::OK {
+                let (headers, trailers) = split_trailers(parts.headers);
+                return Err(error_from_response(parts.status, headers, trailers, body, inner).await);
+            }
+            check_content_type(&parts.headers, inner.codec, true)?;
+            let stream = Streaming::new(body, inner.codec, inner.max_message_size, deadline);
+            Ok(Response::from_parts(stream, parts.headers, HeaderMap::new()))
+        };
+        with_timeout(timeout, call).await
+    }
+
+    fn http_request(
+        &self,
+        method: &'static MethodDescriptor,
+        content_type: HeaderValue,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+        body: Body,
+    ) -> Result<http::Request<Body>, Error> {
+        let inner = &*self.inner;
+        let path = if inner.prefix.is_empty() {
+            PathAndQuery::from_static(method.path)
+        } else {
+            PathAndQuery::try_from(format!("{}{}", inner.prefix, method.path))
+                .map_err(|e| Error::internal(format!("building the request path: {e}")))?
+        };
+        let uri = Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| Error::internal(format!("building the request URI: {e}")))?;
+        let mut request = http::Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.reserve(4 + inner.metadata.len() + metadata.len());
+        for (name, value) in inner.metadata.iter().chain(metadata.iter()) {
+            if !headers::is_protocol_header(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert(CONTENT_TYPE, content_type);
+        headers.insert(CONNECT_PROTOCOL_VERSION.clone(), PROTOCOL_VERSION_1.clone());
+        if let Some(timeout) = timeout {
+            headers.insert(CONNECT_TIMEOUT_MS.clone(), timeout::format(timeout));
+        }
+        Ok(request)
+    }
+
+    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Incoming>, Error> {
+        // Connection failures and resets alike mean the peer is not there (now): unavailable.
+        self.inner.http.request(request).await.map_err(|e| {
+            Error::unavailable(format!("calling {}: {}", self.inner.base_url, error_chain(&e)))
+        })
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn with_timeout<T>(
+    timeout: Option<Duration>,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match timeout {
+        None => call.await,
+        Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                Code::DeadlineExceeded,
+                format!("no response within the call's timeout of {} ms", t.as_millis()),
+            ))
+        }),
+    }
+}
+
+/// Errors the client detects itself while reading a response are reported as the spec's
+/// client-side codes rather than the server-side `invalid_argument`.
+fn client_side(error: Error) -> Error {
+    match error.code() {
+        Code::ResourceExhausted | Code::Canceled => error,
+        _ => Error::internal(error.message().to_owned()),
+    }
+}
+
+/// C7: `trailer-` headers are split off into trailers before anything else looks at them.
+fn split_trailers(headers: HeaderMap) -> (HeaderMap, HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().starts_with(TRAILER_PREFIX)) {
+        return (headers, HeaderMap::new());
+    }
+    let mut plain = HeaderMap::with_capacity(headers.len());
+    let mut trailers = HeaderMap::new();
+    let mut current = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let Some(name) = current.as_ref() else { continue };
+        match name.as_str().strip_prefix(TRAILER_PREFIX) {
+            Some(stripped) => {
+                if let Ok(stripped) = http::header::HeaderName::from_bytes(stripped.as_bytes()) {
+                    trailers.append(stripped, value);
+                }
+            }
+            None => {
+                plain.append(name.clone(), value);
+            }
+        }
+    }
+    (plain, trailers)
+}
+
+fn check_content_type(headers: &HeaderMap, codec: Codec, streaming: bool) -> Result<(), Error> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let (prefix, parsed) = if streaming {
+        (
+            &b"application/connect+"[..],
+            Codec::from_stream_content_type(content_type),
+        )
+    } else {
+        (&b"application/"[..], Codec::from_unary_content_type(content_type))
+    };
+    match parsed {
+        Some(got) if got == codec => Ok(()),
+        // C4: a Connect content type with another codec is `internal`.
+        _ if content_type.starts_with(prefix) => Err(Error::internal(format!(
+            "protocol error: asked for {} but the server answered with content type {:?}",
+            codec.name(),
+            String::from_utf8_lossy(content_type)
+        ))),
+        // C3: not a Connect response at all is `unknown`.
+        _ => Err(Error::new(
+            Code::Unknown,
+            format!(
+                "the server answered with content type {:?}, which is not a Connect response",
+                String::from_utf8_lossy(content_type)
+            ),
+        )),
+    }
+}
+
+/// Builds the error for a non-200 response: the JSON error body if there is a valid one
+/// (C2), otherwise the code mapped from the HTTP status (C1).
+async fn error_from_response(
+    status: StatusCode,
+    headers: HeaderMap,
+    trailers: HeaderMap,
+    body: Incoming,
+    inner: &ChannelInner,
+) -> Error {
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|ct| Codec::from_unary_content_type(ct.as_bytes()) == Some(Codec::Json));
+    let parsed = if is_json {
+        // An error body larger than the message limit is not worth reading.
+        match body::read_to_bytes(body, inner.max_message_size).await {
+            Ok(bytes) => error_json::decode_error(&bytes),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let mut error = parsed.unwrap_or_else(|| {
+        Error::new(
+            Code::from_http_status(status.as_u16()),
+            format!(
+                "HTTP status {status} from {} with no Connect error body",
+                inner.base_url
+            ),
+        )
+    });
+    let metadata = error.metadata_mut();
+    metadata.extend(headers);
+    metadata.extend(trailers);
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u7_trailer_headers_are_split_and_unprefixed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/proto"));
+        headers.append("trailer-x-count", HeaderValue::from_static("1"));
+        headers.append("trailer-x-count", HeaderValue::from_static("2"));
+        let (plain, trailers) = split_trailers(headers);
+        assert_eq!(plain.len(), 1);
+        assert_eq!(trailers.get_all("x-count").iter().count(), 2);
+    }
+
+    #[test]
+    fn c3_c4_response_content_type_checks() {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert_eq!(
+            check_content_type(&h, Codec::Proto, false).unwrap_err().code(),
+            Code::Internal
+        );
+        assert!(check_content_type(&h, Codec::Json, false).is_ok());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+        assert_eq!(
+            check_content_type(&h, Codec::Json, false).unwrap_err().code(),
+            Code::Unknown
+        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+        assert_eq!(
+            check_content_type(&h, Codec::Proto, true).unwrap_err().code(),
+            Code::Internal
+        );
+    }
+
+    #[test]
+    fn endpoint_validation_names_the_problem() {
+        let err = Channel::new("127.0.0.1:8080").unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("127.0.0.1:8080"), "{err}");
+        assert!(Channel::new("https://example.com").is_err());
+        assert!(Channel::new("http://127.0.0.1:1/prefix/").is_ok());
+    }
+}

@@ -1,0 +1,60 @@
+//! # connect-plugin
+//!
+//! A remote-first plugin system for Rust on the [Connect RPC protocol](https://connectrpc.com/docs/protocol).
+//! Plugins are separate processes (local or remote) that a host talks to over HTTP/1.1 or h2c,
+//! with typed servers, clients and plugin bindings generated from Protocol Buffers by
+//! `protoc-gen-connect-plugin`.
+//!
+//! ```no_run
+//! # mod kv { pub mod v1 { pub struct KvServicePlugin; } }
+//! use connect_plugin::{Channel, Server};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // plugin process: serve an implementation of the generated trait
+//! // Server::new().add_service(KvServicePlugin::server(MyStore::default()).into_service())
+//! //     .serve(listener).await?;
+//!
+//! // host: a typed client from the plugin binding
+//! let channel = Channel::new("http://127.0.0.1:8080")?;
+//! // let kv = connect_plugin::dispense::<KvServicePlugin>(&channel);
+//! // let got = kv.get(GetRequest { key: "k".into() }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Protocol support
+//! Connect protocol v1: unary POST with `application/proto` and `application/json`, server
+//! streaming with envelopes and the JSON end-stream message, the 16 error codes with their HTTP
+//! mapping and error details, metadata and `trailer-` headers, `Connect-Timeout-Ms`, message
+//! size limits, HTTP/1.1 and h2c on one port. Not yet: client and bidi streaming, GET,
+//! compression, TLS. gRPC and gRPC-Web are out of scope.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+// Generated code names this crate `::connect_plugin`, also inside the crate itself.
+extern crate self as connect_plugin;
+
+/// Generated code for connect-plugin's own protocol (`proto/connectplugin/**`): handshake,
+/// health, capability broker, lifecycle, plugin identity and service registry messages,
+/// servers and clients. Wire-compatible with connect-plugin-go.
+#[path = "gen/mod.rs"]
+pub mod proto;
+
+mod body;
+mod client;
+mod error;
+mod method;
+mod plugin;
+mod protocol;
+mod request;
+mod server;
+mod stream;
+
+pub use client::{Channel, ChannelBuilder, HttpVersion};
+pub use error::{Code, Error, ErrorDetail};
+pub use method::{Idempotency, MethodDescriptor, StreamKind};
+pub use plugin::{Plugin, PluginServer, dispense};
+pub use protocol::Codec;
+pub use protocol::codec::Message;
+pub use request::{IntoRequest, Request, Response};
+pub use server::{DEFAULT_MAX_MESSAGE_SIZE, Server, Service};
+pub use stream::{ServerStream, StreamSender, Streaming};

@@ -1,0 +1,229 @@
+//! The 5-byte envelope of streaming RPCs (rule S3): `flags:u8 | length:u32 BE | payload`.
+//!
+//! Flag `0x01` marks a compressed payload, `0x02` the end-stream message; the other six bits
+//! are reserved and rejected. The reader is incremental and bounded: it never buffers more than
+//! one frame's header plus the configured maximum payload, so a peer announcing a 4 GiB frame
+//! gets `resource_exhausted` instead of an allocation.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body::Body;
+
+use crate::{Code, Error};
+
+pub(crate) const FLAG_COMPRESSED: u8 = 0b01;
+pub(crate) const FLAG_END_STREAM: u8 = 0b10;
+pub(crate) const HEADER_LEN: usize = 5;
+
+/// One decoded envelope.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) flags: u8,
+    pub(crate) payload: Bytes,
+}
+
+impl Frame {
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.flags & FLAG_END_STREAM != 0
+    }
+}
+
+/// Reserves a header in `buf`, lets `write` append the payload, then patches the length in.
+/// Encoding in place saves the copy of building the payload first.
+pub(crate) fn encode_with(
+    buf: &mut BytesMut,
+    flags: u8,
+    write: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let start = buf.len();
+    buf.put_bytes(0, HEADER_LEN);
+    write(buf)?;
+    let len = buf.len() - start - HEADER_LEN;
+    let len = u32::try_from(len).map_err(|_| {
+        Error::new(
+            Code::ResourceExhausted,
+            format!("message of {len} bytes does not fit a Connect envelope (max 4 GiB)"),
+        )
+    })?;
+    buf[start] = flags;
+    buf[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Reads envelopes from an HTTP body, incrementally.
+pub(crate) struct EnvelopeReader<B> {
+    body: B,
+    buf: BytesMut,
+    max_message_size: usize,
+    body_done: bool,
+}
+
+impl<B> EnvelopeReader<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    pub(crate) fn new(body: B, max_message_size: usize) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            max_message_size,
+            body_done: false,
+        }
+    }
+
+    /// The next frame, `Ok(None)` at a clean end of body. A body that ends inside a frame is
+    /// an error (`invalid_argument`; clients re-map it as the spec requires).
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, Error>> {
+        loop {
+            if let Some(frame) = self.try_decode()? {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            if self.body_done {
+                return Poll::Ready(if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::new(
+                        Code::InvalidArgument,
+                        format!(
+                            "stream ended inside an envelope ({} trailing bytes)",
+                            self.buf.len()
+                        ),
+                    ))
+                });
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if self.buf.is_empty() {
+                            // Common case: reuse the chunk's allocation when nothing is pending.
+                            self.buf = BytesMut::from(data);
+                        } else {
+                            self.buf.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(Error::new(
+                        Code::Canceled,
+                        format!("reading stream body: {e}"),
+                    )));
+                }
+                None => self.body_done = true,
+            }
+        }
+    }
+
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    fn try_decode(&mut self) -> Result<Option<Frame>, Error> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let flags = self.buf[0];
+        if flags & !(FLAG_COMPRESSED | FLAG_END_STREAM) != 0 {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!("invalid envelope flags 0x{flags:02x}: only 0x01 and 0x02 are defined"),
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        // The end-stream message is small JSON; the limit is for data messages (rule U9).
+        if len > self.max_message_size && flags & FLAG_END_STREAM == 0 {
+            return Err(Error::new(
+                Code::ResourceExhausted,
+                format!(
+                    "message of {len} bytes exceeds the limit of {} bytes",
+                    self.max_message_size
+                ),
+            ));
+        }
+        if self.buf.len() < HEADER_LEN + len {
+            self.buf.reserve(HEADER_LEN + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(HEADER_LEN);
+        let payload = self.buf.split_to(len).freeze();
+        Ok(Some(Frame { flags, payload }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn body_of(chunks: Vec<Vec<u8>>) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok(http_body::Frame::data(Bytes::from(c))));
+        StreamBody::new(futures_util_iter(frames))
+    }
+
+    // A tiny iterator-backed stream so the tests need no extra crate.
+    fn futures_util_iter<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
+        IterStream(iter)
+    }
+    struct IterStream<I>(I);
+    impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+        type Item = I::Item;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<I::Item>> {
+            Poll::Ready(self.0.next())
+        }
+    }
+
+    fn envelope(flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        encode_with(&mut buf, flags, |b| {
+            b.extend_from_slice(payload);
+            Ok(())
+        })
+        .unwrap();
+        buf.to_vec()
+    }
+
+    #[tokio::test]
+    async fn s3_frames_split_across_chunks_are_reassembled() {
+        let mut wire = envelope(0, b"hello");
+        wire.extend(envelope(FLAG_END_STREAM, b"{}"));
+        // Split at every possible point.
+        for cut in 0..wire.len() {
+            let body = body_of(vec![wire[..cut].to_vec(), wire[cut..].to_vec()]);
+            let mut reader = EnvelopeReader::new(body, 1024);
+            let first = reader.next_frame().await.unwrap().unwrap();
+            assert_eq!((first.flags, &first.payload[..]), (0, &b"hello"[..]));
+            let end = reader.next_frame().await.unwrap().unwrap();
+            assert!(end.is_end_stream());
+            assert_eq!(&end.payload[..], b"{}");
+            assert!(reader.next_frame().await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn s3_reserved_flags_are_rejected() {
+        let mut reader = EnvelopeReader::new(body_of(vec![envelope(0x80, b"x")]), 1024);
+        let err = reader.next_frame().await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("0x80"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn u9_oversized_frame_is_resource_exhausted_before_buffering() {
+        // Announce 1 GiB but send only the header.
+        let wire = vec![0, 0x40, 0, 0, 0];
+        let mut reader = EnvelopeReader::new(body_of(vec![wire]), 1024);
+        let err = reader.next_frame().await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error_not_a_hang() {
+        let wire = envelope(0, b"hello");
+        let mut reader = EnvelopeReader::new(body_of(vec![wire[..7].to_vec()]), 1024);
+        assert!(reader.next_frame().await.is_err());
+    }
+}

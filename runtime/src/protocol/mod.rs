@@ -1,0 +1,14 @@
+//! The Connect protocol v1 wire format (connectrpc.com/docs/protocol) and nothing else.
+//!
+//! This module owns bytes on the wire: content types and codecs, the 5-byte envelope of
+//! streaming RPCs, the JSON error body and end-stream message, timeouts and protocol headers.
+//! It knows nothing of plugins, handshakes or registries; the server and client modules drive
+//! it, and the plugin system sits above them.
+
+pub(crate) mod codec;
+pub(crate) mod envelope;
+pub(crate) mod error_json;
+pub(crate) mod headers;
+pub(crate) mod timeout;
+
+pub use codec::Codec;
