@@ -3,6 +3,11 @@
 
 use crate::{Channel, Service};
 
+/// The default magic cookie key, shared with connect-plugin-go.
+pub const MAGIC_COOKIE_KEY: &str = "CONNECT_PLUGIN";
+/// The default magic cookie value, shared with connect-plugin-go.
+pub const MAGIC_COOKIE_VALUE: &str = "d3f40b3c2e1a5f8b9c4d7e6a1b2c3d4e";
+
 /// The binding of one plugin service, emitted by the generator as `<Service>Plugin`
 /// (for `kv.v1.KVService`: `KvServicePlugin`).
 ///
