@@ -1,0 +1,145 @@
+//! Helpers shared by the end-to-end tests: locating the repository and the pinned Node tools,
+//! launching the example plugins, and speaking raw HTTP/1.1 for bad-input tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use connect_plugin::{LaunchConfig, PluginProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// A tool from the pinned Node packages (`node_modules/.bin/<name>`). Fails the test, with
+/// the fix, when the packages are not installed: interop tests never skip quietly.
+pub fn node_tool(name: &str) -> PathBuf {
+    let path = repo_root().join("node_modules/.bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: the interop tests need the pinned Node packages. Run `npm ci` in {} \
+         (scripts/test.sh does this for you).",
+        path.display(),
+        repo_root().display()
+    );
+    path
+}
+
+/// The `node` executable, checked to exist.
+pub fn node() -> PathBuf {
+    node_tool("buf"); // also proves `npm ci` ran, so the connect-node packages are there
+    PathBuf::from("node")
+}
+
+/// Launches the example KV plugin as a real child process on a free port.
+pub async fn launch_kv_plugin(kv_plugin_bin: &str) -> PluginProcess {
+    PluginProcess::launch(
+        LaunchConfig::new("kv", kv_plugin_bin).start_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .expect("kv-plugin starts and prints its readiness line")
+}
+
+/// A raw HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines as (lower-cased name, value).
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `method path` with the given headers and body as raw bytes over a fresh TCP
+/// connection, and reads the whole response. Nothing between the test and the server can
+/// "fix" malformed input.
+pub async fn raw_http1(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("the server answers and closes within 10 s")
+        .expect("read");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> RawResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
