@@ -17,6 +17,7 @@ mod tree;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+
 use std::rc::Rc;
 
 use handlebars::Handlebars;
@@ -43,7 +44,17 @@ pub const GENERATED_HEADER: &str =
 pub fn run(request: &[u8]) -> CodeGeneratorResponse {
     let result = CodeGeneratorRequest::decode(request)
         .map_err(|e| format!("protoc-gen-connect-plugin: cannot decode the CodeGeneratorRequest on stdin ({e}); run me from protoc or buf, not by hand"))
-        .and_then(|request| generate(&request));
+        .and_then(|request| {
+            // A bug in here or in prost-build must still give protoc a readable answer.
+            std::panic::catch_unwind(|| generate(&request)).unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(format!("protoc-gen-connect-plugin: internal error ({why}); please report it with the .proto files that caused it"))
+            })
+        });
     let mut response = CodeGeneratorResponse {
         supported_features: Some(Feature::Proto3Optional as u64),
         ..Default::default()
@@ -63,11 +74,9 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
     let options = Options::parse(request.parameter()).map_err(|e| format!("protoc-gen-connect-plugin: {e}"))?;
     let templates = Rc::new(load_templates(&options)?);
 
-    let by_name: BTreeMap<&str, &FileDescriptorProto> =
-        request.proto_file.iter().map(|f| (f.name(), f)).collect();
-    let mut targets = Vec::new();
+    let mut packages = Vec::new();
     for name in &request.file_to_generate {
-        let file = by_name.get(name.as_str()).ok_or_else(|| {
+        let file = request.proto_file.iter().find(|f| f.name() == name).ok_or_else(|| {
             format!("protoc-gen-connect-plugin: {name} is listed for generation but its descriptor is missing from the request")
         })?;
         match file.syntax() {
@@ -78,11 +87,20 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
                 ));
             }
         }
-        targets.push((Module::from_protobuf_package_name(file.package()), (*file).clone()));
+        packages.push(file.package().to_owned());
     }
-    if targets.is_empty() {
+    packages.sort();
+    packages.dedup();
+    if packages.is_empty() {
         return Ok(Vec::new());
     }
+    // prost-build needs every file, imports included, to resolve field types (it panics on a
+    // type it has not seen); only the packages asked for are written out.
+    let all_files: Vec<(Module, FileDescriptorProto)> = request
+        .proto_file
+        .iter()
+        .map(|f| (Module::from_protobuf_package_name(f.package()), f.clone()))
+        .collect();
 
     let errors = Rc::new(RefCell::new(Vec::new()));
     let mut config = prost_build::Config::new();
@@ -94,6 +112,7 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
         // prost-types: turning off the built-in mapping frees `.google.protobuf` for ours.
         .compile_well_known_types()
         .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(".google.protobuf.Timestamp", timestamp_path(&options))
         .service_generator(Box::new(service::TemplateServiceGenerator {
             templates,
             runtime_crate: options.runtime_crate.clone(),
@@ -103,16 +122,11 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
     for (proto, rust) in &options.extern_paths {
         config.extern_path(proto, rust);
     }
-    let packages: Vec<String> = {
-        let mut p: Vec<String> = targets.iter().map(|(_, f)| f.package().to_owned()).collect();
-        p.sort();
-        p.dedup();
-        p
-    };
     let mut code = config
-        .generate(targets)
+        .generate(all_files)
         .map_err(|e| format!("protoc-gen-connect-plugin: prost-build failed: {e}"))?;
-    if let Some(first) = errors.borrow().first() {
+    // Services of imported packages were rendered too; only problems in ours count.
+    if let Some((_, first)) = errors.borrow().iter().find(|(p, _)| packages.contains(p)) {
         return Err(first.clone());
     }
 
@@ -140,6 +154,12 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
         });
     }
     Ok(files)
+}
+
+/// `google.protobuf.Timestamp` comes from the runtime, whose JSON form is canonical (`Z`);
+/// every other well-known type from pbjson-types.
+fn timestamp_path(options: &Options) -> String {
+    format!("{}::wkt::Timestamp", options.runtime_crate)
 }
 
 fn load_templates(options: &Options) -> Result<Handlebars<'static>, String> {
@@ -185,6 +205,7 @@ fn json_mapping(
         builder.register_file_descriptor(file.clone());
     }
     builder.extern_path(".google.protobuf", "::pbjson_types");
+    builder.extern_path(".google.protobuf.Timestamp", timestamp_path(&options));
     for (proto, rust) in &options.extern_paths {
         builder.extern_path(proto.clone(), rust.clone());
     }

@@ -43,7 +43,7 @@ pub(crate) struct MethodData {
 }
 
 /// Errors found while generating, collected because prost's `ServiceGenerator` cannot fail.
-pub(crate) type ErrorSink = Rc<RefCell<Vec<String>>>;
+pub(crate) type ErrorSink = Rc<RefCell<Vec<(String, String)>>>;
 
 pub(crate) struct TemplateServiceGenerator {
     pub(crate) templates: Rc<Handlebars<'static>>,
@@ -57,12 +57,12 @@ impl ServiceGenerator for TemplateServiceGenerator {
         match self.service_data(&service) {
             Ok(data) => match self.templates.render("service.rs", &data) {
                 Ok(code) => buf.push_str(&code),
-                Err(e) => self.errors.borrow_mut().push(format!(
-                    "rendering service {}: template error: {e}",
-                    data.full_name
+                Err(e) => self.errors.borrow_mut().push((
+                    service.package.clone(),
+                    format!("rendering service {}: template error: {e}", data.full_name),
                 )),
             },
-            Err(e) => self.errors.borrow_mut().push(e),
+            Err(e) => self.errors.borrow_mut().push((service.package.clone(), e)),
         }
     }
 }

@@ -20,7 +20,12 @@ fn workspace() -> PathBuf {
 /// Every generation target of the repository: (proto root, output dir, plugin parameter).
 fn targets() -> Vec<(PathBuf, PathBuf, &'static str)> {
     let root = workspace();
-    let mut targets = vec![(root.join("proto"), root.join("runtime/src/gen"), "")];
+    let fixtures = root.join("protoc-gen-connect-plugin/tests");
+    let mut targets = vec![
+        (root.join("proto"), root.join("runtime/src/gen"), ""),
+        // Golden output of the fixtures; it is compiled and served by tests/tests/golden.rs.
+        (fixtures.join("fixtures/proto"), fixtures.join("golden"), ""),
+    ];
     let mut examples: Vec<_> = std::fs::read_dir(root.join("examples"))
         .unwrap()
         .map(|e| e.unwrap().path())

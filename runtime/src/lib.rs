@@ -50,6 +50,7 @@ mod request;
 mod serve;
 mod server;
 mod stream;
+pub mod wkt;
 
 pub use client::{Channel, ChannelBuilder, HttpVersion};
 pub use error::{Code, Error, ErrorDetail};

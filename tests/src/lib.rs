@@ -1,6 +1,12 @@
 //! Helpers shared by the end-to-end tests: locating the repository and the pinned Node tools,
 //! launching the example plugins, and speaking raw HTTP/1.1 for bad-input tests.
 
+/// The generator's golden output (protoc-gen-connect-plugin/tests/golden), compiled here so a
+/// change that produces code which does not build fails the build, and served in
+/// `tests/golden.rs` so code that builds but misbehaves fails a test.
+#[path = "../../protoc-gen-connect-plugin/tests/golden/mod.rs"]
+pub mod golden;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -79,6 +79,9 @@ pub(crate) fn encode_error(error: &Error) -> Bytes {
 /// so the caller falls back to the HTTP status (rules C2, E1). An unknown code string maps to
 /// `unknown`.
 pub(crate) fn decode_error(body: &[u8]) -> Option<Error> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     let wire: WireErrorIn = serde_json::from_slice(body).ok()?;
     Some(from_wire(wire)?)
 }
@@ -152,6 +155,10 @@ pub(crate) fn decode_end_stream(payload: &[u8]) -> Result<(HeaderMap, Option<Err
             format!("protocol error: invalid end-stream message: {why}"),
         )
     };
+    // Serde would also accept a JSON array for a struct; the spec wants an object.
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return Err(invalid("not a JSON object"));
+    }
     let end: EndStreamIn =
         serde_json::from_slice(payload).map_err(|e| invalid(&e.to_string()))?;
     let mut trailers = HeaderMap::new();
@@ -195,6 +202,7 @@ mod tests {
         assert!(decode_error(br#"{}"#).is_none());
         assert!(decode_error(br#"{"code":null}"#).is_none());
         assert!(decode_error(b"not json").is_none());
+        assert!(decode_error(br#"["internal"]"#).is_none());
         let unknown = decode_error(br#"{"code":"teapot"}"#).unwrap();
         assert_eq!(unknown.code(), Code::Unknown);
     }

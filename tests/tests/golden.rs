@@ -1,0 +1,120 @@
+//! The golden fixture's generated code, served and called for real: keyword-named methods,
+//! well-known types and their JSON mapping, oneofs, maps, optional fields, imports across
+//! packages, several services in one file, and default `unimplemented` methods.
+
+use std::time::Duration;
+
+use connect_plugin::{Channel, Code, Codec, Error, Request, Response, Server, ServerStream};
+use connect_plugin_tests::golden::golden::common::v1::Page;
+use connect_plugin_tests::golden::golden::v1::{
+    AdminPlugin, AdminServer, EverythingService, EverythingServicePlugin, EverythingServiceServer,
+    LookupRequest, LookupResponse, Tock, TypeRequest, TypeResponse, type_request,
+};
+use connect_plugin_tests::raw_http1;
+use connect_plugin::wkt::Timestamp;
+use pbjson_types::Empty;
+
+struct Everything;
+
+impl EverythingService for Everything {
+    async fn r#type(&self, request: Request<TypeRequest>) -> Result<Response<TypeResponse>, Error> {
+        let m = request.into_message();
+        let size = m.counts.values().sum::<i64>() as i32 + m.self_.unwrap_or(0) as i32;
+        let token = match m.choice {
+            Some(type_request::Choice::Name(name)) => name,
+            Some(type_request::Choice::Number(n)) => n.to_string(),
+            None => String::new(),
+        };
+        Ok(Response::new(TypeResponse {
+            at: Some(Timestamp { seconds: 1, nanos: 500_000_000 }),
+            page: Some(Page { size, token: format!("{}:{token}", m.r#type) }),
+        }))
+    }
+
+    async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Error> {
+        Ok(Response::new(LookupResponse { id: request.into_message().id, score: 0.5 }))
+    }
+
+    async fn tick(&self, _: Request<Empty>) -> Result<Response<ServerStream<Tock>>, Error> {
+        let tocks = (0..3).map(|s| Tock { at: Some(Timestamp { seconds: s, nanos: 0 }) });
+        Ok(Response::new(ServerStream::from_iter(tocks.collect::<Vec<_>>())))
+    }
+    // `paged` is left to its default: unimplemented.
+}
+
+struct NoAdmin;
+impl connect_plugin_tests::golden::golden::v1::Admin for NoAdmin {}
+
+async fn serve() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new()
+        .add_service(EverythingServiceServer::new(Everything).into_service())
+        .add_service(AdminServer::new(NoAdmin).into_service());
+    tokio::spawn(server.serve(listener));
+    addr
+}
+
+#[tokio::test]
+async fn golden_services_serve_and_call_with_both_codecs() {
+    let addr = serve().await;
+    for codec in [Codec::Proto, Codec::Json] {
+        let channel = Channel::builder(format!("http://{addr}"))
+            .codec(codec)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let client = connect_plugin::dispense::<EverythingServicePlugin>(&channel);
+        let response = client
+            .r#type(TypeRequest {
+                r#type: "t".into(),
+                self_: Some(2),
+                counts: [("a".to_owned(), 3)].into(),
+                choice: Some(type_request::Choice::Number(7)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let page = response.message().page.clone().unwrap();
+        assert_eq!((page.size, page.token.as_str()), (5, "t:7"), "{codec:?}");
+        assert_eq!(response.message().at, Some(Timestamp { seconds: 1, nanos: 500_000_000 }));
+
+        let mut tick = client.tick(Empty {}).await.unwrap().into_message();
+        let mut seconds = Vec::new();
+        while let Some(tock) = tick.message().await.unwrap() {
+            seconds.push(tock.at.unwrap().seconds);
+        }
+        assert_eq!(seconds, [0, 1, 2]);
+
+        let err = client.paged(Page::default()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert_eq!(err.message(), "golden.v1.EverythingService.Paged is not implemented by this server");
+
+        let admin = connect_plugin::dispense::<AdminPlugin>(&channel);
+        assert_eq!(admin.reset(Empty {}).await.unwrap_err().code(), Code::Unimplemented);
+    }
+}
+
+#[tokio::test]
+async fn golden_json_mapping_is_canonical_proto3_json() {
+    let addr = serve().await;
+    // lowerCamel or original names accepted, int64 as strings, enum names, bytes as base64.
+    let request = br#"{"type":"t","self":"4","counts":{"a":"1","b":"2"},"name":"n","kind":"KIND_FAST","nested":[{"blob":"AQI="}]}"#;
+    let r = raw_http1(addr, "POST", "/golden.v1.EverythingService/Type", &[("content-type", "application/json")], request).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), r#"{"at":"1970-01-01T00:00:01.500Z","page":{"size":7,"token":"t:n"}}"#);
+}
+
+#[test]
+fn golden_descriptors_and_bindings() {
+    use connect_plugin::{Idempotency, Plugin, StreamKind};
+    use connect_plugin_tests::golden::golden::v1 as g;
+    assert_eq!(g::EVERYTHING_SERVICE_TYPE.path, "/golden.v1.EverythingService/Type");
+    assert_eq!(g::EVERYTHING_SERVICE_LOOKUP.idempotency, Idempotency::NoSideEffects);
+    assert_eq!(g::EVERYTHING_SERVICE_PAGED.idempotency, Idempotency::Idempotent);
+    assert_eq!(g::EVERYTHING_SERVICE_TICK.kind, StreamKind::ServerStreaming);
+    assert_eq!(EverythingServicePlugin::NAME, "everything");
+    assert_eq!(AdminPlugin::NAME, "admin");
+    assert_eq!(AdminPlugin::SERVICE_NAME, "golden.v1.Admin");
+    assert_eq!(EverythingServicePlugin::VERSION, "1.0.0");
+}
