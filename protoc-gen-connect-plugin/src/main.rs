@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use prost::Message as _;
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).is_some_and(|a| a == "--version" || a == "-V") {
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|a| a == "--version" || a == "-V")
+    {
         println!("protoc-gen-connect-plugin {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
@@ -16,7 +19,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let response = protoc_gen_connect_plugin::run(&input).encode_to_vec();
-    if let Err(e) = std::io::stdout().write_all(&response).and_then(|()| std::io::stdout().flush()) {
+    if let Err(e) = std::io::stdout()
+        .write_all(&response)
+        .and_then(|()| std::io::stdout().flush())
+    {
         eprintln!("protoc-gen-connect-plugin: writing the response to stdout: {e}");
         return ExitCode::FAILURE;
     }

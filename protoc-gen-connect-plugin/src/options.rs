@@ -81,7 +81,9 @@ impl Options {
                             "parameter `extern_path={value}`: the proto path must be fully qualified and start with a dot, e.g. `.{proto}`"
                         ));
                     }
-                    options.extern_paths.push((proto.to_owned(), rust.to_owned()));
+                    options
+                        .extern_paths
+                        .push((proto.to_owned(), rust.to_owned()));
                 }
                 other => {
                     return Err(format!(
@@ -97,7 +99,10 @@ impl Options {
 fn is_semver(v: &str) -> bool {
     let core = v.split(['-', '+']).next().unwrap_or_default();
     let parts: Vec<_> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Splits on commas not preceded by a backslash, and unescapes `\,`.
@@ -108,7 +113,9 @@ fn split_unescaped(s: &str) -> Vec<String> {
         match c {
             '\\' if chars.peek() == Some(&',') => {
                 chars.next();
-                items.last_mut().map(|i| i.push(','));
+                if let Some(item) = items.last_mut() {
+                    item.push(',');
+                }
             }
             ',' => items.push(String::new()),
             c => {
@@ -151,8 +158,20 @@ mod tests {
 
     #[test]
     fn bad_values_are_explained() {
-        assert!(Options::parse("extern_path=a.b=::x").unwrap_err().contains("start with a dot"));
-        assert!(Options::parse("plugin_version=1.0").unwrap_err().contains("semantic version"));
-        assert!(Options::parse("templates").unwrap_err().contains("needs a value"));
+        assert!(
+            Options::parse("extern_path=a.b=::x")
+                .unwrap_err()
+                .contains("start with a dot")
+        );
+        assert!(
+            Options::parse("plugin_version=1.0")
+                .unwrap_err()
+                .contains("semantic version")
+        );
+        assert!(
+            Options::parse("templates")
+                .unwrap_err()
+                .contains("needs a value")
+        );
     }
 }

@@ -57,9 +57,20 @@ mod tests {
     #[test]
     fn nested_packages_share_parents() {
         let tree = module_tree(&["a".into(), "a.b".into(), "c.d".into()]);
-        assert!(tree.contains("/// Protobuf package `a`.\npub mod a {\n    #![allow"), "{tree}");
-        assert!(tree.contains("    /// Protobuf package `c.d`.\n    pub mod d {"), "{tree}");
-        assert!(tree.contains("    include!(\"a.rs\");\n    /// Protobuf package `a.b`.\n    pub mod b {"), "{tree}");
+        assert!(
+            tree.contains("/// Protobuf package `a`.\npub mod a {\n    #![allow"),
+            "{tree}"
+        );
+        assert!(
+            tree.contains("    /// Protobuf package `c.d`.\n    pub mod d {"),
+            "{tree}"
+        );
+        assert!(
+            tree.contains(
+                "    include!(\"a.rs\");\n    /// Protobuf package `a.b`.\n    pub mod b {"
+            ),
+            "{tree}"
+        );
         assert!(tree.contains("pub mod c {\n"), "{tree}");
     }
 }

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Every generation target of the repository: (proto root, output dir, plugin parameter).
@@ -72,7 +75,11 @@ pub fn generate(proto_root: &Path, parameter: &str) -> BTreeMap<PathBuf, Vec<u8>
         .args(protos_under(proto_root))
         .status()
         .unwrap();
-    assert!(status.success(), "protoc failed on {}", proto_root.display());
+    assert!(
+        status.success(),
+        "protoc failed on {}",
+        proto_root.display()
+    );
     let files = read_tree(&out);
     std::fs::remove_dir_all(&out).unwrap();
     files

@@ -70,10 +70,11 @@ where
     let mut first: Option<Bytes> = None;
     let mut rest = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Error::new(crate::Code::Canceled, format!("reading body: {e}"))
-        })?;
-        let Ok(data) = frame.into_data() else { continue };
+        let frame =
+            frame.map_err(|e| Error::new(crate::Code::Canceled, format!("reading body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len() + data.len();
         if so_far > limit {
             return Err(Error::new(

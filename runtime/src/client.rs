@@ -235,7 +235,9 @@ impl Channel {
             let (parts, body) = response.into_parts();
             let (headers, trailers) = split_trailers(parts.headers);
             if parts.status != StatusCode::OK {
-                return Err(error_from_response(parts.status, headers, trailers, body, inner).await);
+                return Err(
+                    error_from_response(parts.status, headers, trailers, body, inner).await,
+                );
             }
             // C3, C4: a success must carry our codec's unary content type.
             check_content_type(&headers, inner.codec, false)?;
@@ -279,11 +281,17 @@ impl Channel {
             let (parts, body) = response.into_parts();
             if parts.status != StatusCode::OK {
                 let (headers, trailers) = split_trailers(parts.headers);
-                return Err(error_from_response(parts.status, headers, trailers, body, inner).await);
+                return Err(
+                    error_from_response(parts.status, headers, trailers, body, inner).await,
+                );
             }
             check_content_type(&parts.headers, inner.codec, true)?;
             let stream = Streaming::new(body, inner.codec, inner.max_message_size, deadline);
-            Ok(Response::from_parts(stream, parts.headers, HeaderMap::new()))
+            Ok(Response::from_parts(
+                stream,
+                parts.headers,
+                HeaderMap::new(),
+            ))
         };
         with_timeout(timeout, call).await
     }
@@ -330,7 +338,11 @@ impl Channel {
     async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Incoming>, Error> {
         // Connection failures and resets alike mean the peer is not there (now): unavailable.
         self.inner.http.request(request).await.map_err(|e| {
-            Error::unavailable(format!("calling {}: {}", self.inner.base_url, error_chain(&e)))
+            Error::unavailable(format!(
+                "calling {}: {}",
+                self.inner.base_url,
+                error_chain(&e)
+            ))
         })
     }
 }
@@ -355,7 +367,10 @@ async fn with_timeout<T>(
         Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| {
             Err(Error::new(
                 Code::DeadlineExceeded,
-                format!("no response within the call's timeout of {} ms", t.as_millis()),
+                format!(
+                    "no response within the call's timeout of {} ms",
+                    t.as_millis()
+                ),
             ))
         }),
     }
@@ -372,7 +387,10 @@ fn client_side(error: Error) -> Error {
 
 /// C7: `trailer-` headers are split off into trailers before anything else looks at them.
 fn split_trailers(headers: HeaderMap) -> (HeaderMap, HeaderMap) {
-    if !headers.keys().any(|k| k.as_str().starts_with(TRAILER_PREFIX)) {
+    if !headers
+        .keys()
+        .any(|k| k.as_str().starts_with(TRAILER_PREFIX))
+    {
         return (headers, HeaderMap::new());
     }
     let mut plain = HeaderMap::with_capacity(headers.len());
@@ -382,7 +400,9 @@ fn split_trailers(headers: HeaderMap) -> (HeaderMap, HeaderMap) {
         if let Some(name) = name {
             current = Some(name);
         }
-        let Some(name) = current.as_ref() else { continue };
+        let Some(name) = current.as_ref() else {
+            continue;
+        };
         match name.as_str().strip_prefix(TRAILER_PREFIX) {
             Some(stripped) => {
                 if let Ok(stripped) = http::header::HeaderName::from_bytes(stripped.as_bytes()) {
@@ -408,7 +428,10 @@ fn check_content_type(headers: &HeaderMap, codec: Codec, streaming: bool) -> Res
             Codec::from_stream_content_type(content_type),
         )
     } else {
-        (&b"application/"[..], Codec::from_unary_content_type(content_type))
+        (
+            &b"application/"[..],
+            Codec::from_unary_content_type(content_type),
+        )
     };
     match parsed {
         Some(got) if got == codec => Ok(()),
@@ -472,7 +495,10 @@ mod tests {
     #[test]
     fn u7_trailer_headers_are_split_and_unprefixed() {
         let mut headers = HeaderMap::new();
-        headers.insert("content-type", HeaderValue::from_static("application/proto"));
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/proto"),
+        );
         headers.append("trailer-x-count", HeaderValue::from_static("1"));
         headers.append("trailer-x-count", HeaderValue::from_static("2"));
         let (plain, trailers) = split_trailers(headers);
@@ -485,18 +511,27 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         assert_eq!(
-            check_content_type(&h, Codec::Proto, false).unwrap_err().code(),
+            check_content_type(&h, Codec::Proto, false)
+                .unwrap_err()
+                .code(),
             Code::Internal
         );
         assert!(check_content_type(&h, Codec::Json, false).is_ok());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
         assert_eq!(
-            check_content_type(&h, Codec::Json, false).unwrap_err().code(),
+            check_content_type(&h, Codec::Json, false)
+                .unwrap_err()
+                .code(),
             Code::Unknown
         );
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/connect+json"),
+        );
         assert_eq!(
-            check_content_type(&h, Codec::Proto, true).unwrap_err().code(),
+            check_content_type(&h, Codec::Proto, true)
+                .unwrap_err()
+                .code(),
             Code::Internal
         );
     }

@@ -160,7 +160,9 @@ impl PluginProcess {
                 return Err(Error::unavailable(format!(
                     "plugin {name:?} ({}) did not start: {why}{}",
                     program.display(),
-                    status.map(|s| format!("; it exited with {s}")).unwrap_or_default()
+                    status
+                        .map(|s| format!("; it exited with {s}"))
+                        .unwrap_or_default()
                 )));
             }
             Err(_) => {
@@ -213,17 +215,17 @@ impl PluginProcess {
     pub async fn shutdown(mut self, grace: Duration) -> Result<ExitStatus, Error> {
         drop(self.stdin.take());
         match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => status.map_err(|e| Error::internal(format!("waiting for plugin {:?}: {e}", self.name))),
+            Ok(status) => status
+                .map_err(|e| Error::internal(format!("waiting for plugin {:?}: {e}", self.name))),
             Err(_) => {
                 tracing::warn!(plugin = %self.name, "did not stop within {} ms; killing it", grace.as_millis());
                 self.child
                     .kill()
                     .await
                     .map_err(|e| Error::internal(format!("killing plugin {:?}: {e}", self.name)))?;
-                self.child
-                    .wait()
-                    .await
-                    .map_err(|e| Error::internal(format!("waiting for plugin {:?}: {e}", self.name)))
+                self.child.wait().await.map_err(|e| {
+                    Error::internal(format!("waiting for plugin {:?}: {e}", self.name))
+                })
             }
         }
     }
@@ -250,8 +252,14 @@ mod tests {
         let line = format!("{READY_PREFIX}{addr}{READY_SUFFIX}\n");
         assert_eq!(line, "CONNECT_PLUGIN|1|tcp|127.0.0.1:43123|connect\n");
         assert_eq!(parse_ready_line(&line), Some(addr));
-        assert_eq!(parse_ready_line("CONNECT_PLUGIN|2|tcp|127.0.0.1:1|connect"), None);
+        assert_eq!(
+            parse_ready_line("CONNECT_PLUGIN|2|tcp|127.0.0.1:1|connect"),
+            None
+        );
         assert_eq!(parse_ready_line("listening on 127.0.0.1:1"), None);
-        assert_eq!(parse_ready_line("CONNECT_PLUGIN|1|tcp|nonsense|connect"), None);
+        assert_eq!(
+            parse_ready_line("CONNECT_PLUGIN|1|tcp|nonsense|connect"),
+            None
+        );
     }
 }

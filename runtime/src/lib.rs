@@ -54,12 +54,12 @@ pub mod wkt;
 
 pub use client::{Channel, ChannelBuilder, HttpVersion};
 pub use error::{Code, Error, ErrorDetail};
-pub use method::{Idempotency, MethodDescriptor, StreamKind};
 pub use launch::{LaunchConfig, PluginProcess};
+pub use method::{Idempotency, MethodDescriptor, StreamKind};
 pub use plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, Plugin, PluginServer, dispense};
-pub use serve::{ServeConfig, addr_from_env, serve};
 pub use protocol::Codec;
 pub use protocol::codec::Message;
 pub use request::{IntoRequest, Request, Response};
+pub use serve::{ServeConfig, addr_from_env, serve};
 pub use server::{DEFAULT_MAX_MESSAGE_SIZE, Server, Service};
 pub use stream::{ServerStream, StreamSender, Streaming};

@@ -164,6 +164,14 @@ impl<T> Response<T> {
     }
 }
 
+/// A response reads as its message: `client.get(req).await?.found`.
+impl<T> std::ops::Deref for Response<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.message
+    }
+}
+
 impl<T> From<T> for Response<T> {
     fn from(message: T) -> Self {
         Response::new(message)

@@ -176,8 +176,8 @@ where
             let codec = call.codec;
             let started = tokio::time::Instant::now();
             let result = async {
-                let message = read_single_request::<Req>(call.body, codec, call.max_message_size)
-                    .await?;
+                let message =
+                    read_single_request::<Req>(call.body, codec, call.max_message_size).await?;
                 let request = Request::from_parts(message, call.headers, call.timeout);
                 with_deadline(call.timeout, (self.f)(request)).await
             }
@@ -275,8 +275,8 @@ fn unary_response<Res: Message>(codec: Codec, response: Response<Res>) -> http::
 /// A unary error response: the code's HTTP status and the JSON error body (rule U6).
 pub(crate) fn error_response(error: &Error) -> http::Response<Body> {
     let mut out = http::Response::new(Body::full(error_json::encode_error(error)));
-    *out.status_mut() =
-        StatusCode::from_u16(error.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *out.status_mut() = StatusCode::from_u16(error.code().http_status())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     out.headers_mut()
         .insert(CONTENT_TYPE, APPLICATION_JSON.clone());
     copy_user_headers(error.metadata(), out.headers_mut());
@@ -373,12 +373,12 @@ impl Router {
             }
         };
         // U8: a present but wrong protocol version is rejected.
-        if let Some(version) = parts.headers.get(&CONNECT_PROTOCOL_VERSION) {
-            if version != "1" {
-                return reject(Error::invalid_argument(format!(
-                    "unsupported Connect-Protocol-Version {version:?}: this server speaks version 1"
-                )));
-            }
+        if let Some(version) = parts.headers.get(&CONNECT_PROTOCOL_VERSION)
+            && version != "1"
+        {
+            return reject(Error::invalid_argument(format!(
+                "unsupported Connect-Protocol-Version {version:?}: this server speaks version 1"
+            )));
         }
         let timeout = match parts.headers.get(&CONNECT_TIMEOUT_MS).map(timeout::parse) {
             None => None,
@@ -391,12 +391,12 @@ impl Router {
         } else {
             http::header::CONTENT_ENCODING
         };
-        if let Some(encoding) = parts.headers.get(&encoding_header) {
-            if encoding != "identity" {
-                return reject(Error::unimplemented(format!(
-                    "unsupported compression {encoding:?}: this server supports identity"
-                )));
-            }
+        if let Some(encoding) = parts.headers.get(&encoding_header)
+            && encoding != "identity"
+        {
+            return reject(Error::unimplemented(format!(
+                "unsupported compression {encoding:?}: this server supports identity"
+            )));
         }
         let call = Call {
             headers: parts.headers,
@@ -469,7 +469,10 @@ impl Server {
                 )
                 .is_some()
             {
-                tracing::warn!(path = method.path, "procedure registered twice; the last one wins");
+                tracing::warn!(
+                    path = method.path,
+                    "procedure registered twice; the last one wins"
+                );
             }
         }
         self

@@ -56,13 +56,12 @@ impl<T: Send + 'static> ServerStream<T> {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         (StreamSender { tx }, Self::new(ReceiverStream(rx)))
     }
+}
 
-    /// A stream of the given messages.
-    pub fn from_iter<I>(messages: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        I::IntoIter: Send + Unpin + 'static,
-    {
+/// A stream of the collected messages: `messages.into_iter().collect::<ServerStream<_>>()`.
+impl<T: Send + 'static> FromIterator<T> for ServerStream<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(messages: I) -> Self {
+        let messages: Vec<T> = messages.into_iter().collect();
         Self::new(IterStream(messages.into_iter()))
     }
 }
@@ -132,7 +131,10 @@ impl<T> Stream for ReceiverStream<T> {
 
 struct IterStream<I>(I);
 
-impl<I: Iterator + Unpin, T> Stream for IterStream<I>
+// The iterator is never pinned in place: it is only ever moved and called through `&mut`.
+impl<I> Unpin for IterStream<I> {}
+
+impl<I, T> Stream for IterStream<I>
 where
     I: Iterator<Item = T>,
 {
@@ -204,11 +206,11 @@ impl<T: Message> http_body::Body for ResponseStreamBody<T> {
         let Some(stream) = this.stream.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                let err = Error::new(Code::DeadlineExceeded, "the call's timeout expired");
-                return Poll::Ready(Some(Ok(http_body::Frame::data(this.end(Some(&err))))));
-            }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            let err = Error::new(Code::DeadlineExceeded, "the call's timeout expired");
+            return Poll::Ready(Some(Ok(http_body::Frame::data(this.end(Some(&err))))));
         }
         let data = match ready!(Pin::new(stream).poll_next(cx)) {
             Some(Ok(message)) => {
@@ -286,13 +288,13 @@ impl<T: Message> Stream for Streaming<T> {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return this.fail(Error::new(
-                    Code::DeadlineExceeded,
-                    "the call's timeout expired while reading the stream",
-                ));
-            }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return this.fail(Error::new(
+                Code::DeadlineExceeded,
+                "the call's timeout expired while reading the stream",
+            ));
         }
         let frame = match ready!(this.reader.poll_frame(cx)) {
             Ok(Some(frame)) => frame,
@@ -332,7 +334,10 @@ impl<T: Message> Stream for Streaming<T> {
             Ok(message) => Poll::Ready(Some(Ok(message))),
             Err(err) => this.fail(Error::new(
                 Code::Internal,
-                format!("cannot decode a streamed response message: {}", err.message()),
+                format!(
+                    "cannot decode a streamed response message: {}",
+                    err.message()
+                ),
             )),
         }
     }
@@ -340,6 +345,8 @@ impl<T: Message> Stream for Streaming<T> {
 
 impl<T> std::fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Streaming").field("done", &self.done).finish()
+        f.debug_struct("Streaming")
+            .field("done", &self.done)
+            .finish()
     }
 }

@@ -105,7 +105,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 impl Timestamp {
     fn to_rfc3339(self) -> Result<String, String> {
-        if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.seconds) || !(0..1_000_000_000).contains(&self.nanos) {
+        if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.seconds)
+            || !(0..1_000_000_000).contains(&self.nanos)
+        {
             return Err(format!(
                 "Timestamp {{ seconds: {}, nanos: {} }} is outside 0001-01-01..9999-12-31 or has invalid nanos",
                 self.seconds, self.nanos
@@ -136,17 +138,27 @@ impl Timestamp {
         let num = |r: std::ops::Range<usize>| -> Option<i64> {
             let part = b.get(r)?;
             part.iter().all(u8::is_ascii_digit).then(|| {
-                part.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'))
+                part.iter()
+                    .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'))
             })
         };
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't')
-            || b[13] != b':' || b[16] != b':'
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't')
+            || b[13] != b':'
+            || b[16] != b':'
         {
             return None;
         }
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
             return None;
         }
         let mut i = 19;
@@ -180,13 +192,15 @@ impl Timestamp {
         if (real_month, real_day) != (month, day) {
             return None; // e.g. February 30
         }
-        let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60
-            + second
-            - offset * 60;
-        (MIN_SECONDS..=MAX_SECONDS).contains(&seconds).then_some(Timestamp {
-            seconds,
-            nanos: nanos as i32,
-        })
+        let seconds =
+            days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+                - offset * 60;
+        (MIN_SECONDS..=MAX_SECONDS)
+            .contains(&seconds)
+            .then_some(Timestamp {
+                seconds,
+                nanos: nanos as i32,
+            })
     }
 }
 
@@ -218,24 +232,98 @@ mod tests {
 
     #[test]
     fn timestamps_use_z_and_3_6_or_9_fraction_digits() {
-        assert_eq!(json(Timestamp { seconds: 0, nanos: 0 }), r#""1970-01-01T00:00:00Z""#);
-        assert_eq!(json(Timestamp { seconds: 1, nanos: 500_000_000 }), r#""1970-01-01T00:00:01.500Z""#);
-        assert_eq!(json(Timestamp { seconds: 1, nanos: 1_000 }), r#""1970-01-01T00:00:01.000001Z""#);
-        assert_eq!(json(Timestamp { seconds: 1, nanos: 1 }), r#""1970-01-01T00:00:01.000000001Z""#);
-        assert_eq!(json(Timestamp { seconds: MIN_SECONDS, nanos: 0 }), r#""0001-01-01T00:00:00Z""#);
-        assert_eq!(json(Timestamp { seconds: MAX_SECONDS, nanos: 999_999_999 }), r#""9999-12-31T23:59:59.999999999Z""#);
-        assert_eq!(json(Timestamp { seconds: 68_688_000, nanos: 0 }), r#""1972-03-06T00:00:00Z""#);
-        assert!(serde_json::to_string(&Timestamp { seconds: MAX_SECONDS + 1, nanos: 0 }).is_err());
-        assert!(serde_json::to_string(&Timestamp { seconds: 0, nanos: -1 }).is_err());
+        assert_eq!(
+            json(Timestamp {
+                seconds: 0,
+                nanos: 0
+            }),
+            r#""1970-01-01T00:00:00Z""#
+        );
+        assert_eq!(
+            json(Timestamp {
+                seconds: 1,
+                nanos: 500_000_000
+            }),
+            r#""1970-01-01T00:00:01.500Z""#
+        );
+        assert_eq!(
+            json(Timestamp {
+                seconds: 1,
+                nanos: 1_000
+            }),
+            r#""1970-01-01T00:00:01.000001Z""#
+        );
+        assert_eq!(
+            json(Timestamp {
+                seconds: 1,
+                nanos: 1
+            }),
+            r#""1970-01-01T00:00:01.000000001Z""#
+        );
+        assert_eq!(
+            json(Timestamp {
+                seconds: MIN_SECONDS,
+                nanos: 0
+            }),
+            r#""0001-01-01T00:00:00Z""#
+        );
+        assert_eq!(
+            json(Timestamp {
+                seconds: MAX_SECONDS,
+                nanos: 999_999_999
+            }),
+            r#""9999-12-31T23:59:59.999999999Z""#
+        );
+        assert_eq!(
+            json(Timestamp {
+                seconds: 68_688_000,
+                nanos: 0
+            }),
+            r#""1972-03-06T00:00:00Z""#
+        );
+        assert!(
+            serde_json::to_string(&Timestamp {
+                seconds: MAX_SECONDS + 1,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            serde_json::to_string(&Timestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_err()
+        );
     }
 
     #[test]
     fn timestamps_parse_offsets_and_fractions() {
         let parse = |s: &str| serde_json::from_str::<Timestamp>(&format!("{s:?}"));
-        assert_eq!(parse("1970-01-01T00:00:01.5Z").unwrap(), Timestamp { seconds: 1, nanos: 500_000_000 });
-        assert_eq!(parse("1970-01-01T01:00:00+01:00").unwrap(), Timestamp { seconds: 0, nanos: 0 });
+        assert_eq!(
+            parse("1970-01-01T00:00:01.5Z").unwrap(),
+            Timestamp {
+                seconds: 1,
+                nanos: 500_000_000
+            }
+        );
+        assert_eq!(
+            parse("1970-01-01T01:00:00+01:00").unwrap(),
+            Timestamp {
+                seconds: 0,
+                nanos: 0
+            }
+        );
         assert_eq!(parse("1969-12-31T23:59:59-00:00").unwrap().seconds, -1);
-        for bad in ["1970-01-01", "1970-02-30T00:00:00Z", "1970-01-01T00:00:00", "1970-01-01T24:00:00Z", "1970-01-01T00:00:00.Z", "1970-01-01T00:00:00.1234567891Z", "x"] {
+        for bad in [
+            "1970-01-01",
+            "1970-02-30T00:00:00Z",
+            "1970-01-01T00:00:00",
+            "1970-01-01T24:00:00Z",
+            "1970-01-01T00:00:00.Z",
+            "1970-01-01T00:00:00.1234567891Z",
+            "x",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
@@ -243,7 +331,10 @@ mod tests {
     #[test]
     fn round_trip_through_json_across_the_range() {
         for seconds in [MIN_SECONDS, -1, 0, 951_782_400, 4_107_542_400, MAX_SECONDS] {
-            let t = Timestamp { seconds, nanos: 123_000_000 };
+            let t = Timestamp {
+                seconds,
+                nanos: 123_000_000,
+            };
             let back: Timestamp = serde_json::from_str(&json(t)).unwrap();
             assert_eq!(back, t);
         }
@@ -251,7 +342,10 @@ mod tests {
 
     #[test]
     fn system_time_conversions() {
-        let t = Timestamp { seconds: -2, nanos: 250_000_000 };
+        let t = Timestamp {
+            seconds: -2,
+            nanos: 250_000_000,
+        };
         let st: SystemTime = t.try_into().unwrap();
         assert_eq!(Timestamp::from(st), t);
     }

@@ -5,7 +5,7 @@
 /// change that produces code which does not build fails the build, and served in
 /// `tests/golden.rs` so code that builds but misbehaves fails a test.
 #[path = "../../protoc-gen-connect-plugin/tests/golden/mod.rs"]
-pub mod golden;
+pub mod fixtures;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -139,8 +139,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16)
-            .unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
+use connect_plugin::wkt::Timestamp;
 use connect_plugin::{Channel, Code, Codec, Error, Request, Response, Server, ServerStream};
-use connect_plugin_tests::golden::golden::common::v1::Page;
-use connect_plugin_tests::golden::golden::v1::{
+use connect_plugin_tests::fixtures::golden::common::v1::Page;
+use connect_plugin_tests::fixtures::golden::v1::{
     AdminPlugin, AdminServer, EverythingService, EverythingServicePlugin, EverythingServiceServer,
     LookupRequest, LookupResponse, Tock, TypeRequest, TypeResponse, type_request,
 };
 use connect_plugin_tests::raw_http1;
-use connect_plugin::wkt::Timestamp;
 use pbjson_types::Empty;
 
 struct Everything;
@@ -26,24 +26,41 @@ impl EverythingService for Everything {
             None => String::new(),
         };
         Ok(Response::new(TypeResponse {
-            at: Some(Timestamp { seconds: 1, nanos: 500_000_000 }),
-            page: Some(Page { size, token: format!("{}:{token}", m.r#type) }),
+            at: Some(Timestamp {
+                seconds: 1,
+                nanos: 500_000_000,
+            }),
+            page: Some(Page {
+                size,
+                token: format!("{}:{token}", m.r#type),
+            }),
         }))
     }
 
-    async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Error> {
-        Ok(Response::new(LookupResponse { id: request.into_message().id, score: 0.5 }))
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Error> {
+        Ok(Response::new(LookupResponse {
+            id: request.into_message().id,
+            score: 0.5,
+        }))
     }
 
     async fn tick(&self, _: Request<Empty>) -> Result<Response<ServerStream<Tock>>, Error> {
-        let tocks = (0..3).map(|s| Tock { at: Some(Timestamp { seconds: s, nanos: 0 }) });
-        Ok(Response::new(ServerStream::from_iter(tocks.collect::<Vec<_>>())))
+        let tocks = (0..3).map(|s| Tock {
+            at: Some(Timestamp {
+                seconds: s,
+                nanos: 0,
+            }),
+        });
+        Ok(Response::new(tocks.collect::<ServerStream<_>>()))
     }
     // `paged` is left to its default: unimplemented.
 }
 
 struct NoAdmin;
-impl connect_plugin_tests::golden::golden::v1::Admin for NoAdmin {}
+impl connect_plugin_tests::fixtures::golden::v1::Admin for NoAdmin {}
 
 async fn serve() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -77,7 +94,13 @@ async fn golden_services_serve_and_call_with_both_codecs() {
             .unwrap();
         let page = response.message().page.clone().unwrap();
         assert_eq!((page.size, page.token.as_str()), (5, "t:7"), "{codec:?}");
-        assert_eq!(response.message().at, Some(Timestamp { seconds: 1, nanos: 500_000_000 }));
+        assert_eq!(
+            response.message().at,
+            Some(Timestamp {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
 
         let mut tick = client.tick(Empty {}).await.unwrap().into_message();
         let mut seconds = Vec::new();
@@ -88,10 +111,16 @@ async fn golden_services_serve_and_call_with_both_codecs() {
 
         let err = client.paged(Page::default()).await.unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
-        assert_eq!(err.message(), "golden.v1.EverythingService.Paged is not implemented by this server");
+        assert_eq!(
+            err.message(),
+            "golden.v1.EverythingService.Paged is not implemented by this server"
+        );
 
         let admin = connect_plugin::dispense::<AdminPlugin>(&channel);
-        assert_eq!(admin.reset(Empty {}).await.unwrap_err().code(), Code::Unimplemented);
+        assert_eq!(
+            admin.reset(Empty {}).await.unwrap_err().code(),
+            Code::Unimplemented
+        );
     }
 }
 
@@ -100,18 +129,37 @@ async fn golden_json_mapping_is_canonical_proto3_json() {
     let addr = serve().await;
     // lowerCamel or original names accepted, int64 as strings, enum names, bytes as base64.
     let request = br#"{"type":"t","self":"4","counts":{"a":"1","b":"2"},"name":"n","kind":"KIND_FAST","nested":[{"blob":"AQI="}]}"#;
-    let r = raw_http1(addr, "POST", "/golden.v1.EverythingService/Type", &[("content-type", "application/json")], request).await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/golden.v1.EverythingService/Type",
+        &[("content-type", "application/json")],
+        request,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.text(), r#"{"at":"1970-01-01T00:00:01.500Z","page":{"size":7,"token":"t:n"}}"#);
+    assert_eq!(
+        r.text(),
+        r#"{"at":"1970-01-01T00:00:01.500Z","page":{"size":7,"token":"t:n"}}"#
+    );
 }
 
 #[test]
 fn golden_descriptors_and_bindings() {
     use connect_plugin::{Idempotency, Plugin, StreamKind};
-    use connect_plugin_tests::golden::golden::v1 as g;
-    assert_eq!(g::EVERYTHING_SERVICE_TYPE.path, "/golden.v1.EverythingService/Type");
-    assert_eq!(g::EVERYTHING_SERVICE_LOOKUP.idempotency, Idempotency::NoSideEffects);
-    assert_eq!(g::EVERYTHING_SERVICE_PAGED.idempotency, Idempotency::Idempotent);
+    use connect_plugin_tests::fixtures::golden::v1 as g;
+    assert_eq!(
+        g::EVERYTHING_SERVICE_TYPE.path,
+        "/golden.v1.EverythingService/Type"
+    );
+    assert_eq!(
+        g::EVERYTHING_SERVICE_LOOKUP.idempotency,
+        Idempotency::NoSideEffects
+    );
+    assert_eq!(
+        g::EVERYTHING_SERVICE_PAGED.idempotency,
+        Idempotency::Idempotent
+    );
     assert_eq!(g::EVERYTHING_SERVICE_TICK.kind, StreamKind::ServerStreaming);
     assert_eq!(EverythingServicePlugin::NAME, "everything");
     assert_eq!(AdminPlugin::NAME, "admin");

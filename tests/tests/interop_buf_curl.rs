@@ -15,8 +15,18 @@ fn buf_curl(url: &str, h2c: bool, method: &str, data: &str) -> tokio::process::C
     let mut command = tokio::process::Command::new(node_tool("buf"));
     command
         .current_dir(repo_root())
-        .args(["curl", "--schema", "examples/kv/proto", "--protocol", "connect"])
-        .args(if h2c { &["--http2-prior-knowledge"][..] } else { &[] })
+        .args([
+            "curl",
+            "--schema",
+            "examples/kv/proto",
+            "--protocol",
+            "connect",
+        ])
+        .args(if h2c {
+            &["--http2-prior-knowledge"][..]
+        } else {
+            &[]
+        })
         .args(["-d", data])
         .arg(format!("{url}/kv.v1.KVService/{method}"))
         .kill_on_drop(true);
@@ -41,13 +51,23 @@ async fn buf_curl_calls_our_plugin_unary_and_errors() {
     let url = plugin.endpoint();
     for h2c in [false, true] {
         let key = if h2c { "h2c" } else { "http1" };
-        let (ok, out, err) = run(buf_curl(&url, h2c, "Put", &format!(r#"{{"key":"{key}","value":"dmFsdWU="}}"#))).await;
+        let (ok, out, err) = run(buf_curl(
+            &url,
+            h2c,
+            "Put",
+            &format!(r#"{{"key":"{key}","value":"dmFsdWU="}}"#),
+        ))
+        .await;
         assert!(ok, "Put failed: {out} {err}");
         assert_eq!(out.trim(), "{}");
 
-        let (ok, out, err) = run(buf_curl(&url, h2c, "Get", &format!(r#"{{"key":"{key}"}}"#))).await;
+        let (ok, out, err) =
+            run(buf_curl(&url, h2c, "Get", &format!(r#"{{"key":"{key}"}}"#))).await;
         assert!(ok, "Get failed: {out} {err}");
-        assert!(out.contains(r#""value": "dmFsdWU=""#) && out.contains(r#""found": true"#), "{out}");
+        assert!(
+            out.contains(r#""value": "dmFsdWU=""#) && out.contains(r#""found": true"#),
+            "{out}"
+        );
 
         let (ok, out, err) = run(buf_curl(&url, h2c, "Get", r#"{"key":""}"#)).await;
         assert!(!ok, "an empty key must fail: {out}");
@@ -55,7 +75,10 @@ async fn buf_curl_calls_our_plugin_unary_and_errors() {
         assert!(err.contains("key must not be empty"), "{err}");
 
         let (ok, _, err) = run(buf_curl(&url, h2c, "Get", r#"{"key": 5}"#)).await;
-        assert!(!ok, "a request that does not match the schema is refused: {err}");
+        assert!(
+            !ok,
+            "a request that does not match the schema is refused: {err}"
+        );
     }
 }
 
@@ -65,7 +88,12 @@ async fn buf_curl_reads_a_server_stream_and_its_end_stream_error() {
     let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(plugin.endpoint()).unwrap());
     for h2c in [false, true] {
         let prefix = if h2c { "w2/" } else { "w1/" };
-        let mut command = buf_curl(&plugin.endpoint(), h2c, "Watch", &format!(r#"{{"prefix":"{prefix}"}}"#));
+        let mut command = buf_curl(
+            &plugin.endpoint(),
+            h2c,
+            "Watch",
+            &format!(r#"{{"prefix":"{prefix}"}}"#),
+        );
         // buf curl turns its timeout into Connect-Timeout-Ms; the stream then ends with
         // deadline_exceeded, after the events below.
         command
@@ -80,10 +108,18 @@ async fn buf_curl_reads_a_server_stream_and_its_end_stream_error() {
             // Put until the watch (which buf curl may not have started yet) reports it.
             let mut seen = String::new();
             loop {
-                kv.put(PutRequest { key: key.clone(), value: "v".into() }).await.unwrap();
-                let line = tokio::time::timeout(Duration::from_millis(100), stdout.next_line()).await;
+                kv.put(PutRequest {
+                    key: key.clone(),
+                    value: "v".into(),
+                })
+                .await
+                .unwrap();
+                let line =
+                    tokio::time::timeout(Duration::from_millis(100), stdout.next_line()).await;
                 if let Ok(line) = line {
-                    let line = line.unwrap().expect("buf curl printed an event before ending");
+                    let line = line
+                        .unwrap()
+                        .expect("buf curl printed an event before ending");
                     seen.push_str(&line);
                     if line.contains(&format!(r#""key": "{key}""#)) {
                         return seen;
@@ -100,7 +136,13 @@ async fn buf_curl_reads_a_server_stream_and_its_end_stream_error() {
             .expect("buf curl stops at its timeout")
             .unwrap();
         let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
         assert!(!status.success());
         assert!(stderr.contains("deadline_exceeded"), "{stderr}");
     }

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use connect_plugin::{Channel, Code, Codec, HttpVersion};
 use connect_plugin_tests::{launch_kv_plugin, node, repo_root};
-use kv::v1::{
-    DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest,
-};
+use kv::v1::{DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const KV_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-kv-plugin");
@@ -95,7 +93,9 @@ async fn our_client_calls_a_connect_node_server() {
                 let prefix = prefix.clone();
                 tokio::spawn(async move {
                     let mut stream = kv
-                        .watch(WatchRequest { prefix: prefix.clone() })
+                        .watch(WatchRequest {
+                            prefix: prefix.clone(),
+                        })
                         .await
                         .unwrap()
                         .into_message();
@@ -105,7 +105,11 @@ async fn our_client_calls_a_connect_node_server() {
                             let _ = live_tx.try_send(());
                             continue;
                         }
-                        seen.push((EventType::try_from(event.r#type).unwrap(), event.key, event.value));
+                        seen.push((
+                            EventType::try_from(event.r#type).unwrap(),
+                            event.key,
+                            event.value,
+                        ));
                         if seen.len() == 2 {
                             return seen;
                         }
@@ -115,21 +119,50 @@ async fn our_client_calls_a_connect_node_server() {
             };
             let live = async {
                 loop {
-                    kv.put(PutRequest { key: format!("{prefix}ping"), value: "p".into() }).await.unwrap();
-                    if let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(50), live_rx.recv()).await {
+                    kv.put(PutRequest {
+                        key: format!("{prefix}ping"),
+                        value: "p".into(),
+                    })
+                    .await
+                    .unwrap();
+                    if let Ok(Some(())) =
+                        tokio::time::timeout(Duration::from_millis(50), live_rx.recv()).await
+                    {
                         return;
                     }
                 }
             };
-            tokio::time::timeout(Duration::from_secs(10), live).await.expect("the watch goes live");
+            tokio::time::timeout(Duration::from_secs(10), live)
+                .await
+                .expect("the watch goes live");
 
-            kv.put(PutRequest { key: format!("{prefix}a"), value: "alpha".into() }).await.unwrap();
-            let got = kv.get(GetRequest { key: format!("{prefix}a") }).await.unwrap();
+            kv.put(PutRequest {
+                key: format!("{prefix}a"),
+                value: "alpha".into(),
+            })
+            .await
+            .unwrap();
+            let got = kv
+                .get(GetRequest {
+                    key: format!("{prefix}a"),
+                })
+                .await
+                .unwrap();
             assert!(got.message().found, "{context}");
             assert_eq!(got.message().value.as_ref(), b"alpha", "{context}");
-            let deleted = kv.delete(DeleteRequest { key: format!("{prefix}a") }).await.unwrap();
+            let deleted = kv
+                .delete(DeleteRequest {
+                    key: format!("{prefix}a"),
+                })
+                .await
+                .unwrap();
             assert!(deleted.message().found, "{context}");
-            let missing = kv.get(GetRequest { key: format!("{prefix}a") }).await.unwrap();
+            let missing = kv
+                .get(GetRequest {
+                    key: format!("{prefix}a"),
+                })
+                .await
+                .unwrap();
             assert!(!missing.message().found, "{context}");
 
             let events = tokio::time::timeout(Duration::from_secs(10), watcher)
@@ -159,7 +192,10 @@ async fn our_client_calls_a_connect_node_server() {
                 idempotency: connect_plugin::Idempotency::Unknown,
             };
             let err = channel
-                .unary::<GetRequest, kv::v1::GetResponse>(&NOPE, connect_plugin::Request::new(GetRequest::default()))
+                .unary::<GetRequest, kv::v1::GetResponse>(
+                    &NOPE,
+                    connect_plugin::Request::new(GetRequest::default()),
+                )
                 .await
                 .unwrap_err();
             assert_eq!(err.code(), Code::Unimplemented, "{context}: {err}");

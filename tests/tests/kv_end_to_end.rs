@@ -39,7 +39,10 @@ async fn kv_host_demo_launches_the_plugin_and_runs_every_rpc() {
         "Watch event: Delete demo/greeting",
         "stopped kv-plugin (exit status: 0)",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
 }
 
@@ -88,7 +91,12 @@ async fn client_timeout_is_deadline_exceeded_and_watch_ends_cleanly_on_drop() {
     let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(plugin.endpoint()).unwrap());
     // A watch with a short timeout and no changes: the client's deadline ends it.
     let mut watch = kv
-        .watch(Request::new(WatchRequest { prefix: "none/".into() }).with_timeout(Duration::from_millis(200)))
+        .watch(
+            Request::new(WatchRequest {
+                prefix: "none/".into(),
+            })
+            .with_timeout(Duration::from_millis(200)),
+        )
         .await
         .unwrap()
         .into_message();
@@ -108,7 +116,11 @@ async fn bad_input_gets_connect_errors_and_the_server_stays_up() {
     // P1: unknown method -> 404, body says unimplemented.
     let r = raw_http1(addr, "POST", "/kv.v1.KVService/Nope", &json, b"{}").await;
     assert_eq!(r.status, 404);
-    assert!(r.text().contains(r#""code":"unimplemented""#), "{}", r.text());
+    assert!(
+        r.text().contains(r#""code":"unimplemented""#),
+        "{}",
+        r.text()
+    );
 
     // P2: wrong verb -> 405 with Allow.
     let r = raw_http1(addr, "PUT", "/kv.v1.KVService/Get", &json, b"{}").await;
@@ -116,9 +128,19 @@ async fn bad_input_gets_connect_errors_and_the_server_stays_up() {
     assert_eq!(r.header("allow"), Some("POST"));
 
     // U2: unsupported content type -> 415.
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Get", &[("content-type", "application/xml")], b"<k/>").await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Get",
+        &[("content-type", "application/xml")],
+        b"<k/>",
+    )
+    .await;
     assert_eq!(r.status, 415);
-    assert!(r.header("accept-post").is_some_and(|v| v.contains("application/proto")));
+    assert!(
+        r.header("accept-post")
+            .is_some_and(|v| v.contains("application/proto"))
+    );
 
     // S1: a unary content type on a streaming method -> 415.
     let r = raw_http1(addr, "POST", "/kv.v1.KVService/Watch", &json, b"{}").await;
@@ -127,20 +149,53 @@ async fn bad_input_gets_connect_errors_and_the_server_stays_up() {
     // Garbage bodies -> 400 invalid_argument, for both codecs.
     let r = raw_http1(addr, "POST", "/kv.v1.KVService/Get", &json, b"{not json").await;
     assert_eq!(r.status, 400);
-    assert!(r.text().contains(r#""code":"invalid_argument""#), "{}", r.text());
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Get", &[("content-type", "application/proto")], &[0xff, 0xff, 0xff]).await;
+    assert!(
+        r.text().contains(r#""code":"invalid_argument""#),
+        "{}",
+        r.text()
+    );
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Get",
+        &[("content-type", "application/proto")],
+        &[0xff, 0xff, 0xff],
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert!(r.text().contains(r#""code":"invalid_argument""#), "{}", r.text());
+    assert!(
+        r.text().contains(r#""code":"invalid_argument""#),
+        "{}",
+        r.text()
+    );
 
     // Garbage envelope on a stream -> 200 with an end-stream error (S6).
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Watch", &[("content-type", "application/connect+json")], &[0x80, 0, 0, 0, 1, b'x']).await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Watch",
+        &[("content-type", "application/connect+json")],
+        &[0x80, 0, 0, 0, 1, b'x'],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body[0], 0x02, "an end-stream envelope");
-    assert!(r.text().contains(r#""code":"invalid_argument""#), "{}", r.text());
+    assert!(
+        r.text().contains(r#""code":"invalid_argument""#),
+        "{}",
+        r.text()
+    );
 
     // Empty key -> invalid_argument from the handler.
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Get", &json, br#"{"key":""}"#).await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Get",
+        &json,
+        br#"{"key":""}"#,
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(
         r.text(),
@@ -148,9 +203,29 @@ async fn bad_input_gets_connect_errors_and_the_server_stays_up() {
     );
 
     // U8: a wrong protocol version -> 400 invalid_argument; P5: a bad timeout too.
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Get", &[("content-type", "application/json"), ("connect-protocol-version", "2")], b"{}").await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Get",
+        &[
+            ("content-type", "application/json"),
+            ("connect-protocol-version", "2"),
+        ],
+        b"{}",
+    )
+    .await;
     assert_eq!(r.status, 400);
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Get", &[("content-type", "application/json"), ("connect-timeout-ms", "12345678901")], b"{}").await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Get",
+        &[
+            ("content-type", "application/json"),
+            ("connect-timeout-ms", "12345678901"),
+        ],
+        b"{}",
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("Connect-Timeout-Ms"), "{}", r.text());
 
@@ -161,9 +236,23 @@ async fn bad_input_gets_connect_errors_and_the_server_stays_up() {
     assert!(r.text().contains("resource_exhausted"), "{}", r.text());
 
     // The server is still up and correct.
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Put", &json, br#"{"key":"still","value":"dXA="}"#).await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Put",
+        &json,
+        br#"{"key":"still","value":"dXA="}"#,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = raw_http1(addr, "POST", "/kv.v1.KVService/Get", &json, br#"{"key":"still"}"#).await;
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/kv.v1.KVService/Get",
+        &json,
+        br#"{"key":"still"}"#,
+    )
+    .await;
     assert_eq!(r.text(), r#"{"value":"dXA=","found":true}"#);
 }
 
@@ -171,7 +260,10 @@ async fn bad_input_gets_connect_errors_and_the_server_stays_up() {
 async fn plugin_exits_when_its_host_closes_stdin() {
     let mut child = tokio::process::Command::new(KV_PLUGIN)
         .env("PORT", "0")
-        .env("CONNECT_PLUGIN_LAUNCHED", connect_plugin::MAGIC_COOKIE_VALUE)
+        .env(
+            "CONNECT_PLUGIN_LAUNCHED",
+            connect_plugin::MAGIC_COOKIE_VALUE,
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -181,7 +273,10 @@ async fn plugin_exits_when_its_host_closes_stdin() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let line = lines.next_line().await.unwrap().unwrap();
-    assert!(connect_plugin::launch::parse_ready_line(&line).is_some(), "{line}");
+    assert!(
+        connect_plugin::launch::parse_ready_line(&line).is_some(),
+        "{line}"
+    );
     drop(child.stdin.take());
     let status = tokio::time::timeout(Duration::from_secs(2), child.wait())
         .await

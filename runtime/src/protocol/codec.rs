@@ -76,7 +76,9 @@ impl Codec {
         match (name.trim_ascii(), params) {
             (b"proto", None) => Some(Codec::Proto),
             (b"json", None) => Some(Codec::Json),
-            (b"json", Some(params)) if params.trim_ascii().eq_ignore_ascii_case(b"charset=utf-8") => {
+            (b"json", Some(params))
+                if params.trim_ascii().eq_ignore_ascii_case(b"charset=utf-8") =>
+            {
                 Some(Codec::Json)
             }
             _ => None,

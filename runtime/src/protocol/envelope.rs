@@ -76,7 +76,10 @@ where
 
     /// The next frame, `Ok(None)` at a clean end of body. A body that ends inside a frame is
     /// an error (`invalid_argument`; clients re-map it as the spec requires).
-    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, Error>> {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame>, Error>> {
         loop {
             if let Some(frame) = self.try_decode()? {
                 return Poll::Ready(Ok(Some(frame)));
@@ -157,7 +160,9 @@ mod tests {
     use super::*;
     use http_body_util::StreamBody;
 
-    fn body_of(chunks: Vec<Vec<u8>>) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+    fn body_of(
+        chunks: Vec<Vec<u8>>,
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
         let frames = chunks
             .into_iter()
             .map(|c| Ok(http_body::Frame::data(Bytes::from(c))));

@@ -1,11 +1,11 @@
 //! The JSON error body (rules E1, E2) and the streaming end-stream message (rule S7).
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorDetail;
@@ -83,7 +83,7 @@ pub(crate) fn decode_error(body: &[u8]) -> Option<Error> {
         return None;
     }
     let wire: WireErrorIn = serde_json::from_slice(body).ok()?;
-    Some(from_wire(wire)?)
+    from_wire(wire)
 }
 
 fn from_wire(wire: WireErrorIn) -> Option<Error> {
@@ -159,8 +159,7 @@ pub(crate) fn decode_end_stream(payload: &[u8]) -> Result<(HeaderMap, Option<Err
     if payload.trim_ascii_start().first() != Some(&b'{') {
         return Err(invalid("not a JSON object"));
     }
-    let end: EndStreamIn =
-        serde_json::from_slice(payload).map_err(|e| invalid(&e.to_string()))?;
+    let end: EndStreamIn = serde_json::from_slice(payload).map_err(|e| invalid(&e.to_string()))?;
     let mut trailers = HeaderMap::new();
     for (key, values) in end.metadata.unwrap_or_default() {
         let name = HeaderName::from_bytes(key.as_bytes())
@@ -192,9 +191,15 @@ mod tests {
     fn e1_error_json_shape() {
         let err = Error::new(Code::NotFound, "no such key");
         let body = encode_error(&err);
-        assert_eq!(&body[..], br#"{"code":"not_found","message":"no such key"}"#);
+        assert_eq!(
+            &body[..],
+            br#"{"code":"not_found","message":"no such key"}"#
+        );
         let back = decode_error(&body).unwrap();
-        assert_eq!((back.code(), back.message()), (Code::NotFound, "no such key"));
+        assert_eq!(
+            (back.code(), back.message()),
+            (Code::NotFound, "no such key")
+        );
     }
 
     #[test]
@@ -209,11 +214,17 @@ mod tests {
 
     #[test]
     fn e2_details_are_unpadded_base64_and_padded_is_accepted() {
-        let err = Error::new(Code::Internal, "x").with_detail(ErrorDetail::new("a.B", &b"\x01"[..]));
+        let err =
+            Error::new(Code::Internal, "x").with_detail(ErrorDetail::new("a.B", &b"\x01"[..]));
         let body = encode_error(&err);
-        assert!(std::str::from_utf8(&body).unwrap().contains(r#""value":"AQ""#));
-        let padded = decode_error(br#"{"code":"internal","details":[{"type":"a.B","value":"AQ=="}]}"#)
-            .unwrap();
+        assert!(
+            std::str::from_utf8(&body)
+                .unwrap()
+                .contains(r#""value":"AQ""#)
+        );
+        let padded =
+            decode_error(br#"{"code":"internal","details":[{"type":"a.B","value":"AQ=="}]}"#)
+                .unwrap();
         assert_eq!(padded.details()[0].value().as_ref(), b"\x01");
         assert_eq!(padded.details()[0].type_name(), "a.B");
     }
@@ -246,7 +257,12 @@ mod tests {
             b"",
         ] {
             let err = decode_end_stream(bad).unwrap_err();
-            assert_eq!(err.code(), Code::Internal, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                err.code(),
+                Code::Internal,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -25,7 +25,13 @@ pub(crate) fn is_protocol_header(name: &HeaderName) -> bool {
     name.starts_with("connect-")
         || matches!(
             name,
-            "content-type" | "content-length" | "content-encoding" | "accept-encoding" | "te"
-                | "transfer-encoding" | "host" | "connection"
+            "content-type"
+                | "content-length"
+                | "content-encoding"
+                | "accept-encoding"
+                | "te"
+                | "transfer-encoding"
+                | "host"
+                | "connection"
         )
 }

@@ -28,7 +28,7 @@ pub(crate) fn parse(value: &HeaderValue) -> Result<Duration, Error> {
 pub(crate) fn format(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 9_999_999_999;
     let mut millis = timeout.as_millis();
-    if timeout.as_nanos() % 1_000_000 != 0 || millis == 0 {
+    if !timeout.as_nanos().is_multiple_of(1_000_000) || millis == 0 {
         millis += 1;
     }
     HeaderValue::from(millis.min(MAX) as u64)

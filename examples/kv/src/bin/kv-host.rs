@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use connect_plugin::{Channel, Code, LaunchConfig, PluginProcess};
-use kv::v1::{
-    DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest,
-};
+use kv::v1::{DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,8 +13,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     match run().await {
@@ -110,7 +107,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) if e.code() == Code::InvalidArgument => {
             println!("Get \"\" -> error {}: {}", e.code(), e.message());
         }
-        other => return Err(format!("an empty key should be invalid_argument, got {other:?}").into()),
+        other => {
+            return Err(format!("an empty key should be invalid_argument, got {other:?}").into());
+        }
     }
 
     for _ in 0..2 {
