@@ -14,7 +14,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{self, Body};
 use crate::method::MethodDescriptor;
@@ -160,7 +160,8 @@ impl ChannelBuilder {
         connector.set_connect_timeout(Some(self.connect_timeout));
         connector.enforce_http(true);
         let mut http = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
-        http.pool_idle_timeout(Duration::from_secs(90));
+        http.pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new());
         if self.http_version == HttpVersion::Http2 {
             http.http2_only(true);
         }
@@ -241,6 +242,7 @@ impl Channel {
             }
             // C3, C4: a success must carry our codec's unary content type.
             check_content_type(&headers, inner.codec, false)?;
+            check_encoding(&headers, false)?;
             let bytes = body::read_to_bytes(body, inner.max_message_size)
                 .await
                 .map_err(client_side)?;
@@ -286,6 +288,7 @@ impl Channel {
                 );
             }
             check_content_type(&parts.headers, inner.codec, true)?;
+            check_encoding(&parts.headers, true)?;
             let stream = Streaming::new(body, inner.codec, inner.max_message_size, deadline);
             Ok(Response::from_parts(
                 stream,
@@ -380,8 +383,26 @@ async fn with_timeout<T>(
 /// client-side codes rather than the server-side `invalid_argument`.
 fn client_side(error: Error) -> Error {
     match error.code() {
-        Code::ResourceExhausted | Code::Canceled => error,
+        Code::ResourceExhausted | Code::Unavailable => error,
+        // The body broke off mid-way (reset, disconnect).
+        Code::Canceled => Error::unavailable(error.message().to_owned()),
         _ => Error::internal(error.message().to_owned()),
+    }
+}
+
+/// C5: a response encoding we did not negotiate is a protocol error. Until compression is
+/// negotiated, only identity is acceptable.
+fn check_encoding(headers: &HeaderMap, streaming: bool) -> Result<(), Error> {
+    let name = if streaming {
+        &headers::CONNECT_CONTENT_ENCODING
+    } else {
+        &http::header::CONTENT_ENCODING
+    };
+    match headers.get(name) {
+        Some(encoding) if encoding != "identity" => Err(Error::internal(format!(
+            "protocol error: the server compressed the response with {encoding:?}, which this client did not accept"
+        ))),
+        _ => Ok(()),
     }
 }
 

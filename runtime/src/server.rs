@@ -17,8 +17,10 @@ use bytes::BytesMut;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::body::{self, Body};
 use crate::method::{MethodDescriptor, StreamKind};
@@ -41,7 +43,8 @@ pub(crate) struct Call {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Incoming,
     pub(crate) codec: Codec,
-    pub(crate) timeout: Option<Duration>,
+    /// When the client's `Connect-Timeout-Ms` runs out; bounds reading the request too.
+    pub(crate) deadline: Option<Instant>,
     pub(crate) max_message_size: usize,
 }
 
@@ -144,12 +147,14 @@ where
     fn call(self: Arc<Self>, call: Call) -> BoxFuture<http::Response<Body>> {
         Box::pin(async move {
             let codec = call.codec;
-            let result = async {
+            let deadline = call.deadline;
+            let result = with_deadline(deadline, async {
                 let bytes = body::read_to_bytes(call.body, call.max_message_size).await?;
                 let message = codec.decode::<Req>(bytes)?;
-                let request = Request::from_parts(message, call.headers, call.timeout);
-                with_deadline(call.timeout, (self.f)(request)).await
-            }
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let request = Request::from_parts(message, call.headers, timeout);
+                (self.f)(request).await
+            })
             .await;
             match result {
                 Ok(response) => unary_response(codec, response),
@@ -174,13 +179,14 @@ where
     fn call(self: Arc<Self>, call: Call) -> BoxFuture<http::Response<Body>> {
         Box::pin(async move {
             let codec = call.codec;
-            let started = tokio::time::Instant::now();
-            let result = async {
+            let deadline = call.deadline;
+            let result = with_deadline(deadline, async {
                 let message =
                     read_single_request::<Req>(call.body, codec, call.max_message_size).await?;
-                let request = Request::from_parts(message, call.headers, call.timeout);
-                with_deadline(call.timeout, (self.f)(request)).await
-            }
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let request = Request::from_parts(message, call.headers, timeout);
+                (self.f)(request).await
+            })
             .await;
             let mut response = http::Response::builder()
                 .status(StatusCode::OK)
@@ -192,17 +198,12 @@ where
                     if let Some(h) = response.headers_mut() {
                         copy_user_headers(&headers, h);
                     }
-                    let remaining = call.timeout.map(|t| t.saturating_sub(started.elapsed()));
                     Body::Stream(Box::pin(ResponseStreamBody::new(
-                        stream, codec, trailers, remaining,
+                        stream, codec, trailers, deadline,
                     )))
                 }
-                Err(error) => {
-                    if let Some(h) = response.headers_mut() {
-                        copy_user_headers(error.metadata(), h);
-                    }
-                    Body::full(stream::end_stream_error(&error))
-                }
+                // The error's metadata travels in the end-stream message only.
+                Err(error) => Body::full(stream::end_stream_error(&error)),
             };
             response
                 .body(body)
@@ -244,15 +245,15 @@ async fn read_single_request<Req: Message>(
 }
 
 async fn with_deadline<T>(
-    timeout: Option<Duration>,
+    deadline: Option<Instant>,
     fut: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    match timeout {
+    match deadline {
         None => fut.await,
-        Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+        Some(d) => tokio::time::timeout_at(d, fut).await.unwrap_or_else(|_| {
             Err(Error::new(
                 Code::DeadlineExceeded,
-                format!("the call's timeout of {} ms expired", t.as_millis()),
+                "the call's timeout (Connect-Timeout-Ms) expired",
             ))
         }),
     }
@@ -293,6 +294,9 @@ fn copy_user_headers(from: &HeaderMap, to: &mut HeaderMap) {
 
 fn copy_trailers_as_headers(trailers: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in trailers {
+        if headers::is_protocol_header(name) {
+            continue;
+        }
         let prefixed = format!("{TRAILER_PREFIX}{}", name.as_str());
         if let Ok(name) = HeaderName::from_bytes(prefixed.as_bytes()) {
             to.append(name, value.clone());
@@ -380,9 +384,9 @@ impl Router {
                 "unsupported Connect-Protocol-Version {version:?}: this server speaks version 1"
             )));
         }
-        let timeout = match parts.headers.get(&CONNECT_TIMEOUT_MS).map(timeout::parse) {
+        let deadline = match parts.headers.get(&CONNECT_TIMEOUT_MS).map(timeout::parse) {
             None => None,
-            Some(Ok(t)) => Some(t),
+            Some(Ok(t)) => Instant::now().checked_add(t),
             Some(Err(e)) => return reject(e),
         };
         // Compression arrives with the next protocol milestone; until then only identity.
@@ -402,7 +406,7 @@ impl Router {
             headers: parts.headers,
             body,
             codec,
-            timeout,
+            deadline,
             max_message_size: self.max_message_size,
         };
         Arc::clone(&route.handler).call(call).await
@@ -509,11 +513,24 @@ impl Server {
             routes: self.routes,
             max_message_size: self.max_message_size,
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Without a timer hyper silently drops its header-read timeout and HTTP/2 keep-alive,
+        // so idle or slow-loris connections would hold descriptors forever.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut connections = JoinSet::new();
         let mut signal = std::pin::pin!(signal);
         loop {
             tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(accepted) => accepted,
@@ -525,7 +542,7 @@ impl Server {
                             continue;
                         }
                     };
-                    serve_connection(&builder, &graceful, &router, stream, peer);
+                    serve_connection(&builder, &graceful, &router, &mut connections, stream, peer);
                 }
                 () = &mut signal => break,
             }
@@ -537,6 +554,8 @@ impl Server {
                 tracing::warn!("graceful shutdown timed out; closing remaining connections");
             }
         }
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
         Ok(())
     }
 }
@@ -545,6 +564,7 @@ fn serve_connection(
     builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     router: &Arc<Router>,
+    connections: &mut JoinSet<()>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
@@ -557,7 +577,7 @@ fn serve_connection(
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let connection = graceful.watch(connection.into_owned());
-    tokio::spawn(async move {
+    connections.spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(%peer, error = %e, "connection closed with an error");
         }

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_core::Stream;
@@ -171,13 +170,13 @@ impl<T: Message> ResponseStreamBody<T> {
         stream: ServerStream<T>,
         codec: Codec,
         trailers: HeaderMap,
-        timeout: Option<Duration>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Self {
         Self {
             stream: Some(stream),
             codec,
             trailers,
-            deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             buf: BytesMut::new(),
         }
     }
@@ -307,7 +306,7 @@ impl<T: Message> Stream for Streaming<T> {
             }
             Err(err) => {
                 let code = match err.code() {
-                    Code::ResourceExhausted | Code::Canceled => err.code(),
+                    Code::ResourceExhausted | Code::Unavailable => err.code(),
                     _ => Code::Internal,
                 };
                 return this.fail(Error::new(code, err.message().to_owned()));
@@ -322,6 +321,12 @@ impl<T: Message> Stream for Streaming<T> {
         }
         if frame.is_end_stream() {
             this.done = true;
+            // S5: the end-stream message must be the last envelope.
+            if this.reader.has_buffered_data() {
+                return Poll::Ready(Some(Err(Error::internal(
+                    "protocol error: the server sent data after the end-stream message",
+                ))));
+            }
             return match error_json::decode_end_stream(&frame.payload) {
                 Ok((trailers, error)) => {
                     this.trailers = Some(trailers);

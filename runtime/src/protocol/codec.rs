@@ -89,11 +89,11 @@ impl Codec {
     pub(crate) fn encode<M: Message>(self, message: &M, buf: &mut BytesMut) -> Result<(), Error> {
         match self {
             Codec::Proto => {
+                // `encode` would compute the length a second time to check capacity; a
+                // BytesMut grown to fit needs no check.
                 buf.reserve(message.encoded_len());
-                // Cannot fail: the buffer was just grown to fit.
-                message
-                    .encode(buf)
-                    .map_err(|e| Error::internal(format!("encoding protobuf message: {e}")))
+                message.encode_raw(buf);
+                Ok(())
             }
             Codec::Json => serde_json::to_writer(buf.writer(), message)
                 .map_err(|e| Error::internal(format!("encoding JSON message: {e}"))),

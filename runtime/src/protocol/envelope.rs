@@ -39,26 +39,39 @@ pub(crate) fn encode_with(
 ) -> Result<(), Error> {
     let start = buf.len();
     buf.put_bytes(0, HEADER_LEN);
-    write(buf)?;
+    if let Err(error) = write(buf) {
+        // Leave no half-written envelope behind for the next frame to follow.
+        buf.truncate(start);
+        return Err(error);
+    }
     let len = buf.len() - start - HEADER_LEN;
-    let len = u32::try_from(len).map_err(|_| {
-        Error::new(
+    let Ok(len) = u32::try_from(len) else {
+        buf.truncate(start);
+        return Err(Error::new(
             Code::ResourceExhausted,
             format!("message of {len} bytes does not fit a Connect envelope (max 4 GiB)"),
-        )
-    })?;
+        ));
+    };
     buf[start] = flags;
     buf[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
 /// Reads envelopes from an HTTP body, incrementally.
+///
+/// Frames are sliced out of the body's chunks without copying; only a frame that spans
+/// chunks is reassembled (copied) in `partial`. Invariant: at most one of `chunk` and
+/// `partial` holds bytes.
 pub(crate) struct EnvelopeReader<B> {
     body: B,
-    buf: BytesMut,
+    chunk: Bytes,
+    partial: BytesMut,
     max_message_size: usize,
     body_done: bool,
 }
+
+/// Reassembly grows with the data rather than trusting a peer's announced length.
+const MAX_RESERVE: usize = 64 * 1024;
 
 impl<B> EnvelopeReader<B>
 where
@@ -68,14 +81,16 @@ where
     pub(crate) fn new(body: B, max_message_size: usize) -> Self {
         Self {
             body,
-            buf: BytesMut::new(),
+            chunk: Bytes::new(),
+            partial: BytesMut::new(),
             max_message_size,
             body_done: false,
         }
     }
 
     /// The next frame, `Ok(None)` at a clean end of body. A body that ends inside a frame is
-    /// an error (`invalid_argument`; clients re-map it as the spec requires).
+    /// an error (`invalid_argument`; clients re-map it as the spec requires). A failure of
+    /// the body itself (reset, disconnect) is `unavailable`.
     pub(crate) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
@@ -85,32 +100,31 @@ where
                 return Poll::Ready(Ok(Some(frame)));
             }
             if self.body_done {
-                return Poll::Ready(if self.buf.is_empty() {
+                let pending = self.chunk.len() + self.partial.len();
+                return Poll::Ready(if pending == 0 {
                     Ok(None)
                 } else {
                     Err(Error::new(
                         Code::InvalidArgument,
-                        format!(
-                            "stream ended inside an envelope ({} trailing bytes)",
-                            self.buf.len()
-                        ),
+                        format!("stream ended inside an envelope ({pending} trailing bytes)"),
                     ))
                 });
             }
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        if self.buf.is_empty() {
-                            // Common case: reuse the chunk's allocation when nothing is pending.
-                            self.buf = BytesMut::from(data);
+                        if self.chunk.is_empty() && self.partial.is_empty() {
+                            self.chunk = data;
                         } else {
-                            self.buf.extend_from_slice(&data);
+                            let chunk = std::mem::take(&mut self.chunk);
+                            self.partial.extend_from_slice(&chunk);
+                            self.partial.extend_from_slice(&data);
                         }
                     }
                 }
                 Some(Err(e)) => {
                     return Poll::Ready(Err(Error::new(
-                        Code::Canceled,
+                        Code::Unavailable,
                         format!("reading stream body: {e}"),
                     )));
                 }
@@ -123,20 +137,25 @@ where
         std::future::poll_fn(|cx| self.poll_frame(cx)).await
     }
 
-    fn try_decode(&mut self) -> Result<Option<Frame>, Error> {
-        if self.buf.len() < HEADER_LEN {
+    /// Whether bytes past the last decoded frame have arrived (data after end-stream).
+    pub(crate) fn has_buffered_data(&self) -> bool {
+        !self.chunk.is_empty() || !self.partial.is_empty()
+    }
+
+    fn header(&self, bytes: &[u8]) -> Result<Option<(u8, usize)>, Error> {
+        let Some(header) = bytes.get(..HEADER_LEN) else {
             return Ok(None);
-        }
-        let flags = self.buf[0];
+        };
+        let flags = header[0];
         if flags & !(FLAG_COMPRESSED | FLAG_END_STREAM) != 0 {
             return Err(Error::new(
                 Code::InvalidArgument,
                 format!("invalid envelope flags 0x{flags:02x}: only 0x01 and 0x02 are defined"),
             ));
         }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        // The end-stream message is small JSON; the limit is for data messages (rule U9).
-        if len > self.max_message_size && flags & FLAG_END_STREAM == 0 {
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        // U9, and for every frame: an end-stream message is bounded like any other.
+        if len > self.max_message_size {
             return Err(Error::new(
                 Code::ResourceExhausted,
                 format!(
@@ -145,12 +164,31 @@ where
                 ),
             ));
         }
-        if self.buf.len() < HEADER_LEN + len {
-            self.buf.reserve(HEADER_LEN + len - self.buf.len());
+        Ok(Some((flags, len)))
+    }
+
+    fn try_decode(&mut self) -> Result<Option<Frame>, Error> {
+        if !self.chunk.is_empty() {
+            let Some((flags, len)) = self.header(&self.chunk)? else {
+                return Ok(None);
+            };
+            if self.chunk.len() >= HEADER_LEN + len {
+                self.chunk.advance(HEADER_LEN);
+                let payload = self.chunk.split_to(len);
+                return Ok(Some(Frame { flags, payload }));
+            }
             return Ok(None);
         }
-        self.buf.advance(HEADER_LEN);
-        let payload = self.buf.split_to(len).freeze();
+        let Some((flags, len)) = self.header(&self.partial)? else {
+            return Ok(None);
+        };
+        if self.partial.len() < HEADER_LEN + len {
+            let missing = HEADER_LEN + len - self.partial.len();
+            self.partial.reserve(missing.min(MAX_RESERVE));
+            return Ok(None);
+        }
+        self.partial.advance(HEADER_LEN);
+        let payload = self.partial.split_to(len).freeze();
         Ok(Some(Frame { flags, payload }))
     }
 }
@@ -223,6 +261,48 @@ mod tests {
         let mut reader = EnvelopeReader::new(body_of(vec![wire]), 1024);
         let err = reader.next_frame().await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn u9_end_stream_frames_are_bounded_too() {
+        let wire = vec![FLAG_END_STREAM, 0xff, 0xff, 0xff, 0xff];
+        let mut reader = EnvelopeReader::new(body_of(vec![wire]), 1024);
+        let err = reader.next_frame().await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn failed_encoding_leaves_no_partial_envelope() {
+        let mut buf = BytesMut::from(&b"ok"[..]);
+        let err = encode_with(&mut buf, 0, |b| {
+            b.extend_from_slice(b"half");
+            Err(Error::internal("boom"))
+        });
+        assert!(err.is_err());
+        assert_eq!(&buf[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn many_frames_in_one_chunk_and_one_frame_in_many_chunks() {
+        let mut wire = Vec::new();
+        for i in 0..50u8 {
+            wire.extend(envelope(0, &[i; 3]));
+        }
+        let mut reader = EnvelopeReader::new(body_of(vec![wire.clone()]), 1024);
+        for i in 0..50u8 {
+            assert_eq!(
+                &reader.next_frame().await.unwrap().unwrap().payload[..],
+                &[i; 3]
+            );
+        }
+        assert!(reader.next_frame().await.unwrap().is_none());
+        let one = envelope(0, &[7; 100]);
+        let bytes: Vec<Vec<u8>> = one.iter().map(|b| vec![*b]).collect();
+        let mut reader = EnvelopeReader::new(body_of(bytes), 1024);
+        assert_eq!(
+            reader.next_frame().await.unwrap().unwrap().payload.len(),
+            100
+        );
     }
 
     #[tokio::test]

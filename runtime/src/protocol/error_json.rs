@@ -9,6 +9,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorDetail;
+use crate::protocol::headers;
 use crate::{Code, Error};
 
 /// Standard alphabet, padding optional: details are sent unpadded and accepted either way (E2).
@@ -115,6 +116,9 @@ struct EndStreamIn {
     metadata: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
+/// The most metadata keys read from an end-stream message.
+const MAX_METADATA_KEYS: usize = 1024;
+
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
     serde_json::Value::deserialize(d).map(Some)
 }
@@ -124,13 +128,17 @@ pub(crate) fn encode_end_stream(error: Option<&Error>, trailers: &HeaderMap) -> 
     let mut metadata = serde_json::Map::new();
     let mut add = |map: &HeaderMap| {
         for key in map.keys() {
-            let values = map
-                .get_all(key)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(|v| serde_json::Value::String(v.to_owned()))
-                .collect();
-            metadata.insert(key.as_str().to_owned(), serde_json::Value::Array(values));
+            if headers::is_protocol_header(key) {
+                continue;
+            }
+            let entry = metadata
+                .entry(key.as_str().to_owned())
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            if let serde_json::Value::Array(values) = entry {
+                values.extend(map.get_all(key).iter().map(|v| {
+                    serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                }));
+            }
         }
     };
     add(trailers);
@@ -161,13 +169,23 @@ pub(crate) fn decode_end_stream(payload: &[u8]) -> Result<(HeaderMap, Option<Err
     }
     let end: EndStreamIn = serde_json::from_slice(payload).map_err(|e| invalid(&e.to_string()))?;
     let mut trailers = HeaderMap::new();
-    for (key, values) in end.metadata.unwrap_or_default() {
-        let name = HeaderName::from_bytes(key.as_bytes())
-            .map_err(|_| invalid(&format!("bad metadata key {key:?}")))?;
+    // Entries that are not valid metadata are skipped, so the status they came with is not
+    // lost; the count is capped because a HeaderMap panics past ~24k names.
+    for (key, values) in end
+        .metadata
+        .unwrap_or_default()
+        .into_iter()
+        .take(MAX_METADATA_KEYS)
+    {
+        let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+            continue;
+        };
         for value in values {
-            let value = HeaderValue::from_str(&value)
-                .map_err(|_| invalid(&format!("bad metadata value for {key:?}")))?;
-            trailers.append(name.clone(), value);
+            if let Ok(value) = HeaderValue::from_str(&value)
+                && trailers.try_append(name.clone(), value).is_err()
+            {
+                break;
+            }
         }
     }
     let error = match end.error {
