@@ -38,6 +38,10 @@ pub(crate) struct MethodData {
     pub output: String,
     pub docs: String,
     pub kind: &'static str,
+    /// The runtime function that registers and calls it: `unary`, `server_streaming`,
+    /// `client_streaming` or `bidi_streaming`.
+    pub call: &'static str,
+    pub client_streaming: bool,
     pub server_streaming: bool,
     pub idempotency: &'static str,
 }
@@ -80,6 +84,14 @@ impl TemplateServiceGenerator {
             .iter()
             .map(|m| method_data(&full_name, &service.proto_name, m))
             .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in methods.iter().enumerate() {
+            if let Some(b) = methods[..i].iter().find(|b| b.rust_name == a.rust_name) {
+                return Err(format!(
+                    "service {full_name}: methods {} and {} both become the Rust method `{}`; rename one of them",
+                    b.proto_name, a.proto_name, a.rust_name
+                ));
+            }
+        }
         Ok(ServiceData {
             rt: self.runtime_crate.clone(),
             docs: doc_comments(&service.comments),
@@ -105,16 +117,11 @@ pub(crate) fn plugin_id(service: &str) -> String {
 }
 
 fn method_data(full_name: &str, service: &str, method: &Method) -> Result<MethodData, String> {
-    let kind = match (method.client_streaming, method.server_streaming) {
-        (false, false) => "Unary",
-        (false, true) => "ServerStreaming",
-        (true, _) => {
-            return Err(format!(
-                "method {full_name}.{}: client and bidirectional streaming are not supported by this \
-                 version of protoc-gen-connect-plugin; use unary or server-streaming methods",
-                method.proto_name
-            ));
-        }
+    let (kind, call) = match (method.client_streaming, method.server_streaming) {
+        (false, false) => ("Unary", "unary"),
+        (false, true) => ("ServerStreaming", "server_streaming"),
+        (true, false) => ("ClientStreaming", "client_streaming"),
+        (true, true) => ("BidiStreaming", "bidi_streaming"),
     };
     let idempotency = match method.options.idempotency_level() {
         IdempotencyLevel::IdempotencyUnknown => "Unknown",
@@ -134,6 +141,8 @@ fn method_data(full_name: &str, service: &str, method: &Method) -> Result<Method
         output: method.output_type.clone(),
         docs: doc_comments(&method.comments),
         kind,
+        call,
+        client_streaming: method.client_streaming,
         server_streaming: method.server_streaming,
         idempotency,
     })

@@ -64,15 +64,16 @@ fn unknown_parameter_is_reported_through_protoc_with_the_valid_ones() {
 }
 
 #[test]
-fn unsupported_streaming_kind_names_the_method() {
-    let out = scratch("client-stream");
+fn methods_that_collide_in_rust_are_reported_by_name() {
+    let out = scratch("collision");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid");
-    let output = protoc(&root, &["client_stream.proto"], &out, "");
+    let output = protoc(&root, &["collision.proto"], &out, "");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("method invalid.v1.Upload.Send"), "{stderr}");
     assert!(
-        stderr.contains("client and bidirectional streaming are not supported"),
+        stderr.contains(
+            "service invalid.v1.Clash: methods GetFoo and GetFOO both become the Rust method `get_foo`"
+        ),
         "{stderr}"
     );
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -17,15 +17,17 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{self, Body};
-use crate::method::MethodDescriptor;
+use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
-use crate::protocol::envelope;
+use crate::protocol::compression::{self, Compression};
+use crate::protocol::envelope::MessageFormat;
 use crate::protocol::headers::{
-    self, CONNECT_PROTOCOL_VERSION, CONNECT_TIMEOUT_MS, PROTOCOL_VERSION_1, TRAILER_PREFIX,
+    self, CONNECT_ACCEPT_ENCODING, CONNECT_CONTENT_ENCODING, CONNECT_PROTOCOL_VERSION,
+    CONNECT_TIMEOUT_MS, PROTOCOL_VERSION_1, TRAILER_PREFIX,
 };
-use crate::protocol::{Codec, error_json, timeout};
-use crate::server::DEFAULT_MAX_MESSAGE_SIZE;
-use crate::stream::Streaming;
+use crate::protocol::{Codec, error_json, get, timeout};
+use crate::server::{DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::stream::{Direction, MessageStream, RequestStreamBody, Streaming};
 use crate::{Code, Error, Request, Response};
 
 /// Which HTTP version a [`Channel`] speaks.
@@ -67,6 +69,9 @@ struct ChannelInner {
     timeout: Option<Duration>,
     max_message_size: usize,
     metadata: HeaderMap,
+    send_compression: Option<Compression>,
+    compress_min_bytes: usize,
+    use_get: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -88,9 +93,35 @@ pub struct ChannelBuilder {
     connect_timeout: Duration,
     max_message_size: usize,
     metadata: HeaderMap,
+    send_compression: Option<Compression>,
+    compress_min_bytes: usize,
+    use_get: bool,
 }
 
 impl ChannelBuilder {
+    /// Compresses requests (at least `compress_min_bytes` long) with `compression`. Responses
+    /// are always accepted gzip-compressed or not.
+    #[must_use]
+    pub fn send_compression(mut self, compression: Compression) -> Self {
+        self.send_compression = Some(compression);
+        self
+    }
+
+    /// Requests smaller than this are sent uncompressed (default 1 KiB).
+    #[must_use]
+    pub fn compress_min_bytes(mut self, bytes: usize) -> Self {
+        self.compress_min_bytes = bytes;
+        self
+    }
+
+    /// Calls unary methods marked `idempotency_level = NO_SIDE_EFFECTS` with HTTP GET, so
+    /// that HTTP caches can serve them.
+    #[must_use]
+    pub fn use_get(mut self, enabled: bool) -> Self {
+        self.use_get = enabled;
+        self
+    }
+
     /// The codec for requests: binary protobuf (default) or JSON.
     #[must_use]
     pub fn codec(mut self, codec: Codec) -> Self {
@@ -177,6 +208,9 @@ impl ChannelBuilder {
                 timeout: self.timeout,
                 max_message_size: self.max_message_size,
                 metadata: self.metadata,
+                send_compression: self.send_compression,
+                compress_min_bytes: self.compress_min_bytes,
+                use_get: self.use_get,
             }),
         })
     }
@@ -201,6 +235,9 @@ impl Channel {
             connect_timeout: Duration::from_secs(5),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             metadata: HeaderMap::new(),
+            send_compression: None,
+            compress_min_bytes: DEFAULT_COMPRESS_MIN_BYTES,
+            use_get: false,
         }
     }
 
@@ -209,11 +246,34 @@ impl Channel {
         &self.inner.base_url
     }
 
-    /// Calls a unary procedure.
+    /// The timeout of a call: its own, else the channel's default, and never past the
+    /// deadline of the call the current task is serving (deadline propagation).
+    fn effective_timeout(&self, own: Option<Duration>) -> Option<Duration> {
+        let timeout = own.or(self.inner.timeout);
+        let inherited = crate::deadline::current()
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        match (timeout, inherited) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn format(&self, compression: Option<Compression>) -> MessageFormat {
+        MessageFormat {
+            codec: self.inner.codec,
+            compression,
+            compress_min_bytes: self.inner.compress_min_bytes,
+            max_message_size: self.inner.max_message_size,
+        }
+    }
+
+    /// Calls a unary procedure. With [`ChannelBuilder::use_get`], methods marked
+    /// `NO_SIDE_EFFECTS` are called with HTTP GET.
     ///
     /// # Errors
     /// The server's error, or a client-side one: `unavailable` if the server cannot be
-    /// reached, `deadline_exceeded` on timeout, `internal`/`unknown` for protocol violations.
+    /// reached, `deadline_exceeded` on timeout, `resource_exhausted` past the size limits,
+    /// `internal`/`unknown` for protocol violations.
     pub async fn unary<Req: Message, Res: Message>(
         &self,
         method: &'static MethodDescriptor,
@@ -221,17 +281,48 @@ impl Channel {
     ) -> Result<Response<Res>, Error> {
         let inner = &*self.inner;
         let (message, metadata, timeout) = request.into_parts();
-        let timeout = timeout.or(inner.timeout);
+        let timeout = self.effective_timeout(timeout);
         let mut buf = BytesMut::new();
         inner.codec.encode(&message, &mut buf)?;
-        let http_request = self.http_request(
-            method,
-            inner.codec.unary_content_type(),
-            metadata,
-            timeout,
-            Body::full(buf.freeze()),
-        )?;
+        let compression = inner
+            .send_compression
+            .filter(|_| buf.len() >= inner.compress_min_bytes);
+        let body = match compression {
+            Some(c) => {
+                let mut compressed = BytesMut::new();
+                c.compress(&buf, &mut compressed)?;
+                compressed.freeze()
+            }
+            None => buf.freeze(),
+        };
+        let use_get = inner.use_get && method.idempotency == Idempotency::NoSideEffects;
+        let http_request = if use_get {
+            let query = get::build_query(inner.codec, compression, &body);
+            let mut request =
+                self.http_request(method, Some(&query), None, metadata, timeout, Body::empty())?;
+            *request.method_mut() = Method::GET;
+            request
+        } else {
+            let mut request = self.http_request(
+                method,
+                None,
+                Some(inner.codec.unary_content_type()),
+                metadata,
+                timeout,
+                Body::full(body),
+            )?;
+            if let Some(c) = compression {
+                request
+                    .headers_mut()
+                    .insert(CONTENT_ENCODING, c.header_value());
+            }
+            request
+        };
         let call = async {
+            let mut http_request = http_request;
+            http_request
+                .headers_mut()
+                .insert(ACCEPT_ENCODING, compression::ACCEPT_ENCODING.clone());
             let response = self.send(http_request).await?;
             let (parts, body) = response.into_parts();
             let (headers, trailers) = split_trailers(parts.headers);
@@ -242,10 +333,16 @@ impl Channel {
             }
             // C3, C4: a success must carry our codec's unary content type.
             check_content_type(&headers, inner.codec, false)?;
-            check_encoding(&headers, false)?;
+            let response_compression = response_encoding(&headers, &CONTENT_ENCODING)?;
             let bytes = body::read_to_bytes(body, inner.max_message_size)
                 .await
                 .map_err(client_side)?;
+            let bytes = match response_compression {
+                Some(c) => c
+                    .decompress(&bytes, inner.max_message_size)
+                    .map_err(client_side)?,
+                None => bytes,
+            };
             let message = inner.codec.decode::<Res>(bytes).map_err(|e| {
                 Error::internal(format!("cannot decode the response: {}", e.message()))
             })?;
@@ -265,19 +362,94 @@ impl Channel {
         method: &'static MethodDescriptor,
         request: Request<Req>,
     ) -> Result<Response<Streaming<Res>>, Error> {
-        let inner = &*self.inner;
         let (message, metadata, timeout) = request.into_parts();
-        let timeout = timeout.or(inner.timeout);
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut buf = BytesMut::new();
-        envelope::encode_with(&mut buf, 0, |b| inner.codec.encode(&message, b))?;
-        let http_request = self.http_request(
+        self.format(self.inner.send_compression)
+            .encode(&message, &mut buf)?;
+        self.open_stream(method, metadata, timeout, Body::full(buf.freeze()))
+            .await
+    }
+
+    /// Calls a client-streaming procedure: sends every message of the request stream, then
+    /// returns the server's one response.
+    ///
+    /// # Errors
+    /// As for [`Channel::unary`]; an `Err` in the request stream aborts the call with it.
+    pub async fn client_streaming<Req: Message, Res: Message>(
+        &self,
+        method: &'static MethodDescriptor,
+        request: Request<MessageStream<Req>>,
+    ) -> Result<Response<Res>, Error> {
+        let (requests, metadata, timeout) = request.into_parts();
+        let body = RequestStreamBody::new(requests, self.format(self.inner.send_compression));
+        let response = self
+            .open_stream::<Res>(method, metadata, timeout, Body::Stream(Box::pin(body)))
+            .await?;
+        let (mut stream, headers, _) = response.into_parts();
+        let read = async {
+            // S9: exactly one response message.
+            let Some(message) = stream.message().await? else {
+                return Err(Error::unimplemented(
+                    "protocol error: the server answered a client-streaming call with no message",
+                ));
+            };
+            if stream.message().await?.is_some() {
+                return Err(Error::unimplemented(
+                    "protocol error: the server answered a client-streaming call with several messages",
+                ));
+            }
+            Ok(message)
+        };
+        let message = read.await?;
+        let trailers = stream.trailers().cloned().unwrap_or_default();
+        Ok(Response::from_parts(message, headers, trailers))
+    }
+
+    /// Calls a bidirectional-streaming procedure: the request stream is sent while the
+    /// responses are read (full duplex over HTTP/2; over HTTP/1.1 the server sees the requests
+    /// as they come but most servers answer after the last one).
+    ///
+    /// # Errors
+    /// As for [`Channel::server_streaming`].
+    pub async fn bidi_streaming<Req: Message, Res: Message>(
+        &self,
+        method: &'static MethodDescriptor,
+        request: Request<MessageStream<Req>>,
+    ) -> Result<Response<Streaming<Res>>, Error> {
+        let (requests, metadata, timeout) = request.into_parts();
+        let body = RequestStreamBody::new(requests, self.format(self.inner.send_compression));
+        self.open_stream(method, metadata, timeout, Body::Stream(Box::pin(body)))
+            .await
+    }
+
+    /// Sends a streaming request and checks the response headers (C3-C5); the body becomes a
+    /// [`Streaming`] bounded by the call's deadline.
+    async fn open_stream<Res: Message>(
+        &self,
+        method: &'static MethodDescriptor,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+        body: Body,
+    ) -> Result<Response<Streaming<Res>>, Error> {
+        let inner = &*self.inner;
+        let timeout = self.effective_timeout(timeout);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut http_request = self.http_request(
             method,
-            inner.codec.stream_content_type(),
+            None,
+            Some(inner.codec.stream_content_type()),
             metadata,
             timeout,
-            Body::full(buf.freeze()),
+            body,
         )?;
+        let h = http_request.headers_mut();
+        h.insert(
+            CONNECT_ACCEPT_ENCODING.clone(),
+            compression::ACCEPT_ENCODING.clone(),
+        );
+        if let Some(c) = inner.send_compression {
+            h.insert(CONNECT_CONTENT_ENCODING.clone(), c.header_value());
+        }
         let call = async {
             let response = self.send(http_request).await?;
             let (parts, body) = response.into_parts();
@@ -288,8 +460,13 @@ impl Channel {
                 );
             }
             check_content_type(&parts.headers, inner.codec, true)?;
-            check_encoding(&parts.headers, true)?;
-            let stream = Streaming::new(body, inner.codec, inner.max_message_size, deadline);
+            let compression = response_encoding(&parts.headers, &CONNECT_CONTENT_ENCODING)?;
+            let stream = Streaming::new(
+                body,
+                self.format(compression),
+                Direction::FromServer,
+                deadline,
+            );
             Ok(Response::from_parts(
                 stream,
                 parts.headers,
@@ -302,17 +479,24 @@ impl Channel {
     fn http_request(
         &self,
         method: &'static MethodDescriptor,
-        content_type: HeaderValue,
+        query: Option<&str>,
+        content_type: Option<HeaderValue>,
         metadata: HeaderMap,
         timeout: Option<Duration>,
         body: Body,
     ) -> Result<http::Request<Body>, Error> {
         let inner = &*self.inner;
-        let path = if inner.prefix.is_empty() {
-            PathAndQuery::from_static(method.path)
-        } else {
-            PathAndQuery::try_from(format!("{}{}", inner.prefix, method.path))
-                .map_err(|e| Error::internal(format!("building the request path: {e}")))?
+        let path = match (inner.prefix.is_empty(), query) {
+            (true, None) => PathAndQuery::from_static(method.path),
+            (_, query) => {
+                let mut path = format!("{}{}", inner.prefix, method.path);
+                if let Some(query) = query {
+                    path.push('?');
+                    path.push_str(query);
+                }
+                PathAndQuery::try_from(path)
+                    .map_err(|e| Error::internal(format!("building the request path: {e}")))?
+            }
         };
         let uri = Uri::builder()
             .scheme(inner.scheme.clone())
@@ -324,14 +508,17 @@ impl Channel {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
-        headers.reserve(4 + inner.metadata.len() + metadata.len());
+        headers.reserve(5 + inner.metadata.len() + metadata.len());
         for (name, value) in inner.metadata.iter().chain(metadata.iter()) {
             if !headers::is_protocol_header(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.insert(CONTENT_TYPE, content_type);
-        headers.insert(CONNECT_PROTOCOL_VERSION.clone(), PROTOCOL_VERSION_1.clone());
+        if let Some(content_type) = content_type {
+            headers.insert(CONTENT_TYPE, content_type);
+            headers.insert(CONNECT_PROTOCOL_VERSION.clone(), PROTOCOL_VERSION_1.clone());
+        }
+        // The timeout travels in a header even on GET (P5).
         if let Some(timeout) = timeout {
             headers.insert(CONNECT_TIMEOUT_MS.clone(), timeout::format(timeout));
         }
@@ -390,19 +577,18 @@ fn client_side(error: Error) -> Error {
     }
 }
 
-/// C5: a response encoding we did not negotiate is a protocol error. Until compression is
-/// negotiated, only identity is acceptable.
-fn check_encoding(headers: &HeaderMap, streaming: bool) -> Result<(), Error> {
-    let name = if streaming {
-        &headers::CONNECT_CONTENT_ENCODING
-    } else {
-        &http::header::CONTENT_ENCODING
-    };
+/// C5: the response's encoding; one we do not support is a protocol error (`internal`).
+fn response_encoding(
+    headers: &HeaderMap,
+    name: &http::header::HeaderName,
+) -> Result<Option<Compression>, Error> {
     match headers.get(name) {
-        Some(encoding) if encoding != "identity" => Err(Error::internal(format!(
-            "protocol error: the server compressed the response with {encoding:?}, which this client did not accept"
-        ))),
-        _ => Ok(()),
+        None => Ok(None),
+        Some(value) => Compression::parse(value.as_bytes()).map_err(|_| {
+            Error::internal(format!(
+                "protocol error: the server compressed the response with {value:?}, which this client does not support"
+            ))
+        }),
     }
 }
 

@@ -41,6 +41,7 @@ pub mod proto;
 
 mod body;
 mod client;
+mod deadline;
 mod error;
 pub mod launch;
 mod method;
@@ -53,13 +54,14 @@ mod stream;
 pub mod wkt;
 
 pub use client::{Channel, ChannelBuilder, HttpVersion};
+pub use deadline::current as current_deadline;
 pub use error::{Code, Error, ErrorDetail};
 pub use launch::{LaunchConfig, PluginProcess};
 pub use method::{Idempotency, MethodDescriptor, StreamKind};
 pub use plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, Plugin, PluginServer, dispense};
-pub use protocol::Codec;
 pub use protocol::codec::Message;
+pub use protocol::{Codec, Compression};
 pub use request::{IntoRequest, Request, Response};
 pub use serve::{ServeConfig, addr_from_env, serve};
-pub use server::{DEFAULT_MAX_MESSAGE_SIZE, Server, Service};
-pub use stream::{ServerStream, StreamSender, Streaming};
+pub use server::{DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_MESSAGE_SIZE, Server, Service};
+pub use stream::{MessageStream, ServerStream, StreamSender, Streaming};

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use connect_plugin::wkt::Timestamp;
-use connect_plugin::{Channel, Code, Codec, Error, Request, Response, Server, ServerStream};
+use connect_plugin::{
+    Channel, Code, Codec, Compression, Error, HttpVersion, MessageStream, Request, Response,
+    Server, ServerStream, Streaming,
+};
 use connect_plugin_tests::fixtures::golden::common::v1::Page;
 use connect_plugin_tests::fixtures::golden::v1::{
     AdminPlugin, AdminServer, EverythingService, EverythingServicePlugin, EverythingServiceServer,
@@ -57,6 +60,41 @@ impl EverythingService for Everything {
         Ok(Response::new(tocks.collect::<ServerStream<_>>()))
     }
     // `paged` is left to its default: unimplemented.
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<type_request::Nested>>,
+    ) -> Result<Response<LookupResponse>, Error> {
+        let mut chunks = request.into_message();
+        let mut total = 0usize;
+        while let Some(chunk) = chunks.message().await? {
+            total += chunk.blob.len();
+        }
+        Ok(Response::new(LookupResponse {
+            id: "upload".into(),
+            score: total as f64,
+        }))
+    }
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<LookupRequest>>,
+    ) -> Result<Response<ServerStream<LookupResponse>>, Error> {
+        let mut requests = request.into_message();
+        let (tx, stream) = ServerStream::channel(4);
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                let reply = LookupResponse {
+                    score: request.id.len() as f64,
+                    id: request.id,
+                };
+                if tx.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
 }
 
 struct NoAdmin;
@@ -122,6 +160,103 @@ async fn golden_services_serve_and_call_with_both_codecs() {
             Code::Unimplemented
         );
     }
+}
+
+#[tokio::test]
+async fn golden_client_and_bidi_streaming_with_compression_over_both_http_versions() {
+    let addr = serve().await;
+    for version in [HttpVersion::Http1, HttpVersion::Http2] {
+        for compress in [false, true] {
+            let mut builder = Channel::builder(format!("http://{addr}"))
+                .http_version(version)
+                .timeout(Duration::from_secs(5));
+            if compress {
+                builder = builder
+                    .send_compression(Compression::Gzip)
+                    .compress_min_bytes(0);
+            }
+            let client =
+                connect_plugin::dispense::<EverythingServicePlugin>(&builder.build().unwrap());
+            let context = format!("{version:?} compress={compress}");
+
+            let chunks: MessageStream<type_request::Nested> = (0..10)
+                .map(|i| type_request::Nested {
+                    blob: vec![i; 1000].into(),
+                })
+                .collect();
+            let uploaded = client.upload(chunks).await.unwrap();
+            assert_eq!(uploaded.score, 10_000.0, "{context}");
+
+            // Full duplex over HTTP/2: each reply arrives before the next request is sent.
+            if version == HttpVersion::Http2 {
+                let (tx, requests) = MessageStream::channel(1);
+                let mut replies = client.chat(requests).await.unwrap().into_message();
+                for id in ["a", "bb", "ccc"] {
+                    tx.send(LookupRequest { id: id.into() }).await.unwrap();
+                    let reply = replies.message().await.unwrap().unwrap();
+                    assert_eq!(
+                        (reply.id.as_str(), reply.score),
+                        (id, id.len() as f64),
+                        "{context}"
+                    );
+                }
+                drop(tx);
+                assert!(replies.message().await.unwrap().is_none(), "{context}");
+            } else {
+                // Half duplex over HTTP/1.1: send everything, then read.
+                let requests: MessageStream<LookupRequest> = ["a", "bb"]
+                    .into_iter()
+                    .map(|id| LookupRequest { id: id.into() })
+                    .collect();
+                let mut replies = client.chat(requests).await.unwrap().into_message();
+                let mut ids = Vec::new();
+                while let Some(reply) = replies.message().await.unwrap() {
+                    ids.push(reply.id);
+                }
+                assert_eq!(ids, ["a", "bb"], "{context}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn golden_no_side_effects_method_is_callable_with_get() {
+    let addr = serve().await;
+    for codec in [Codec::Proto, Codec::Json] {
+        let channel = Channel::builder(format!("http://{addr}"))
+            .codec(codec)
+            .use_get(true)
+            .build()
+            .unwrap();
+        let client = connect_plugin::dispense::<EverythingServicePlugin>(&channel);
+        let got = client
+            .lookup(LookupRequest { id: "g".into() })
+            .await
+            .unwrap();
+        assert_eq!(got.id, "g");
+    }
+    // The same call on the wire: a GET with the message in the query.
+    let r = raw_http1(
+        addr,
+        "GET",
+        "/golden.v1.EverythingService/Lookup?connect=v1&encoding=json&message=%7B%22id%22%3A%22q%22%7D",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), r#"{"id":"q","score":0.5}"#);
+    // G5: GET on a method with side effects is a 405.
+    let r = raw_http1(
+        addr,
+        "GET",
+        "/golden.v1.EverythingService/Type?encoding=json&message=%7B%7D",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
 }
 
 #[tokio::test]

@@ -183,6 +183,22 @@ pub const EVERYTHING_SERVICE_PAGED: ::connect_plugin::MethodDescriptor = ::conne
     kind: ::connect_plugin::StreamKind::Unary,
     idempotency: ::connect_plugin::Idempotency::Idempotent,
 };
+/// Descriptor of `golden.v1.EverythingService.Upload`.
+pub const EVERYTHING_SERVICE_UPLOAD: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+    service: "golden.v1.EverythingService",
+    method: "Upload",
+    path: "/golden.v1.EverythingService/Upload",
+    kind: ::connect_plugin::StreamKind::ClientStreaming,
+    idempotency: ::connect_plugin::Idempotency::Unknown,
+};
+/// Descriptor of `golden.v1.EverythingService.Chat`.
+pub const EVERYTHING_SERVICE_CHAT: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+    service: "golden.v1.EverythingService",
+    method: "Chat",
+    path: "/golden.v1.EverythingService/Chat",
+    kind: ::connect_plugin::StreamKind::BidiStreaming,
+    idempotency: ::connect_plugin::Idempotency::Unknown,
+};
 /// Everything covers keywords, streaming, idempotency, imports and well-known types.
 ///
 /// Comments with \[brackets\] and links like <https://connectrpc.com/docs/protocol> survive as
@@ -267,6 +283,46 @@ pub trait EverythingService: Send + Sync + 'static {
             )
         }
     }
+    /// Upload is client streaming.
+    fn upload(
+        &self,
+        request: ::connect_plugin::Request<
+            ::connect_plugin::Streaming<type_request::Nested>,
+        >,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<
+            ::connect_plugin::Response<LookupResponse>,
+            ::connect_plugin::Error,
+        >,
+    > + Send {
+        let _ = request;
+        async {
+            ::core::result::Result::Err(
+                ::connect_plugin::Error::unimplemented(
+                    "golden.v1.EverythingService.Upload is not implemented by this server",
+                ),
+            )
+        }
+    }
+    /// Chat is bidirectional streaming.
+    fn chat(
+        &self,
+        request: ::connect_plugin::Request<::connect_plugin::Streaming<LookupRequest>>,
+    ) -> impl ::core::future::Future<
+        Output = ::core::result::Result<
+            ::connect_plugin::Response<::connect_plugin::ServerStream<LookupResponse>>,
+            ::connect_plugin::Error,
+        >,
+    > + Send {
+        let _ = request;
+        async {
+            ::core::result::Result::Err(
+                ::connect_plugin::Error::unimplemented(
+                    "golden.v1.EverythingService.Chat is not implemented by this server",
+                ),
+            )
+        }
+    }
 }
 /// Serves an implementation of [`EverythingService`] as a Connect service.
 #[derive(Debug)]
@@ -319,6 +375,24 @@ impl<T: EverythingService> EverythingServiceServer<T> {
                 move |request| {
                     let inner = ::std::sync::Arc::clone(&inner);
                     async move { inner.paged(request).await }
+                },
+            );
+        let inner = ::std::sync::Arc::clone(&self.inner);
+        let service = service
+            .client_streaming(
+                &EVERYTHING_SERVICE_UPLOAD,
+                move |request| {
+                    let inner = ::std::sync::Arc::clone(&inner);
+                    async move { inner.upload(request).await }
+                },
+            );
+        let inner = ::std::sync::Arc::clone(&self.inner);
+        let service = service
+            .bidi_streaming(
+                &EVERYTHING_SERVICE_CHAT,
+                move |request| {
+                    let inner = ::std::sync::Arc::clone(&inner);
+                    async move { inner.chat(request).await }
                 },
             );
         service
@@ -383,6 +457,34 @@ impl EverythingServiceClient {
         ::connect_plugin::Error,
     > {
         self.channel.unary(&EVERYTHING_SERVICE_PAGED, request.into_request()).await
+    }
+    /// Upload is client streaming.
+    pub async fn upload(
+        &self,
+        request: impl ::connect_plugin::IntoRequest<
+            ::connect_plugin::MessageStream<type_request::Nested>,
+        >,
+    ) -> ::core::result::Result<
+        ::connect_plugin::Response<LookupResponse>,
+        ::connect_plugin::Error,
+    > {
+        self.channel
+            .client_streaming(&EVERYTHING_SERVICE_UPLOAD, request.into_request())
+            .await
+    }
+    /// Chat is bidirectional streaming.
+    pub async fn chat(
+        &self,
+        request: impl ::connect_plugin::IntoRequest<
+            ::connect_plugin::MessageStream<LookupRequest>,
+        >,
+    ) -> ::core::result::Result<
+        ::connect_plugin::Response<::connect_plugin::Streaming<LookupResponse>>,
+        ::connect_plugin::Error,
+    > {
+        self.channel
+            .bidi_streaming(&EVERYTHING_SERVICE_CHAT, request.into_request())
+            .await
     }
 }
 /// Plugin binding of `golden.v1.EverythingService`: plugin name `everything`, version `1.0.0`.

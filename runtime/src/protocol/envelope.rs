@@ -11,6 +11,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Body;
 
+use crate::protocol::codec::{Codec, Message};
+use crate::protocol::compression::Compression;
 use crate::{Code, Error};
 
 pub(crate) const FLAG_COMPRESSED: u8 = 0b01;
@@ -55,6 +57,54 @@ pub(crate) fn encode_with(
     buf[start] = flags;
     buf[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(())
+}
+
+/// How the messages of one stream direction are encoded: codec, per-message compression and
+/// the size limit. Each message is compressed on its own (S3), and only when at least
+/// `compress_min_bytes` long, since compressing tiny messages costs more than it saves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageFormat {
+    pub(crate) codec: Codec,
+    pub(crate) compression: Option<Compression>,
+    pub(crate) compress_min_bytes: usize,
+    pub(crate) max_message_size: usize,
+}
+
+impl MessageFormat {
+    /// Appends `message` as one envelope (compressed when worthwhile).
+    pub(crate) fn encode<M: Message>(&self, message: &M, buf: &mut BytesMut) -> Result<(), Error> {
+        let plain = |b: &mut BytesMut| self.codec.encode(message, b);
+        let Some(compression) = self.compression else {
+            return encode_with(buf, 0, plain);
+        };
+        // For protobuf the size is known without encoding: skip the scratch buffer.
+        if self.codec == Codec::Proto && message.encoded_len() < self.compress_min_bytes {
+            return encode_with(buf, 0, plain);
+        }
+        let mut scratch = BytesMut::new();
+        plain(&mut scratch)?;
+        if scratch.len() < self.compress_min_bytes {
+            return encode_with(buf, 0, |b| {
+                b.extend_from_slice(&scratch);
+                Ok(())
+            });
+        }
+        encode_with(buf, FLAG_COMPRESSED, |b| compression.compress(&scratch, b))
+    }
+
+    /// The payload of a frame, decompressed if flagged (S4: the flag without a negotiated
+    /// encoding is a protocol error, `internal`).
+    pub(crate) fn payload(&self, frame: Frame) -> Result<Bytes, Error> {
+        if frame.flags & FLAG_COMPRESSED == 0 {
+            return Ok(frame.payload);
+        }
+        match self.compression {
+            Some(compression) => compression.decompress(&frame.payload, self.max_message_size),
+            None => Err(Error::internal(
+                "protocol error: a message is flagged compressed (0x01) but no compression was negotiated",
+            )),
+        }
+    }
 }
 
 /// Reads envelopes from an HTTP body, incrementally.
@@ -133,6 +183,7 @@ where
         }
     }
 
+    #[cfg(test)]
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
         std::future::poll_fn(|cx| self.poll_frame(cx)).await
     }

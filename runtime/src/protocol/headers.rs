@@ -11,6 +11,8 @@ pub(crate) static CONNECT_PROTOCOL_VERSION: HeaderName =
 pub(crate) static CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
 pub(crate) static CONNECT_CONTENT_ENCODING: HeaderName =
     HeaderName::from_static("connect-content-encoding");
+pub(crate) static CONNECT_ACCEPT_ENCODING: HeaderName =
+    HeaderName::from_static("connect-accept-encoding");
 
 pub(crate) static PROTOCOL_VERSION_1: HeaderValue = HeaderValue::from_static("1");
 pub(crate) static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");

@@ -1,0 +1,207 @@
+//! The Connect server: a router of procedures served on hyper 1, HTTP/1.1 and h2c on one port.
+//!
+//! Generated code turns a user's implementation of a service trait into a [`Service`] (a set of
+//! typed handlers keyed by procedure path); a [`Server`] routes requests to them. Everything
+//! protocol-specific (validation of content type, version, timeout and compression headers,
+//! error bodies, envelopes) happens here and in [`crate::protocol`], so handlers only see typed
+//! messages.
+
+mod handler;
+mod response;
+mod router;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use handler::Service;
+use router::{CallLimits, Route, Router};
+
+/// Default limit on one message, after decompression: 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Default size below which responses are not compressed: 1 KiB.
+pub const DEFAULT_COMPRESS_MIN_BYTES: usize = 1024;
+
+/// A Connect server: add [`Service`]s, then serve them on a TCP listener. HTTP/1.1 and h2c
+/// (HTTP/2 with prior knowledge) are served on the same port.
+///
+/// ```no_run
+/// # async fn demo(service: connect_plugin::Service) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// connect_plugin::Server::new()
+///     .add_service(service)
+///     .serve(listener)
+///     .await
+/// # }
+/// ```
+pub struct Server {
+    routes: HashMap<&'static str, Route>,
+    limits: CallLimits,
+    shutdown_timeout: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut paths: Vec<_> = self.routes.keys().collect();
+        paths.sort();
+        f.debug_struct("Server")
+            .field("procedures", &paths)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server with no services, a 4 MiB message limit and a 30 s graceful-shutdown timeout.
+    pub fn new() -> Self {
+        Self {
+            routes: HashMap::new(),
+            limits: CallLimits {
+                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+                compress_min_bytes: DEFAULT_COMPRESS_MIN_BYTES,
+            },
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Adds every procedure of `service`. A procedure path added twice keeps the last handler.
+    #[must_use]
+    pub fn add_service(mut self, service: Service) -> Self {
+        for (method, handler) in service.routes {
+            if self
+                .routes
+                .insert(method.path, Route { method, handler })
+                .is_some()
+            {
+                tracing::warn!(
+                    path = method.path,
+                    "procedure registered twice; the last one wins"
+                );
+            }
+        }
+        self
+    }
+
+    /// The largest request message accepted, in bytes; larger ones get `resource_exhausted`.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.limits.max_message_size = bytes;
+        self
+    }
+
+    /// Responses smaller than this are sent uncompressed even when the client accepts gzip
+    /// (default 1 KiB): compressing small messages costs more than it saves.
+    #[must_use]
+    pub fn compress_min_bytes(mut self, bytes: usize) -> Self {
+        self.limits.compress_min_bytes = bytes;
+        self
+    }
+
+    /// How long a graceful shutdown waits for in-flight calls before closing connections.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Serves until the process ends.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        self.serve_with_shutdown(listener, std::future::pending())
+            .await
+    }
+
+    /// Serves until `signal` completes, then stops accepting, lets in-flight calls finish
+    /// (up to the shutdown timeout) and returns.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let router = Arc::new(Router {
+            routes: self.routes,
+            limits: self.limits,
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Without a timer hyper silently drops its header-read timeout and HTTP/2 keep-alive,
+        // so idle or slow-loris connections would hold descriptors forever.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Per-connection failures (EMFILE, ECONNABORTED) must not stop the
+                            // server; back off briefly so a full fd table does not spin.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    serve_connection(&builder, &graceful, &router, &mut connections, stream, peer);
+                }
+                () = &mut signal => break,
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(self.shutdown_timeout) => {
+                tracing::warn!("graceful shutdown timed out; closing remaining connections");
+            }
+        }
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+fn serve_connection(
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    router: &Arc<Router>,
+    connections: &mut JoinSet<()>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    // Without TCP_NODELAY small HTTP/1.1 responses can wait on Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let router = Arc::clone(router);
+    let service = hyper::service::service_fn(move |request| {
+        let router = Arc::clone(&router);
+        async move { Ok::<_, Infallible>(router.handle(request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = graceful.watch(connection.into_owned());
+    connections.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%peer, error = %e, "connection closed with an error");
+        }
+    });
+}
