@@ -223,10 +223,7 @@ impl<T: Message> http_body::Body for ResponseStreamBody<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
         let this = self.get_mut();
-        loop {
-            let Some(stream) = this.stream.as_mut() else {
-                break;
-            };
+        while let Some(stream) = this.stream.as_mut() {
             if let Some(deadline) = this.deadline.as_mut()
                 && deadline.as_mut().poll(cx).is_ready()
             {
