@@ -28,6 +28,8 @@ fn targets() -> Vec<(PathBuf, PathBuf, &'static str)> {
         (root.join("proto"), root.join("runtime/src/gen"), ""),
         // Golden output of the fixtures; it is compiled and served by tests/tests/golden.rs.
         (fixtures.join("fixtures/proto"), fixtures.join("golden"), ""),
+        // The interop test service, served and called by tests/tests/interop_*.rs.
+        (root.join("tests/proto"), root.join("tests/src/gen"), ""),
     ];
     let mut examples: Vec<_> = std::fs::read_dir(root.join("examples"))
         .unwrap()

@@ -671,14 +671,21 @@ async fn error_from_response(
     let is_json = headers
         .get(CONTENT_TYPE)
         .is_some_and(|ct| Codec::from_unary_content_type(ct.as_bytes()) == Some(Codec::Json));
-    let parsed = if is_json {
-        // An error body larger than the message limit is not worth reading.
-        match body::read_to_bytes(body, inner.max_message_size).await {
-            Ok(bytes) => error_json::decode_error(&bytes),
+    // U6: the error body may be compressed. One larger than the message limit, or in an
+    // encoding we do not know, is not worth reading: the status still tells the code.
+    let compression = response_encoding(&headers, &CONTENT_ENCODING);
+    let parsed = match (is_json, compression) {
+        (true, Ok(compression)) => match body::read_to_bytes(body, inner.max_message_size).await {
+            Ok(bytes) => match compression {
+                Some(c) => c
+                    .decompress(&bytes, inner.max_message_size)
+                    .ok()
+                    .and_then(|b| error_json::decode_error(&b)),
+                None => error_json::decode_error(&bytes),
+            },
             Err(_) => None,
-        }
-    } else {
-        None
+        },
+        _ => None,
     };
     let mut error = parsed.unwrap_or_else(|| {
         Error::new(

@@ -1,10 +1,12 @@
-// A connect-node KV server for interop tests: our Rust client calls it.
+// connect-node servers for interop tests: the KV service and the interop service
+// (tests/proto/interop/v1/interop.proto), which our Rust client calls.
 // Usage: node server.mjs <1.1|2>   (prints "LISTENING <port>" once it accepts connections)
 import http from "node:http";
 import http2 from "node:http2";
 import { ConnectError, Code } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { KVService, EventType, GetRequestSchema } from "./gen/kv/v1/kv_pb.js";
+import { InteropService, PayloadSchema } from "./gen/interop/v1/interop_pb.js";
 
 const httpVersion = process.argv[2] ?? "2";
 const store = new Map();
@@ -22,8 +24,42 @@ function requireKey(key) {
   }
 }
 
-const routes = (router) =>
-  router.service(KVService, {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const codeByName = Object.fromEntries(
+  Object.entries(Code).filter(([, v]) => typeof v === "number").map(([k, v]) => [k.replace(/[A-Z]/g, (c, i) => (i ? "_" : "") + c.toLowerCase()), v]),
+);
+
+// The behaviours a payload asks for, as in tests/src/interop.rs.
+async function respond(payload, ctx) {
+  if (payload.sleepMs > 0) await sleep(payload.sleepMs);
+  if (payload.failCode !== "") {
+    throw new ConnectError(`failing as asked: ${payload.failCode}`, codeByName[payload.failCode] ?? Code.Unknown, undefined, [
+      { desc: PayloadSchema, value: payload },
+    ]);
+  }
+  ctx.responseHeader.set("x-echo-response", "yes");
+  ctx.responseTrailer.set("x-trailer", "done");
+  return { ...payload, echoedHeader: ctx.requestHeader.get("x-echo") ?? "" };
+}
+
+const interop = {
+  unary: (req, ctx) => respond(req, ctx),
+  lookup: (req, ctx) => respond(req, ctx),
+  async *serverStream(req, ctx) {
+    const one = await respond(req, ctx);
+    for (let i = 0; i < req.count; i++) yield one;
+  },
+  async clientStream(reqs, ctx) {
+    const texts = [];
+    for await (const r of reqs) texts.push(r.text);
+    return respond({ $typeName: "interop.v1.Payload", text: texts.join(","), count: texts.length, data: new Uint8Array(), sleepMs: 0, failCode: "", echoedHeader: "" }, ctx);
+  },
+  async *bidi(reqs) {
+    for await (const r of reqs) yield r;
+  },
+};
+
+const kv = {
     get(req) {
       requireKey(req.key);
       const value = store.get(req.key);
@@ -48,7 +84,7 @@ const routes = (router) =>
       watchers.add(watcher);
       const aborted = new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
       try {
-        // Send headers at once so the client knows it is subscribed.
+        // connect-node sends response headers with the first message, not before.
         ctx.responseHeader.set("x-watch", "subscribed");
         while (!ctx.signal.aborted) {
           while (queue.length > 0) {
@@ -61,9 +97,14 @@ const routes = (router) =>
         watchers.delete(watcher);
       }
     },
-  });
+};
 
-const handler = connectNodeAdapter({ routes });
+const routes = (router) => {
+  router.service(InteropService, interop);
+  router.service(KVService, kv);
+};
+
+const handler = connectNodeAdapter({ routes, compressMinBytes: 0 });
 const server = httpVersion === "2" ? http2.createServer(handler) : http.createServer(handler);
 server.listen(0, "127.0.0.1", () => {
   console.log(`LISTENING ${server.address().port}`);

@@ -7,6 +7,11 @@
 #[path = "../../protoc-gen-connect-plugin/tests/golden/mod.rs"]
 pub mod fixtures;
 
+#[path = "gen/mod.rs"]
+mod interop_proto;
+
+pub mod interop;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,0 +1,133 @@
+//! The Rust side of the interop service (tests/proto/interop/v1/interop.proto), with the same
+//! behaviour as the connect-node server in tests/interop/server.mjs.
+
+use std::time::Duration;
+
+use connect_plugin::{
+    Code, Error, ErrorDetail, MessageStream, Request, Response, ServerStream, Streaming,
+};
+use http::HeaderValue;
+
+pub use crate::interop_proto::interop::v1::*;
+
+/// Our implementation of `interop.v1.InteropService`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InteropServer;
+
+/// Applies the behaviours a payload asks for: sleep, fail, echo the `x-echo` header.
+async fn respond(
+    headers: &http::HeaderMap,
+    mut payload: Payload,
+) -> Result<Response<Payload>, Error> {
+    if payload.sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(payload.sleep_ms as u64)).await;
+    }
+    if !payload.fail_code.is_empty() {
+        let code = Code::ALL
+            .into_iter()
+            .find(|c| c.as_str() == payload.fail_code)
+            .unwrap_or(Code::Unknown);
+        return Err(
+            Error::new(code, format!("failing as asked: {}", payload.fail_code))
+                .with_detail(ErrorDetail::from_message(&payload)),
+        );
+    }
+    payload.echoed_header = headers
+        .get("x-echo")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut response = Response::new(payload);
+    response
+        .headers_mut()
+        .insert("x-echo-response", HeaderValue::from_static("yes"));
+    response
+        .trailers_mut()
+        .insert("x-trailer", HeaderValue::from_static("done"));
+    Ok(response)
+}
+
+impl InteropService for InteropServer {
+    async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
+        let headers = request.metadata().clone();
+        respond(&headers, request.into_message()).await
+    }
+
+    async fn lookup(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
+        let headers = request.metadata().clone();
+        respond(&headers, request.into_message()).await
+    }
+
+    async fn server_stream(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
+        let headers = request.metadata().clone();
+        let payload = request.into_message();
+        let count = payload.count.max(0) as usize;
+        let one = respond(&headers, payload).await?;
+        let (message, response_headers, trailers) = (
+            one.message().clone(),
+            one.headers().clone(),
+            one.trailers().clone(),
+        );
+        let mut response =
+            Response::new(std::iter::repeat_n(message, count).collect::<MessageStream<_>>());
+        *response.headers_mut() = response_headers;
+        *response.trailers_mut() = trailers;
+        Ok(response)
+    }
+
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<Payload>, Error> {
+        let headers = request.metadata().clone();
+        let mut payloads = request.into_message();
+        let mut texts = Vec::new();
+        while let Some(payload) = payloads.message().await? {
+            texts.push(payload.text);
+        }
+        let joined = Payload {
+            count: texts.len() as i32,
+            text: texts.join(","),
+            ..Default::default()
+        };
+        respond(&headers, joined).await
+    }
+
+    async fn bidi(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
+        let mut payloads = request.into_message();
+        let (tx, stream) = MessageStream::channel(8);
+        tokio::spawn(async move {
+            loop {
+                match payloads.message().await {
+                    Ok(Some(payload)) => {
+                        if tx.send(payload).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(error) => return tx.fail(error).await,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// Serves the interop service on an ephemeral port; returns the base URL.
+pub async fn serve_interop() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let server = connect_plugin::Server::new()
+        .compress_min_bytes(0)
+        .add_service(InteropServiceServer::new(InteropServer).into_service());
+    tokio::spawn(server.serve(listener));
+    format!("http://{addr}")
+}
