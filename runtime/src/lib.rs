@@ -44,6 +44,7 @@ mod client;
 mod deadline;
 mod error;
 pub mod launch;
+pub mod metadata;
 mod method;
 mod plugin;
 mod protocol;

@@ -62,6 +62,11 @@ pub(crate) fn parse_query(query: &str) -> Result<GetRequest, Error> {
             ));
         }
     };
+    // G3: an unsupported compression is `unimplemented`, whatever the message holds.
+    let compression = match compression {
+        Some(name) => Compression::parse(&name)?,
+        None => None,
+    };
     let message = message.ok_or_else(|| {
         Error::invalid_argument("GET request is missing the `message` query parameter")
     })?;
@@ -74,10 +79,6 @@ pub(crate) fn parse_query(query: &str) -> Result<GetRequest, Error> {
         })?
     } else {
         raw
-    };
-    let compression = match compression {
-        Some(name) => Compression::parse(&name)?,
-        None => None,
     };
     Ok(GetRequest {
         codec,
