@@ -28,13 +28,21 @@ use crate::protocol::headers::{
 use crate::protocol::{Codec, error_json, get, timeout};
 use crate::server::{DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::stream::{Direction, MessageStream, RequestStreamBody, Streaming};
+use crate::tls::ClientTls;
 use crate::{Code, Error, Request, Response};
+
+/// The HTTP client, cleartext or TLS; both return the same response future.
+enum Transport {
+    Plain(hyper_util::client::legacy::Client<HttpConnector, Body>),
+    Tls(hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>),
+}
 
 /// Which HTTP version a [`Channel`] speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum HttpVersion {
-    /// HTTP/2 with prior knowledge (h2c) on `http://`: one multiplexed connection, the default.
+    /// HTTP/2: with prior knowledge (h2c) on `http://`, by ALPN on `https://`. One multiplexed
+    /// connection; the default.
     #[default]
     Http2,
     /// HTTP/1.1: one request per connection at a time, pooled.
@@ -59,7 +67,7 @@ pub struct Channel {
 }
 
 struct ChannelInner {
-    http: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    http: Transport,
     scheme: Scheme,
     authority: Authority,
     /// A routing prefix before `/<service>/<method>`, without a trailing slash ("" if none).
@@ -96,9 +104,17 @@ pub struct ChannelBuilder {
     send_compression: Option<Compression>,
     compress_min_bytes: usize,
     use_get: bool,
+    tls: Option<ClientTls>,
 }
 
 impl ChannelBuilder {
+    /// TLS settings for `https://` endpoints.
+    #[must_use]
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Compresses requests (at least `compress_min_bytes` long) with `compression`. Responses
     /// are always accepted gzip-compressed or not.
     #[must_use]
@@ -177,8 +193,13 @@ impl ChannelBuilder {
         };
         let uri: Uri = self.base_url.parse().map_err(|_| bad("not a URL"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
-        if scheme != Scheme::HTTP {
-            return Err(bad("only http:// is supported by this client"));
+        if scheme == Scheme::HTTPS && self.tls.is_none() {
+            return Err(bad(
+                "https:// needs TLS settings: add ChannelBuilder::tls(ClientTls::with_root_certificates_pem(..))",
+            ));
+        }
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(bad("the scheme must be http:// or https://"));
         }
         let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
         if uri.query().is_some() {
@@ -189,14 +210,33 @@ impl ChannelBuilder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.enforce_http(true);
         let mut http = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         http.pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new());
-        if self.http_version == HttpVersion::Http2 {
-            http.http2_only(true);
-        }
-        let http = http.build(connector);
+        let http = match (&self.tls, scheme == Scheme::HTTPS) {
+            (Some(tls), true) => {
+                connector.enforce_http(false);
+                // Over TLS, ALPN picks the HTTP version; offer only the one asked for.
+                let tls = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.config.clone())
+                    .https_only();
+                let tls = match self.http_version {
+                    HttpVersion::Http2 => tls.enable_http2().wrap_connector(connector),
+                    HttpVersion::Http1 => tls.enable_http1().wrap_connector(connector),
+                };
+                if self.http_version == HttpVersion::Http2 {
+                    http.http2_only(true);
+                }
+                Transport::Tls(http.build(tls))
+            }
+            _ => {
+                connector.enforce_http(true);
+                if self.http_version == HttpVersion::Http2 {
+                    http.http2_only(true);
+                }
+                Transport::Plain(http.build(connector))
+            }
+        };
         Ok(Channel {
             inner: Arc::new(ChannelInner {
                 http,
@@ -238,6 +278,7 @@ impl Channel {
             send_compression: None,
             compress_min_bytes: DEFAULT_COMPRESS_MIN_BYTES,
             use_get: false,
+            tls: None,
         }
     }
 
@@ -527,7 +568,11 @@ impl Channel {
 
     async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Incoming>, Error> {
         // Connection failures and resets alike mean the peer is not there (now): unavailable.
-        self.inner.http.request(request).await.map_err(|e| {
+        let response = match &self.inner.http {
+            Transport::Plain(client) => client.request(request),
+            Transport::Tls(client) => client.request(request),
+        };
+        response.await.map_err(|e| {
             Error::unavailable(format!(
                 "calling {}: {}",
                 self.inner.base_url,
@@ -755,7 +800,9 @@ mod tests {
         let err = Channel::new("127.0.0.1:8080").unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("127.0.0.1:8080"), "{err}");
-        assert!(Channel::new("https://example.com").is_err());
+        let err = Channel::new("https://example.com").unwrap_err();
+        assert!(err.message().contains("ChannelBuilder::tls"), "{err}");
+        assert!(Channel::new("ftp://example.com").is_err());
         assert!(Channel::new("http://127.0.0.1:1/prefix/").is_ok());
     }
 }

@@ -52,6 +52,7 @@ mod request;
 mod serve;
 mod server;
 mod stream;
+pub mod tls;
 pub mod wkt;
 
 pub use client::{Channel, ChannelBuilder, HttpVersion};

@@ -121,13 +121,20 @@ impl InteropService for InteropServer {
 
 /// Serves the interop service on an ephemeral port; returns the base URL.
 pub async fn serve_interop() -> String {
+    serve_interop_with(connect_plugin::Server::new()).await
+}
+
+/// Serves the interop service with `server`'s settings; returns the base URL (`https://` when
+/// the server has TLS).
+pub async fn serve_interop_with(server: connect_plugin::Server) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let server = connect_plugin::Server::new()
+    let scheme = if server.has_tls() { "https" } else { "http" };
+    let server = server
         .compress_min_bytes(0)
         .add_service(InteropServiceServer::new(InteropServer).into_service());
     tokio::spawn(server.serve(listener));
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
 }

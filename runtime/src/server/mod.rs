@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::tls::ServerTls;
 pub use handler::Service;
 use router::{CallLimits, Route, Router};
 
@@ -46,6 +47,7 @@ pub struct Server {
     routes: HashMap<&'static str, Route>,
     limits: CallLimits,
     shutdown_timeout: Duration,
+    tls: Option<ServerTls>,
 }
 
 impl Default for Server {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("procedures", &paths)
             .field("limits", &self.limits)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -75,6 +78,7 @@ impl Server {
                 compress_min_bytes: DEFAULT_COMPRESS_MIN_BYTES,
             },
             shutdown_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 
@@ -109,6 +113,18 @@ impl Server {
     pub fn compress_min_bytes(mut self, bytes: usize) -> Self {
         self.limits.compress_min_bytes = bytes;
         self
+    }
+
+    /// Serves over TLS (HTTPS, with HTTP/2 or HTTP/1.1 chosen by ALPN) instead of cleartext.
+    #[must_use]
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Whether the server serves TLS.
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// How long a graceful shutdown waits for in-flight calls before closing connections.
@@ -148,6 +164,9 @@ impl Server {
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let tls = self
+            .tls
+            .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
         let mut connections = JoinSet::new();
         let mut signal = std::pin::pin!(signal);
         loop {
@@ -164,7 +183,7 @@ impl Server {
                             continue;
                         }
                     };
-                    serve_connection(&builder, &graceful, &router, &mut connections, stream, peer);
+                    serve_connection(&builder, &graceful, &router, tls.as_ref(), &mut connections, stream, peer);
                 }
                 () = &mut signal => break,
             }
@@ -186,6 +205,7 @@ fn serve_connection(
     builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     router: &Arc<Router>,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
     connections: &mut JoinSet<()>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -197,11 +217,38 @@ fn serve_connection(
         let router = Arc::clone(&router);
         async move { Ok::<_, Infallible>(router.handle(request).await) }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection.into_owned());
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    let tls = tls.cloned();
     connections.spawn(async move {
-        if let Err(e) = connection.await {
+        let served = match tls {
+            None => {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+            Some(acceptor) => {
+                // A client that never finishes its handshake must not hold the slot forever.
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+        };
+        if let Err(e) = served {
             tracing::debug!(%peer, error = %e, "connection closed with an error");
         }
     });
 }
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
