@@ -30,6 +30,12 @@ fn targets() -> Vec<(PathBuf, PathBuf, &'static str)> {
         (fixtures.join("fixtures/proto"), fixtures.join("golden"), ""),
         // The interop test service, served and called by tests/tests/interop_*.rs.
         (root.join("tests/proto"), root.join("tests/src/gen"), ""),
+        // The conformance suite's protos, for the conformance server and client.
+        (
+            root.join("conformance/proto"),
+            root.join("conformance/src/gen"),
+            "",
+        ),
     ];
     let mut examples: Vec<_> = std::fs::read_dir(root.join("examples"))
         .unwrap()

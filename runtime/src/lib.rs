@@ -43,6 +43,9 @@ mod body;
 mod client;
 mod deadline;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod launch;
 pub mod metadata;
 mod method;
