@@ -21,11 +21,28 @@
 //! ```
 //!
 //! ## Protocol support
-//! Connect protocol v1: unary POST with `application/proto` and `application/json`, server
-//! streaming with envelopes and the JSON end-stream message, the 16 error codes with their HTTP
-//! mapping and error details, metadata and `trailer-` headers, `Connect-Timeout-Ms`, message
-//! size limits, HTTP/1.1 and h2c on one port. Not yet: client and bidi streaming, GET,
-//! compression, TLS. gRPC and gRPC-Web are out of scope.
+//! Connect protocol v1, server and client, checked rule by rule (tests named after the rule
+//! IDs) and against connect-node and `buf curl`:
+//!
+//! - unary POST with `application/proto` and `application/json` (canonical proto3 JSON);
+//! - unary GET for methods marked `idempotency_level = NO_SIDE_EFFECTS`
+//!   ([`ChannelBuilder::use_get`] on clients; servers accept it automatically);
+//! - server, client and bidirectional streaming with 5-byte envelopes and the JSON end-stream
+//!   message; bidi is full duplex over HTTP/2 and half duplex over HTTP/1.1;
+//! - gzip compression (identity always accepted) negotiated with `Content-Encoding` /
+//!   `Accept-Encoding` for unary and `Connect-Content-Encoding` / `Connect-Accept-Encoding` per
+//!   message for streams, with a minimum size below which nothing is compressed;
+//! - the 16 error codes with their HTTP mapping, error details, metadata, `trailer-` headers
+//!   hidden from users, end-stream metadata and `-bin` keys ([`metadata`]);
+//! - `Connect-Timeout-Ms`: set from a per-call or per-channel timeout, enforced by servers, and
+//!   inherited by the calls a handler makes ([`current_deadline`]);
+//! - message size limits on both sides, checked after decompression;
+//! - HTTP/1.1 and h2c on one port, and TLS (rustls) with HTTP/2 or HTTP/1.1 chosen by ALPN
+//!   ([`tls`]).
+//!
+//! Not supported: gRPC and gRPC-Web (the protocol enum stays open for them), compression other
+//! than gzip (brotli and zstd need C libraries; a request using them gets `unimplemented`), and
+//! HTTP/3.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
