@@ -10,10 +10,13 @@ use connect_plugin_tests::interop::{
     serve_interop,
 };
 
+/// Per forwarded call: whether the handler saw a deadline, and the downstream error code.
+type Seen = Arc<Mutex<Vec<(bool, Option<Code>)>>>;
+
 /// Forwards `unary` to a downstream interop server, recording what happened.
 struct Proxy {
     downstream: InteropServiceClient,
-    seen: Arc<Mutex<Vec<(bool, Option<Code>)>>>,
+    seen: Seen,
 }
 
 impl InteropService for Proxy {
