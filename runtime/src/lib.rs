@@ -57,16 +57,21 @@ extern crate self as connect_plugin;
 pub mod proto;
 
 mod body;
+pub mod broker;
 mod client;
 mod deadline;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handshake;
+pub mod health;
+mod identity;
 pub mod launch;
 pub mod metadata;
 mod method;
 mod plugin;
+mod plugin_client;
 mod protocol;
 mod request;
 mod serve;
@@ -80,7 +85,14 @@ pub use deadline::current as current_deadline;
 pub use error::{Code, Error, ErrorDetail};
 pub use launch::{LaunchConfig, PluginProcess};
 pub use method::{Idempotency, MethodDescriptor, StreamKind};
-pub use plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, Plugin, PluginServer, dispense};
+pub use broker::{CapabilityBroker, CapabilityDefinition};
+pub use health::{HealthMonitor, HealthServer, HealthStatus};
+pub use identity::RuntimeIdentity;
+pub use plugin_client::{CapabilityGrant, Client, ClientConfig, Handshake};
+pub use plugin::{
+    MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, Plugin, PluginMetadata, PluginServer, PluginSet,
+    ServiceDependency, dispense,
+};
 pub use protocol::codec::Message;
 pub use protocol::{Codec, Compression};
 pub use request::{IntoRequest, Request, Response};

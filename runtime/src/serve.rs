@@ -1,35 +1,98 @@
-//! [`serve`]: the one call a plugin binary makes to serve its plugins.
+//! [`serve`]: the one call a plugin process (or a host offering capabilities) makes to serve.
 //!
-//! It binds the listener (from `ServeConfig::addr`, else `127.0.0.1:$PORT`, `PORT` defaulting
-//! to 8080 like connect-plugin-go's examples; `PORT=0` picks a free port), announces readiness
-//! on stdout with the [`crate::launch`] readiness line, logs the address, and serves until
-//! SIGINT/SIGTERM, or, when a host launched the process, until the host closes its stdin
-//! (which also happens when the host dies, so plugins never outlive their host).
+//! Besides the configured plugins it serves the handshake, health checking (`HealthService`,
+//! `/healthz`, `/readyz`) and, if configured, the capability broker with its `/capabilities/`
+//! proxy. It binds `ServeConfig::addr`, else `127.0.0.1:$PORT` (`PORT` defaulting to 8080
+//! like connect-plugin-go's examples; `PORT=0` picks a free port), announces readiness on
+//! stdout with the [`crate::launch`] readiness line, and serves until the stop signal: the one
+//! configured, else SIGINT/SIGTERM, or, when a host launched the process, the host closing its
+//! stdin (which also happens when the host dies, so plugins never outlive their host).
+//!
+//! Shutdown is graceful: readiness flips to `NOT_SERVING` first, in-flight calls drain within
+//! the shutdown timeout, then the cleanup hook runs.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
+use crate::broker::{CAPABILITY_PREFIX, CapabilityBroker};
+use crate::handshake::HandshakeServer;
+use crate::health::HealthServer;
+use crate::identity::{DEFAULT_TOKEN_TTL, IdentityStore};
 use crate::launch::{self, LAUNCHED_ENV};
-use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
-use crate::{Code, Error, PluginServer, Server, Service};
+use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, PluginServer, PluginSet};
+use crate::proto::connectplugin::health::v1::{HealthServiceServer, ServingStatus};
+use crate::proto::connectplugin::v1::{CapabilityBrokerServer, HandshakeServiceServer};
+use crate::server::RawHandler;
+use crate::tls::ServerTls;
+use crate::{Code, Error, Server, Service};
 
-/// What [`serve`] serves, and how.
-#[derive(Debug, Default)]
+type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// What [`serve`] serves, and how. Every setting has connect-plugin-go's default.
 pub struct ServeConfig {
     plugins: Vec<PluginServer>,
     services: Vec<Service>,
     addr: Option<SocketAddr>,
+    listener: Option<TcpListener>,
+    app_protocol_versions: Vec<i32>,
+    cookie: (String, String),
+    server_metadata: HashMap<String, String>,
+    health: HealthServer,
+    broker: Option<CapabilityBroker>,
+    token_ttl: Duration,
     max_message_size: Option<usize>,
-    shutdown_timeout: Option<Duration>,
+    shutdown_timeout: Duration,
+    tls: Option<ServerTls>,
+    cleanup: Option<Hook>,
+    stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    announce: bool,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("plugins", &self.plugins.iter().map(PluginServer::name).collect::<Vec<_>>())
+            .field("addr", &self.addr)
+            .field("app_protocol_versions", &self.app_protocol_versions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ServeConfig {
-    /// An empty configuration.
+    /// An empty configuration: app protocol version 1, the default magic cookie, 24 h runtime
+    /// tokens, a 30 s shutdown timeout.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            plugins: Vec::new(),
+            services: Vec::new(),
+            addr: None,
+            listener: None,
+            app_protocol_versions: vec![1],
+            cookie: (MAGIC_COOKIE_KEY.to_owned(), MAGIC_COOKIE_VALUE.to_owned()),
+            server_metadata: HashMap::new(),
+            health: HealthServer::new(),
+            broker: None,
+            token_ttl: DEFAULT_TOKEN_TTL,
+            max_message_size: None,
+            shutdown_timeout: Duration::from_secs(30),
+            tls: None,
+            cleanup: None,
+            stop: None,
+            announce: true,
+        }
     }
 
     /// Adds a plugin, as built by a generated `<Service>Plugin::server(impl)`.
@@ -53,6 +116,64 @@ impl ServeConfig {
         self
     }
 
+    /// Serves on an already bound listener (and does not print the readiness line).
+    #[must_use]
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self.announce = false;
+        self
+    }
+
+    /// The application protocol version (default 1).
+    #[must_use]
+    pub fn app_protocol_version(self, version: i32) -> Self {
+        self.app_protocol_versions(vec![version])
+    }
+
+    /// Every application protocol version this process speaks; the handshake picks the
+    /// highest one the client speaks too.
+    #[must_use]
+    pub fn app_protocol_versions(mut self, versions: Vec<i32>) -> Self {
+        self.app_protocol_versions = versions;
+        self
+    }
+
+    /// The magic cookie clients must present (default: connect-plugin-go's).
+    #[must_use]
+    pub fn magic_cookie(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cookie = (key.into(), value.into());
+        self
+    }
+
+    /// Metadata returned in every handshake.
+    #[must_use]
+    pub fn server_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.server_metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The health server to report through (one is created by default; pass a clone of yours
+    /// to change statuses while serving).
+    #[must_use]
+    pub fn health(mut self, health: HealthServer) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Offers host capabilities through a broker.
+    #[must_use]
+    pub fn broker(mut self, broker: CapabilityBroker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// How long runtime tokens issued in handshakes live (default 24 h).
+    #[must_use]
+    pub fn runtime_token_ttl(mut self, ttl: Duration) -> Self {
+        self.token_ttl = ttl;
+        self
+    }
+
     /// The largest request message accepted (default 4 MiB).
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
@@ -63,7 +184,32 @@ impl ServeConfig {
     /// How long shutdown waits for in-flight calls (default 30 s).
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = Some(timeout);
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Serves over TLS.
+    #[must_use]
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Runs after the server has drained, before [`serve`] returns.
+    #[must_use]
+    pub fn cleanup<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.cleanup = Some(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    /// Stops when `signal` completes, instead of on SIGINT/SIGTERM/stdin closing.
+    #[must_use]
+    pub fn stop_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.stop = Some(Box::pin(signal));
         self
     }
 }
@@ -84,52 +230,158 @@ pub fn addr_from_env() -> Result<SocketAddr, Error> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
+fn probe(health: &HealthServer) -> RawHandler {
+    let health = health.clone();
+    Arc::new(move |request: http::Request<hyper::body::Incoming>| {
+        let answer = health.probe(request.uri().path()).unwrap_or((404, "not found"));
+        Box::pin(async move {
+            let mut response = http::Response::new(crate::body::Body::full(answer.1));
+            *response.status_mut() = http::StatusCode::from_u16(answer.0).unwrap_or(http::StatusCode::OK);
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            response
+        })
+    })
+}
+
 /// Serves the configured plugins until the process is told to stop (see the module docs).
 ///
 /// # Errors
-/// `unavailable` if the address cannot be bound; `invalid_argument` for a bad `PORT`, or
-/// if nothing was configured to serve.
+/// `invalid_argument` for a bad plugin set or `PORT`; `unavailable` if the address cannot be
+/// bound.
 pub async fn serve(config: ServeConfig) -> Result<(), Error> {
-    if config.plugins.is_empty() && config.services.is_empty() {
+    let ServeConfig {
+        plugins,
+        services,
+        addr,
+        listener,
+        app_protocol_versions,
+        cookie,
+        mut server_metadata,
+        health,
+        broker,
+        token_ttl,
+        max_message_size,
+        shutdown_timeout,
+        tls,
+        cleanup,
+        stop,
+        announce,
+    } = config;
+    let mut set = PluginSet::new();
+    for plugin in plugins {
+        set.add(plugin)?;
+    }
+    if set.is_empty() && services.is_empty() && broker.is_none() {
         return Err(Error::invalid_argument(
             "nothing to serve: add a plugin with ServeConfig::plugin(MyPlugin::server(my_impl))",
         ));
     }
-    let addr = match config.addr {
-        Some(addr) => addr,
-        None => addr_from_env()?,
+    if app_protocol_versions.is_empty() {
+        return Err(Error::invalid_argument("app_protocol_versions must not be empty"));
+    }
+    let listener = match listener {
+        Some(listener) => listener,
+        None => {
+            let addr = match addr {
+                Some(addr) => addr,
+                None => addr_from_env()?,
+            };
+            TcpListener::bind(addr).await.map_err(|e| {
+                Error::unavailable(format!(
+                    "cannot listen on {addr}: {e} (set PORT to a free port, or PORT=0 for any)"
+                ))
+            })?
+        }
     };
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        Error::unavailable(format!(
-            "cannot listen on {addr}: {e} (set PORT to a free port, or PORT=0 for any)"
-        ))
-    })?;
     let local = listener
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the bound address: {e}")))?;
-    let names: Vec<&str> = config.plugins.iter().map(PluginServer::name).collect();
-    let mut server = Server::new();
-    if let Some(max) = config.max_message_size {
+
+    let identities = Arc::new(IdentityStore::new(token_ttl));
+    server_metadata
+        .entry("server_version".to_owned())
+        .or_insert_with(|| env!("CARGO_PKG_VERSION").to_owned());
+    let names: Vec<String> = set.names().map(str::to_owned).collect();
+    let mut server = Server::new().shutdown_timeout(shutdown_timeout);
+    if let Some(max) = max_message_size {
         server = server.max_message_size(max);
     }
-    if let Some(timeout) = config.shutdown_timeout {
-        server = server.shutdown_timeout(timeout);
+    if let Some(tls) = tls {
+        server = server.tls(tls);
     }
-    for plugin in config.plugins {
-        server = server.add_service(plugin.into_service());
-    }
-    for service in config.services {
+    let mut infos = Vec::new();
+    for (metadata, service) in set.into_parts() {
+        health.set_status(&metadata.service_path, ServingStatus::Serving);
+        infos.push(metadata.info());
         server = server.add_service(service);
     }
-    let launched = std::env::var(LAUNCHED_ENV).is_ok_and(|v| v == MAGIC_COOKIE_VALUE)
-        || std::env::var(MAGIC_COOKIE_KEY).is_ok_and(|v| v == MAGIC_COOKIE_VALUE);
-    launch::announce_ready(local)
-        .map_err(|e| Error::internal(format!("writing the readiness line to stdout: {e}")))?;
+    for service in services {
+        server = server.add_service(service);
+    }
+    let capabilities: Arc<dyn Fn() -> Vec<_> + Send + Sync> = match &broker {
+        Some(broker) => {
+            let broker = broker.clone();
+            Arc::new(move || broker.list())
+        }
+        None => Arc::new(Vec::new),
+    };
+    if let Some(broker) = broker {
+        broker.attach(Arc::clone(&identities));
+        server = server
+            .route_prefix(CAPABILITY_PREFIX, broker.proxy())
+            .add_service(CapabilityBrokerServer::new(broker).into_service());
+    }
+    let handshake = HandshakeServer {
+        app_versions: app_protocol_versions,
+        cookie_key: cookie.0,
+        cookie_value: cookie.1,
+        server_metadata,
+        plugins: infos,
+        capabilities,
+        identities: Arc::clone(&identities),
+    };
+    server = server
+        .add_service(HandshakeServiceServer::new(handshake).into_service())
+        .add_service(HealthServiceServer::new(health.clone()).into_service())
+        .route_raw("/healthz", probe(&health))
+        .route_raw("/readyz", probe(&health));
+
+    // Expired runtime identities are swept, not only dropped when next used.
+    let sweeper = {
+        let identities = Arc::clone(&identities);
+        let every = token_ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                identities.sweep();
+            }
+        })
+    };
+
+    let launched = std::env::var(LAUNCHED_ENV).is_ok_and(|v| v == MAGIC_COOKIE_VALUE);
+    if announce {
+        launch::announce_ready(local)
+            .map_err(|e| Error::internal(format!("writing the readiness line to stdout: {e}")))?;
+    }
     tracing::info!(address = %local, plugins = ?names, "listening");
-    server
-        .serve_with_shutdown(listener, stop_signal(launched))
-        .await
-        .map_err(|e| Error::new(Code::Internal, format!("serving on {local}: {e}")))?;
+    let stop = async {
+        match stop {
+            Some(stop) => stop.await,
+            None => stop_signal(launched).await,
+        }
+        // Readiness flips first, so load balancers and hosts stop sending new calls.
+        health.shutdown();
+    };
+    let served = server.serve_with_shutdown(listener, stop).await;
+    sweeper.abort();
+    if let Some(cleanup) = cleanup {
+        cleanup().await;
+    }
+    served.map_err(|e| Error::new(Code::Internal, format!("serving on {local}: {e}")))?;
     tracing::info!(address = %local, "stopped");
     Ok(())
 }

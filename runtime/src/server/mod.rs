@@ -23,7 +23,9 @@ use tokio::task::JoinSet;
 
 use crate::tls::ServerTls;
 pub use handler::Service;
-use router::{CallLimits, Route, Router};
+pub(crate) use response::error_response;
+pub(crate) use router::{RawHandler, Router};
+use router::{CallLimits, Route};
 
 /// Default limit on one message, after decompression: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -45,6 +47,8 @@ pub const DEFAULT_COMPRESS_MIN_BYTES: usize = 1024;
 /// ```
 pub struct Server {
     routes: HashMap<&'static str, Route>,
+    raw: HashMap<&'static str, RawHandler>,
+    prefixes: Vec<(String, RawHandler)>,
     limits: CallLimits,
     shutdown_timeout: Duration,
     tls: Option<ServerTls>,
@@ -73,6 +77,8 @@ impl Server {
     pub fn new() -> Self {
         Self {
             routes: HashMap::new(),
+            raw: HashMap::new(),
+            prefixes: Vec::new(),
             limits: CallLimits {
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 compress_min_bytes: DEFAULT_COMPRESS_MIN_BYTES,
@@ -122,6 +128,30 @@ impl Server {
         self
     }
 
+    /// Serves plain HTTP requests at exactly `path` with `handler` (probes such as `/healthz`).
+    pub(crate) fn route_raw(mut self, path: &'static str, handler: RawHandler) -> Self {
+        self.raw.insert(path, handler);
+        self
+    }
+
+    /// Serves plain HTTP requests under `prefix` with `handler` (proxies such as
+    /// `/capabilities/`). Connect procedures and exact paths take precedence.
+    pub(crate) fn route_prefix(mut self, prefix: impl Into<String>, handler: RawHandler) -> Self {
+        self.prefixes.push((prefix.into(), handler));
+        self
+    }
+
+    /// Builds a router of `services` for dispatching in-process (capabilities behind the
+    /// broker's proxy).
+    pub(crate) fn into_router(self) -> Arc<router::Router> {
+        Arc::new(Router {
+            routes: self.routes,
+            raw: self.raw,
+            prefixes: self.prefixes,
+            limits: self.limits,
+        })
+    }
+
     /// Whether the server serves TLS.
     pub fn has_tls(&self) -> bool {
         self.tls.is_some()
@@ -147,8 +177,12 @@ impl Server {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
+        let mut prefixes = self.prefixes;
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let router = Arc::new(Router {
             routes: self.routes,
+            raw: self.raw,
+            prefixes,
             limits: self.limits,
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

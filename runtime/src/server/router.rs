@@ -33,13 +33,36 @@ pub(crate) struct CallLimits {
     pub(crate) compress_min_bytes: usize,
 }
 
+/// A handler of plain HTTP requests (probes, proxies), outside the Connect procedures.
+pub(crate) type RawHandler = Arc<
+    dyn Fn(http::Request<Incoming>) -> super::handler::BoxFuture<http::Response<Body>>
+        + Send
+        + Sync,
+>;
+
 pub(crate) struct Router {
     pub(crate) routes: HashMap<&'static str, Route>,
+    /// Plain HTTP handlers by exact path.
+    pub(crate) raw: HashMap<&'static str, RawHandler>,
+    /// Plain HTTP handlers by path prefix, longest first.
+    pub(crate) prefixes: Vec<(String, RawHandler)>,
     pub(crate) limits: CallLimits,
 }
 
 impl Router {
     pub(crate) async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let path = request.uri().path();
+        if !self.routes.contains_key(path) {
+            let raw = self.raw.get(path).or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                    .map(|(_, handler)| handler)
+            });
+            if let Some(handler) = raw {
+                return handler(request).await;
+            }
+        }
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
         let Some(route) = self.routes.get(path) else {

@@ -1,0 +1,239 @@
+//! Health checking (`connectplugin.health.v1.HealthService`, wire-compatible with
+//! connect-plugin-go): per-service serving status with `Check` and `Watch`, the plain HTTP
+//! probes `/healthz` (alive) and `/readyz` (serving), and [`HealthMonitor`], a client-side
+//! poller that reports changes.
+//!
+//! The empty service name `""` is the whole server. On shutdown every status becomes
+//! `NOT_SERVING` and later updates are ignored, so readiness flips before connections drain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::proto::connectplugin::health::v1 as wire;
+use crate::proto::connectplugin::health::v1::{HealthService, ServingStatus};
+use crate::{Channel, Error, MessageStream, Request, Response, ServerStream};
+
+struct State {
+    statuses: HashMap<String, ServingStatus>,
+    shut_down: bool,
+}
+
+/// The server side of health checking; cheap to clone and share with the code that knows
+/// whether things are healthy.
+#[derive(Clone)]
+pub struct HealthServer {
+    state: Arc<Mutex<State>>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for HealthServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthServer")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Default for HealthServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthServer {
+    /// A health server whose overall status (`""`) is `SERVING`.
+    pub fn new() -> Self {
+        let statuses = [(String::new(), ServingStatus::Serving)].into();
+        Self {
+            state: Arc::new(Mutex::new(State {
+                statuses,
+                shut_down: false,
+            })),
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the status of `service` (`""` for the whole server). Ignored after shutdown.
+    pub fn set_status(&self, service: &str, status: ServingStatus) {
+        let mut state = self.state();
+        if state.shut_down {
+            return;
+        }
+        if state.statuses.insert(service.to_owned(), status) != Some(status) {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// The status of `service`, `None` if it was never set.
+    pub fn status(&self, service: &str) -> Option<ServingStatus> {
+        self.state().statuses.get(service).copied()
+    }
+
+    /// Whether the whole server is `SERVING` (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        self.status("") == Some(ServingStatus::Serving)
+    }
+
+    /// Marks everything `NOT_SERVING` for good (graceful shutdown's first step).
+    pub fn shutdown(&self) {
+        let mut state = self.state();
+        state.shut_down = true;
+        for status in state.statuses.values_mut() {
+            *status = ServingStatus::NotServing;
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The answer to a `/healthz` or `/readyz` probe, if `path` is one.
+    pub(crate) fn probe(&self, path: &str) -> Option<(u16, &'static str)> {
+        match path {
+            "/healthz" => Some((200, "ok")),
+            "/readyz" if self.is_ready() => Some((200, "ready")),
+            "/readyz" => Some((503, "not ready")),
+            _ => None,
+        }
+    }
+}
+
+impl HealthService for HealthServer {
+    async fn check(
+        &self,
+        request: Request<wire::HealthCheckRequest>,
+    ) -> Result<Response<wire::HealthCheckResponse>, Error> {
+        let service = &request.message().service;
+        match self.status(service) {
+            Some(status) => Ok(Response::new(wire::HealthCheckResponse {
+                status: status as i32,
+            })),
+            None => Err(Error::not_found(format!(
+                "no health status for service {service:?}"
+            ))),
+        }
+    }
+
+    async fn watch(
+        &self,
+        request: Request<wire::HealthCheckRequest>,
+    ) -> Result<Response<ServerStream<wire::HealthCheckResponse>>, Error> {
+        let service = request.into_message().service;
+        let health = self.clone();
+        let mut changes = self.changed.subscribe();
+        let (tx, stream) = MessageStream::channel(4);
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                // The current status first, then every change (unknown: SERVICE_UNKNOWN).
+                let status = health.status(&service).unwrap_or(ServingStatus::ServiceUnknown);
+                if last != Some(status) {
+                    last = Some(status);
+                    let message = wire::HealthCheckResponse { status: status as i32 };
+                    if tx.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// What a [`HealthMonitor`] last saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthStatus {
+    /// The service answers `SERVING`.
+    Serving,
+    /// The service answers, but not `SERVING`.
+    NotServing,
+    /// The check failed: the plugin is unreachable or does not know the service.
+    Unreachable,
+}
+
+/// Polls a plugin's health at an interval and calls back on every change. Dropping the
+/// monitor stops it.
+#[derive(Debug)]
+pub struct HealthMonitor {
+    task: tokio::task::JoinHandle<()>,
+    status: tokio::sync::watch::Receiver<HealthStatus>,
+}
+
+impl HealthMonitor {
+    /// Starts polling `service` (`""` for the whole plugin) over `channel` every `interval`;
+    /// `on_change` runs with each new status, the first one included.
+    pub fn start(
+        channel: &Channel,
+        service: impl Into<String>,
+        interval: Duration,
+        on_change: impl Fn(HealthStatus) + Send + Sync + 'static,
+    ) -> Self {
+        let client = wire::HealthServiceClient::new(channel.clone());
+        let service = service.into();
+        let (tx, status) = tokio::sync::watch::channel(HealthStatus::Unreachable);
+        let task = tokio::spawn(async move {
+            let mut last = None;
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let request = Request::new(wire::HealthCheckRequest {
+                    service: service.clone(),
+                })
+                .with_timeout(interval.max(Duration::from_millis(100)));
+                let now = match client.check(request).await {
+                    Ok(r) if r.status == ServingStatus::Serving as i32 => HealthStatus::Serving,
+                    Ok(_) => HealthStatus::NotServing,
+                    Err(_) => HealthStatus::Unreachable,
+                };
+                if last != Some(now) {
+                    last = Some(now);
+                    let _ = tx.send(now);
+                    on_change(now);
+                }
+            }
+        });
+        Self { task, status }
+    }
+
+    /// The last status seen.
+    pub fn status(&self) -> HealthStatus {
+        *self.status.borrow()
+    }
+
+    /// Waits until the monitor reports `wanted`.
+    pub async fn wait_for(&mut self, wanted: HealthStatus) {
+        let _ = self.status.wait_for(|s| *s == wanted).await;
+    }
+}
+
+impl Drop for HealthMonitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_probes_and_shutdown() {
+        let health = HealthServer::new();
+        assert_eq!(health.probe("/readyz"), Some((200, "ready")));
+        health.set_status("kv", ServingStatus::Serving);
+        health.shutdown();
+        assert_eq!(health.status("kv"), Some(ServingStatus::NotServing));
+        assert_eq!(health.probe("/readyz"), Some((503, "not ready")));
+        assert_eq!(health.probe("/healthz"), Some((200, "ok")));
+        health.set_status("", ServingStatus::Serving);
+        assert!(!health.is_ready(), "updates after shutdown are ignored");
+    }
+}
