@@ -298,3 +298,40 @@ impl wire::CapabilityBroker for CapabilityBroker {
         Ok(Response::new(wire::RequestCapabilityResponse { grant: Some(grant) }))
     }
 }
+
+/// The `logger` capability (`capability.logger.v1.Logger`, as in connect-plugin-go): writes the
+/// lines plugins send into the host's `tracing` log, tagged with the caller's runtime id.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TracingLogger;
+
+impl TracingLogger {
+    /// The capability definition to add to a broker: type `logger`, version `1.0.0`.
+    pub fn definition() -> CapabilityDefinition {
+        use crate::proto::capability::logger::v1::LoggerServer;
+        CapabilityDefinition::new("logger", "1.0.0", LoggerServer::new(TracingLogger).into_service())
+    }
+}
+
+impl crate::proto::capability::logger::v1::Logger for TracingLogger {
+    async fn log(
+        &self,
+        request: Request<crate::proto::capability::logger::v1::LogRequest>,
+    ) -> Result<Response<crate::proto::capability::logger::v1::LogResponse>, Error> {
+        let caller = request
+            .metadata()
+            .get(RUNTIME_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_owned();
+        let line = request.into_message();
+        let mut fields: Vec<_> = line.fields.iter().collect();
+        fields.sort();
+        match line.level.as_str() {
+            "error" => tracing::error!(plugin = %caller, ?fields, "{}", line.message),
+            "warn" => tracing::warn!(plugin = %caller, ?fields, "{}", line.message),
+            "debug" => tracing::debug!(plugin = %caller, ?fields, "{}", line.message),
+            _ => tracing::info!(plugin = %caller, ?fields, "{}", line.message),
+        }
+        Ok(Response::new(Default::default()))
+    }
+}

@@ -282,6 +282,11 @@ impl Channel {
         }
     }
 
+    /// The metadata sent with every call (set with [`ChannelBuilder::metadata`]).
+    pub fn metadata(&self) -> &HeaderMap {
+        &self.inner.metadata
+    }
+
     /// The base URL calls go to.
     pub fn base_url(&self) -> &str {
         &self.inner.base_url

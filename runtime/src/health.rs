@@ -136,6 +136,11 @@ impl HealthService for HealthServer {
                         return;
                     }
                 }
+                // After shutdown nothing changes any more: end the stream so the server can
+                // drain instead of waiting on open watches.
+                if health.state().shut_down {
+                    return;
+                }
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,

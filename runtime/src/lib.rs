@@ -85,7 +85,7 @@ pub use deadline::current as current_deadline;
 pub use error::{Code, Error, ErrorDetail};
 pub use launch::{LaunchConfig, PluginProcess};
 pub use method::{Idempotency, MethodDescriptor, StreamKind};
-pub use broker::{CapabilityBroker, CapabilityDefinition};
+pub use broker::{CapabilityBroker, CapabilityDefinition, TracingLogger};
 pub use health::{HealthMonitor, HealthServer, HealthStatus};
 pub use identity::RuntimeIdentity;
 pub use plugin_client::{CapabilityGrant, Client, ClientConfig, Handshake};
