@@ -57,7 +57,10 @@ pub struct CapabilityBroker {
 impl std::fmt::Debug for CapabilityBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CapabilityBroker")
-            .field("capabilities", &self.inner.capabilities.keys().collect::<Vec<_>>())
+            .field(
+                "capabilities",
+                &self.inner.capabilities.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -79,7 +82,11 @@ pub struct CapabilityDefinition {
 impl CapabilityDefinition {
     /// A capability of `capability_type` (e.g. `logger`) at `version` (semver), served by
     /// `service` (e.g. `LoggerServer::new(impl).into_service()`).
-    pub fn new(capability_type: impl Into<String>, version: impl Into<String>, service: Service) -> Self {
+    pub fn new(
+        capability_type: impl Into<String>,
+        version: impl Into<String>,
+        service: Service,
+    ) -> Self {
         Self {
             capability_type: capability_type.into(),
             version: version.into(),
@@ -113,14 +120,20 @@ impl CapabilityBroker {
     /// `invalid_argument` for a version that is not semver, or an empty type; `already_exists`
     /// for a type offered twice.
     pub fn capability(mut self, definition: CapabilityDefinition) -> Result<Self, Error> {
-        let CapabilityDefinition { capability_type, version, services } = definition;
+        let CapabilityDefinition {
+            capability_type,
+            version,
+            services,
+        } = definition;
         if capability_type.is_empty() || capability_type.contains('/') {
             return Err(Error::invalid_argument(format!(
                 "capability type {capability_type:?} must be non-empty and contain no '/'"
             )));
         }
         let version = semver::Version::parse(&version).map_err(|e| {
-            Error::invalid_argument(format!("capability {capability_type:?}: version {version:?} is not semver: {e}"))
+            Error::invalid_argument(format!(
+                "capability {capability_type:?}: version {version:?} is not semver: {e}"
+            ))
         })?;
         let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| {
             Error::internal("capabilities must be added before the broker is shared")
@@ -182,15 +195,24 @@ impl CapabilityBroker {
         let _ = self.inner.identities.set(identities);
     }
 
-    fn grant(&self, runtime_id: String, request: &wire::RequestCapabilityRequest) -> Result<wire::CapabilityGrant, Error> {
+    fn grant(
+        &self,
+        runtime_id: String,
+        request: &wire::RequestCapabilityRequest,
+    ) -> Result<wire::CapabilityGrant, Error> {
         let kind = &request.capability_type;
         let capability = self.inner.capabilities.get(kind).ok_or_else(|| {
             let offered: Vec<_> = self.inner.capabilities.keys().collect();
-            Error::not_found(format!("no capability {kind:?} on this host (offered: {offered:?})"))
+            Error::not_found(format!(
+                "no capability {kind:?} on this host (offered: {offered:?})"
+            ))
         })?;
         if !request.min_version.is_empty() {
             let wanted = semver::Version::parse(&request.min_version).map_err(|e| {
-                Error::invalid_argument(format!("min_version {:?} is not semver: {e}", request.min_version))
+                Error::invalid_argument(format!(
+                    "min_version {:?} is not semver: {e}",
+                    request.min_version
+                ))
             })?;
             if capability.version < wanted {
                 return Err(Error::new(
@@ -227,10 +249,16 @@ impl CapabilityBroker {
 
     /// Checks a call to `/capabilities/{type}/{grant}/...` and returns the capability's router
     /// and the path to dispatch.
-    fn authorize<'a>(&self, headers: &http::HeaderMap, path: &'a str) -> Result<(Arc<crate::server::Router>, &'a str), Error> {
+    fn authorize<'a>(
+        &self,
+        headers: &http::HeaderMap,
+        path: &'a str,
+    ) -> Result<(Arc<crate::server::Router>, &'a str), Error> {
         let rest = path.strip_prefix(CAPABILITY_PREFIX).unwrap_or_default();
         let mut parts = rest.splitn(3, '/');
-        let (Some(kind), Some(grant_id), Some(procedure)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(kind), Some(grant_id), Some(procedure)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
             return Err(Error::not_found(format!(
                 "{path} is not a capability call: expected /capabilities/<type>/<grant id>/<package.Service>/<Method>"
             )));
@@ -239,27 +267,49 @@ impl CapabilityBroker {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Error::new(Code::Unauthenticated, "missing `Authorization: Bearer <grant token>` header"))?;
+            .ok_or_else(|| {
+                Error::new(
+                    Code::Unauthenticated,
+                    "missing `Authorization: Bearer <grant token>` header",
+                )
+            })?;
         let caller = headers.get(RUNTIME_ID_HEADER).and_then(|v| v.to_str().ok());
-        let denied = || Error::new(Code::PermissionDenied, format!("grant {grant_id:?} does not allow this call"));
+        let denied = || {
+            Error::new(
+                Code::PermissionDenied,
+                format!("grant {grant_id:?} does not allow this call"),
+            )
+        };
         {
             let mut grants = self.grants();
             let grant = grants.get(grant_id).ok_or_else(|| {
-                Error::new(Code::Unauthenticated, format!("unknown or revoked grant {grant_id:?}"))
+                Error::new(
+                    Code::Unauthenticated,
+                    format!("unknown or revoked grant {grant_id:?}"),
+                )
             })?;
             if grant.expires <= Instant::now() {
                 grants.remove(grant_id);
-                return Err(Error::new(Code::Unauthenticated, format!("grant {grant_id:?} has expired; request the capability again")));
+                return Err(Error::new(
+                    Code::Unauthenticated,
+                    format!("grant {grant_id:?} has expired; request the capability again"),
+                ));
             }
             if !identity::constant_time_eq(grant.token.as_bytes(), token.as_bytes()) {
-                return Err(Error::new(Code::Unauthenticated, format!("wrong bearer token for grant {grant_id:?}")));
+                return Err(Error::new(
+                    Code::Unauthenticated,
+                    format!("wrong bearer token for grant {grant_id:?}"),
+                ));
             }
             if grant.capability_type != kind || caller != Some(grant.runtime_id.as_str()) {
                 return Err(denied());
             }
         }
         let capability = self.inner.capabilities.get(kind).ok_or_else(denied)?;
-        Ok((Arc::clone(&capability.router), &path[path.len() - procedure.len() - 1..]))
+        Ok((
+            Arc::clone(&capability.router),
+            &path[path.len() - procedure.len() - 1..],
+        ))
     }
 
     /// The `/capabilities/` proxy.
@@ -274,7 +324,11 @@ impl CapabilityBroker {
                         let (mut parts, body) = request.into_parts();
                         match procedure.parse() {
                             Ok(uri) => parts.uri = uri,
-                            Err(_) => return crate::server::error_response(&Error::not_found("bad capability path")),
+                            Err(_) => {
+                                return crate::server::error_response(&Error::not_found(
+                                    "bad capability path",
+                                ));
+                            }
                         }
                         router.handle(http::Request::from_parts(parts, body)).await
                     }
@@ -295,7 +349,9 @@ impl wire::CapabilityBroker for CapabilityBroker {
         })?;
         let runtime_id = identities.authenticate(request.metadata())?;
         let grant = self.grant(runtime_id, request.message())?;
-        Ok(Response::new(wire::RequestCapabilityResponse { grant: Some(grant) }))
+        Ok(Response::new(wire::RequestCapabilityResponse {
+            grant: Some(grant),
+        }))
     }
 }
 
@@ -308,7 +364,11 @@ impl TracingLogger {
     /// The capability definition to add to a broker: type `logger`, version `1.0.0`.
     pub fn definition() -> CapabilityDefinition {
         use crate::proto::capability::logger::v1::LoggerServer;
-        CapabilityDefinition::new("logger", "1.0.0", LoggerServer::new(TracingLogger).into_service())
+        CapabilityDefinition::new(
+            "logger",
+            "1.0.0",
+            LoggerServer::new(TracingLogger).into_service(),
+        )
     }
 }
 

@@ -34,6 +34,7 @@ use crate::{Code, Error, Request, Response};
 /// The HTTP client, cleartext or TLS; both return the same response future.
 enum Transport {
     Plain(hyper_util::client::legacy::Client<HttpConnector, Body>),
+    Memory(hyper_util::client::legacy::Client<crate::memory::MemoryConnector, Body>),
     Tls(hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>),
 }
 
@@ -105,9 +106,16 @@ pub struct ChannelBuilder {
     compress_min_bytes: usize,
     use_get: bool,
     tls: Option<ClientTls>,
+    memory: Option<crate::memory::MemoryConnector>,
 }
 
 impl ChannelBuilder {
+    /// Connects through an in-memory plugin instead of the network.
+    pub(crate) fn memory(mut self, connector: crate::memory::MemoryConnector) -> Self {
+        self.memory = Some(connector);
+        self
+    }
+
     /// TLS settings for `https://` endpoints.
     #[must_use]
     pub fn tls(mut self, tls: ClientTls) -> Self {
@@ -214,6 +222,16 @@ impl ChannelBuilder {
         http.pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new());
         let http = match (&self.tls, scheme == Scheme::HTTPS) {
+            _ if self.memory.is_some() => {
+                if self.http_version == HttpVersion::Http2 {
+                    http.http2_only(true);
+                }
+                let connector = self
+                    .memory
+                    .clone()
+                    .ok_or_else(|| Error::internal("memory connector vanished"))?;
+                Transport::Memory(http.build(connector))
+            }
             (Some(tls), true) => {
                 connector.enforce_http(false);
                 // Over TLS, ALPN picks the HTTP version; offer only the one asked for.
@@ -279,6 +297,7 @@ impl Channel {
             compress_min_bytes: DEFAULT_COMPRESS_MIN_BYTES,
             use_get: false,
             tls: None,
+            memory: None,
         }
     }
 
@@ -575,6 +594,7 @@ impl Channel {
         // Connection failures and resets alike mean the peer is not there (now): unavailable.
         let response = match &self.inner.http {
             Transport::Plain(client) => client.request(request),
+            Transport::Memory(client) => client.request(request),
             Transport::Tls(client) => client.request(request),
         };
         response.await.map_err(|e| {

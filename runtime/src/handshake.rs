@@ -75,8 +75,13 @@ fn validate_self_id(self_id: &str) -> Result<(), Error> {
 }
 
 impl HandshakeServer {
-    pub(crate) fn handshake(&self, request: &wire::HandshakeRequest) -> Result<wire::HandshakeResponse, Error> {
-        if request.magic_cookie_key != self.cookie_key || request.magic_cookie_value != self.cookie_value {
+    pub(crate) fn handshake(
+        &self,
+        request: &wire::HandshakeRequest,
+    ) -> Result<wire::HandshakeResponse, Error> {
+        if request.magic_cookie_key != self.cookie_key
+            || request.magic_cookie_value != self.cookie_value
+        {
             return Err(Error::invalid_argument(
                 "invalid magic cookie - this may not be a connect-plugin server",
             ));
@@ -133,7 +138,10 @@ mod tests {
             cookie_key: MAGIC_COOKIE_KEY.into(),
             cookie_value: MAGIC_COOKIE_VALUE.into(),
             server_metadata: [("server_version".to_owned(), "x".to_owned())].into(),
-            plugins: vec![wire::PluginInfo { name: "kv".into(), ..Default::default() }],
+            plugins: vec![wire::PluginInfo {
+                name: "kv".into(),
+                ..Default::default()
+            }],
             capabilities: Arc::new(Vec::new),
             identities: Arc::new(IdentityStore::new(Duration::from_secs(60))),
         }
@@ -165,9 +173,15 @@ mod tests {
         req.magic_cookie_value = "nope".into();
         let err = server().handshake(&req).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert_eq!(err.message(), "invalid magic cookie - this may not be a connect-plugin server");
+        assert_eq!(
+            err.message(),
+            "invalid magic cookie - this may not be a connect-plugin server"
+        );
         req.magic_cookie_key = String::new();
-        assert_eq!(server().handshake(&req).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::InvalidArgument
+        );
     }
 
     #[test]
@@ -175,7 +189,10 @@ mod tests {
         let mut req = request();
         req.core_protocol_version = 2;
         let err = server().handshake(&req).unwrap_err();
-        assert_eq!(err.message(), "unsupported core protocol version: 2 (server supports: 1)");
+        assert_eq!(
+            err.message(),
+            "unsupported core protocol version: 2 (server supports: 1)"
+        );
     }
 
     #[test]
@@ -184,17 +201,26 @@ mod tests {
         req.app_protocol_version = 3;
         let err = server().handshake(&req).unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
-        assert!(err.message().starts_with("version mismatch: client=3, server=2"), "{err}");
+        assert!(
+            err.message()
+                .starts_with("version mismatch: client=3, server=2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_highest_common_app_version_wins() {
         let mut req = request();
         req.app_protocol_version = 3;
-        req.client_metadata.insert(APP_VERSIONS_KEY.into(), "1,2,3".into());
+        req.client_metadata
+            .insert(APP_VERSIONS_KEY.into(), "1,2,3".into());
         assert_eq!(server().handshake(&req).unwrap().app_protocol_version, 2);
-        req.client_metadata.insert(APP_VERSIONS_KEY.into(), "3,4".into());
-        assert_eq!(server().handshake(&req).unwrap_err().code(), Code::FailedPrecondition);
+        req.client_metadata
+            .insert(APP_VERSIONS_KEY.into(), "3,4".into());
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::FailedPrecondition
+        );
     }
 
     #[test]
@@ -205,8 +231,14 @@ mod tests {
         assert!(r.runtime_id.starts_with("cache-plugin-"));
         assert!(!r.runtime_token.is_empty());
         req.self_id = "evil/../id".into();
-        assert_eq!(server().handshake(&req).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::InvalidArgument
+        );
         req.self_id = "x".repeat(200);
-        assert_eq!(server().handshake(&req).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::InvalidArgument
+        );
     }
 }

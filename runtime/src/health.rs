@@ -128,10 +128,14 @@ impl HealthService for HealthServer {
             let mut last = None;
             loop {
                 // The current status first, then every change (unknown: SERVICE_UNKNOWN).
-                let status = health.status(&service).unwrap_or(ServingStatus::ServiceUnknown);
+                let status = health
+                    .status(&service)
+                    .unwrap_or(ServingStatus::ServiceUnknown);
                 if last != Some(status) {
                     last = Some(status);
-                    let message = wire::HealthCheckResponse { status: status as i32 };
+                    let message = wire::HealthCheckResponse {
+                        status: status as i32,
+                    };
                     if tx.send(message).await.is_err() {
                         return;
                     }

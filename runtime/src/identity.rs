@@ -97,7 +97,13 @@ impl IdentityStore {
             .trim()
             .to_lowercase()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
         let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&self.rng)?);
         let mut entries = self.entries();
@@ -171,7 +177,9 @@ impl IdentityStore {
         if !self.validate(runtime_id, token) {
             return Err(Error::new(
                 Code::Unauthenticated,
-                format!("runtime identity {runtime_id:?} is unknown, expired, or its token does not match"),
+                format!(
+                    "runtime identity {runtime_id:?} is unknown, expired, or its token does not match"
+                ),
             ));
         }
         Ok(runtime_id.to_owned())
@@ -192,11 +200,21 @@ mod tests {
         let a = store.issue("Cache Plugin").unwrap();
         let b = store.issue("Cache Plugin").unwrap();
         assert_ne!(a.runtime_id, b.runtime_id);
-        assert!(a.runtime_id.starts_with("cache-plugin-"), "{}", a.runtime_id);
+        assert!(
+            a.runtime_id.starts_with("cache-plugin-"),
+            "{}",
+            a.runtime_id
+        );
         assert_eq!(a.token.len(), 43, "32 random bytes, base64url");
         assert!(store.validate(&a.runtime_id, &a.token));
-        assert!(!store.validate(&a.runtime_id, &b.token), "another plugin's token");
-        assert!(!store.validate(&a.runtime_id, &a.token[..42]), "a near match");
+        assert!(
+            !store.validate(&a.runtime_id, &b.token),
+            "another plugin's token"
+        );
+        assert!(
+            !store.validate(&a.runtime_id, &a.token[..42]),
+            "a near match"
+        );
         assert!(!store.validate("nobody-00000000", &a.token));
         assert!(!store.validate(&a.runtime_id, ""));
     }
@@ -219,11 +237,29 @@ mod tests {
         id.apply(&mut headers);
         assert_eq!(store.authenticate(&headers).unwrap(), id.runtime_id);
         // A forged header with a made-up token.
-        headers.insert(http::header::AUTHORIZATION, "Bearer forged".parse().unwrap());
-        assert_eq!(store.authenticate(&headers).unwrap_err().code(), Code::Unauthenticated);
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Bearer forged".parse().unwrap(),
+        );
+        assert_eq!(
+            store.authenticate(&headers).unwrap_err().code(),
+            Code::Unauthenticated
+        );
         headers.remove(http::header::AUTHORIZATION);
-        assert!(store.authenticate(&headers).unwrap_err().message().contains("Authorization"));
-        assert!(store.authenticate(&HeaderMap::new()).unwrap_err().message().contains("X-Plugin-Runtime-ID"));
+        assert!(
+            store
+                .authenticate(&headers)
+                .unwrap_err()
+                .message()
+                .contains("Authorization")
+        );
+        assert!(
+            store
+                .authenticate(&HeaderMap::new())
+                .unwrap_err()
+                .message()
+                .contains("X-Plugin-Runtime-ID")
+        );
     }
 
     #[test]

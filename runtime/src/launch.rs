@@ -27,8 +27,12 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
-use crate::{Code, Error};
+use crate::{Channel, ChannelBuilder, ClientConfig, Code, Error, ServeConfig};
 
 /// Environment variable set for launched plugins, holding the magic cookie value.
 pub(crate) const LAUNCHED_ENV: &str = "CONNECT_PLUGIN_LAUNCHED";
@@ -53,13 +57,90 @@ pub fn parse_ready_line(line: &str) -> Option<SocketAddr> {
 }
 
 /// How to start a plugin process.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LaunchConfig {
     name: String,
     program: PathBuf,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     start_timeout: Duration,
+    checksum: Option<String>,
+    restart: RestartPolicy,
+    on_crash: Option<CrashCallback>,
+}
+
+type CrashCallback = Arc<dyn Fn(&CrashEvent) + Send + Sync>;
+
+impl std::fmt::Debug for LaunchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchConfig")
+            .field("name", &self.name)
+            .field("program", &self.program)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether and how a crashed plugin is started again (by [`ManagedPlugin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// How many restarts in all before giving up (0: never restart).
+    pub max_restarts: u32,
+    /// The wait before the first restart; it doubles each time.
+    pub initial_backoff: Duration,
+    /// The longest wait between restarts.
+    pub max_backoff: Duration,
+}
+
+impl RestartPolicy {
+    /// Never restart (the default).
+    pub const fn never() -> Self {
+        Self {
+            max_restarts: 0,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        }
+    }
+
+    /// Restart up to `max_restarts` times, waiting `initial_backoff`, then twice as long each
+    /// time, at most `max_backoff`.
+    pub const fn with_backoff(
+        max_restarts: u32,
+        initial_backoff: Duration,
+        max_backoff: Duration,
+    ) -> Self {
+        Self {
+            max_restarts,
+            initial_backoff,
+            max_backoff,
+        }
+    }
+
+    fn backoff(&self, restart: u32) -> Duration {
+        let factor = 2u32.saturating_pow(restart.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self::never()
+    }
+}
+
+/// What [`LaunchConfig::on_crash`] is told when a plugin process exits unasked.
+#[derive(Debug, Clone)]
+pub struct CrashEvent {
+    /// The plugin's name.
+    pub plugin: String,
+    /// How the process ended, if known.
+    pub status: Option<ExitStatus>,
+    /// Restarts so far, this one not counted.
+    pub restarts: u32,
+    /// Whether the restart policy will start it again.
+    pub will_restart: bool,
 }
 
 impl LaunchConfig {
@@ -71,7 +152,32 @@ impl LaunchConfig {
             args: Vec::new(),
             env: Vec::new(),
             start_timeout: Duration::from_secs(10),
+            checksum: None,
+            restart: RestartPolicy::never(),
+            on_crash: None,
         }
+    }
+
+    /// Refuses to start the program unless its SHA-256 is `sha256_hex` (64 hex digits), as
+    /// go-plugin's `SecureConfig` does.
+    #[must_use]
+    pub fn checksum(mut self, sha256_hex: impl Into<String>) -> Self {
+        self.checksum = Some(sha256_hex.into().to_ascii_lowercase());
+        self
+    }
+
+    /// What to do when the process crashes (used by [`ManagedPlugin`]).
+    #[must_use]
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Called whenever the process exits unasked (used by [`ManagedPlugin`]).
+    #[must_use]
+    pub fn on_crash(mut self, callback: impl Fn(&CrashEvent) + Send + Sync + 'static) -> Self {
+        self.on_crash = Some(Arc::new(callback));
+        self
     }
 
     /// Adds a command-line argument.
@@ -112,20 +218,21 @@ impl PluginProcess {
     /// `unavailable` if the program cannot be started, exits early, or does not announce
     /// readiness within the start timeout; the message names the program and what it printed.
     pub async fn launch(config: LaunchConfig) -> Result<Self, Error> {
-        let LaunchConfig {
-            name,
-            program,
-            args,
-            env,
-            start_timeout,
-        } = config;
-        let mut command = Command::new(&program);
+        verify_checksum(&config)?;
+        Self::spawn(&config, 0).await
+    }
+
+    async fn spawn(config: &LaunchConfig, port: u16) -> Result<Self, Error> {
+        let name = config.name.clone();
+        let program = &config.program;
+        let start_timeout = config.start_timeout;
+        let mut command = Command::new(program);
         command
-            .args(&args)
-            .env("PORT", "0")
+            .args(&config.args)
+            .env("PORT", port.to_string())
             .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
             .env(LAUNCHED_ENV, MAGIC_COOKIE_VALUE)
-            .envs(env)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -202,6 +309,11 @@ impl PluginProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Waits for the process to exit.
+    pub(crate) async fn wait(&mut self) -> Option<ExitStatus> {
+        self.child.wait().await.ok()
+    }
+
     /// The child's process id, while it runs.
     pub fn id(&self) -> Option<u32> {
         self.child.id()
@@ -228,6 +340,270 @@ impl PluginProcess {
                 })
             }
         }
+    }
+}
+
+fn verify_checksum(config: &LaunchConfig) -> Result<(), Error> {
+    let Some(expected) = &config.checksum else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(&config.program).map_err(|e| {
+        Error::unavailable(format!(
+            "cannot read plugin {:?} at {} to check its checksum: {e}",
+            config.name,
+            config.program.display()
+        ))
+    })?;
+    let actual = crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+    if !crate::identity::constant_time_eq(actual.as_bytes(), expected.as_bytes()) {
+        return Err(Error::new(
+            Code::PermissionDenied,
+            format!(
+                "checksum mismatch for plugin {:?} at {}: expected sha256 {expected}, got {actual}; refusing to run it",
+                config.name,
+                config.program.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The life of a [`ManagedPlugin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PluginState {
+    /// Running at `endpoint`.
+    Running {
+        /// Where it listens.
+        endpoint: String,
+        /// Its process id.
+        pid: u32,
+        /// How many times it was restarted.
+        restarts: u32,
+    },
+    /// Crashed; waiting to be started again.
+    Restarting {
+        /// Restarts so far.
+        restarts: u32,
+    },
+    /// Crashed and not restarted (policy exhausted, or it could not start again).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Stopped by [`ManagedPlugin::shutdown`].
+    Stopped,
+}
+
+/// A plugin process under supervision: crashes are noticed at once (the host waits on the
+/// child), reported to [`LaunchConfig::on_crash`], and handled by the [`RestartPolicy`].
+/// A restarted plugin gets the same port back when it is free, so channels and typed clients
+/// made before the crash keep working.
+#[derive(Debug)]
+pub struct ManagedPlugin {
+    name: String,
+    state: watch::Receiver<PluginState>,
+    stop: Option<oneshot::Sender<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ManagedPlugin {
+    /// Starts the plugin (checksum first, if configured) and supervises it.
+    ///
+    /// # Errors
+    /// As for [`PluginProcess::launch`]: the first start must succeed.
+    pub async fn launch(config: LaunchConfig) -> Result<Self, Error> {
+        verify_checksum(&config)?;
+        let process = PluginProcess::spawn(&config, 0).await?;
+        let (state_tx, state) = watch::channel(PluginState::Running {
+            endpoint: process.endpoint(),
+            pid: process.id().unwrap_or_default(),
+            restarts: 0,
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let name = config.name.clone();
+        let task = tokio::spawn(supervise(config, process, state_tx, stop_rx));
+        Ok(Self {
+            name,
+            state,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current state.
+    pub fn state(&self) -> PluginState {
+        self.state.borrow().clone()
+    }
+
+    /// The endpoint of the running process (the last one, if it is not running).
+    pub fn endpoint(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            PluginState::Running { endpoint, .. } => Some(endpoint.clone()),
+            _ => None,
+        }
+    }
+
+    /// A receiver of every state change.
+    pub fn watch(&self) -> watch::Receiver<PluginState> {
+        self.state.clone()
+    }
+
+    /// Waits until the state satisfies `f` and returns it.
+    pub async fn wait_for(&self, f: impl FnMut(&PluginState) -> bool) -> PluginState {
+        let mut state = self.state.clone();
+        let result = state.wait_for(f).await.map(|s| s.clone());
+        result.unwrap_or(PluginState::Stopped)
+    }
+
+    /// Stops the plugin gracefully (closing its stdin, killing it after `grace`).
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ManagedPlugin {
+    fn drop(&mut self) {
+        // Dropping the supervisor drops (and so kills) the child.
+        self.task.abort();
+    }
+}
+
+async fn supervise(
+    config: LaunchConfig,
+    mut process: PluginProcess,
+    state: watch::Sender<PluginState>,
+    mut stop: oneshot::Receiver<Duration>,
+) {
+    let mut restarts = 0u32;
+    loop {
+        let port = process.addr().port();
+        let status = tokio::select! {
+            status = process.wait() => status,
+            grace = &mut stop => {
+                let grace = grace.unwrap_or(Duration::from_secs(5));
+                let _ = process.shutdown(grace).await;
+                let _ = state.send(PluginState::Stopped);
+                return;
+            }
+        };
+        let will_restart = restarts < config.restart.max_restarts;
+        tracing::warn!(plugin = %config.name, ?status, will_restart, "plugin process exited");
+        if let Some(on_crash) = &config.on_crash {
+            on_crash(&CrashEvent {
+                plugin: config.name.clone(),
+                status,
+                restarts,
+                will_restart,
+            });
+        }
+        if !will_restart {
+            let _ = state.send(PluginState::Failed {
+                reason: format!(
+                    "exited ({status:?}) and the restart policy allows no more restarts"
+                ),
+            });
+            return;
+        }
+        restarts += 1;
+        let _ = state.send(PluginState::Restarting { restarts });
+        tokio::select! {
+            () = tokio::time::sleep(config.restart.backoff(restarts)) => {}
+            _ = &mut stop => {
+                let _ = state.send(PluginState::Stopped);
+                return;
+            }
+        }
+        // Same port first, so existing channels reconnect; any port if it is taken.
+        let restarted = match PluginProcess::spawn(&config, port).await {
+            Ok(p) => Ok(p),
+            Err(_) => PluginProcess::spawn(&config, 0).await,
+        };
+        match restarted {
+            Ok(p) => {
+                process = p;
+                let _ = state.send(PluginState::Running {
+                    endpoint: process.endpoint(),
+                    pid: process.id().unwrap_or_default(),
+                    restarts,
+                });
+            }
+            Err(e) => {
+                let _ = state.send(PluginState::Failed {
+                    reason: format!("restart failed: {e}"),
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// A plugin served in-process over an in-memory transport: same router, codecs and streaming
+/// as over the network, no socket and no port.
+#[derive(Debug)]
+pub struct InMemoryPlugin {
+    connector: crate::memory::MemoryConnector,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+/// The base URL in-memory channels use; it names no network host.
+pub const IN_MEMORY_URL: &str = "http://in-memory.connect-plugin";
+
+impl InMemoryPlugin {
+    /// Serves `config` (plugins, health, broker...) in this process.
+    pub fn start(config: ServeConfig) -> Self {
+        let (connector, incoming) = crate::memory::pair();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let config = config.in_memory(incoming).stop_signal(async {
+            let _ = stop_rx.await;
+        });
+        let task = tokio::spawn(crate::serve(config));
+        Self {
+            connector,
+            stop: Some(stop_tx),
+            task,
+        }
+    }
+
+    /// A channel builder that connects to this plugin in memory.
+    pub fn channel_builder(&self) -> ChannelBuilder {
+        Channel::builder(IN_MEMORY_URL).memory(self.connector.clone())
+    }
+
+    /// A channel to this plugin.
+    ///
+    /// # Errors
+    /// None in practice (the URL is fixed); kept fallible like [`Channel::new`].
+    pub fn channel(&self) -> Result<Channel, Error> {
+        self.channel_builder().build()
+    }
+
+    /// A [`ClientConfig`] that reaches this plugin in memory (handshake and dispense as usual).
+    pub fn client_config(&self) -> ClientConfig {
+        let connector = self.connector.clone();
+        ClientConfig::new(IN_MEMORY_URL).channel(move |builder| builder.memory(connector))
+    }
+
+    /// Stops serving and waits for in-flight calls to drain.
+    ///
+    /// # Errors
+    /// What [`crate::serve`] returned.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::internal(format!("the in-memory plugin task failed: {e}")))?
     }
 }
 

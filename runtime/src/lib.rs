@@ -68,6 +68,7 @@ pub mod handshake;
 pub mod health;
 mod identity;
 pub mod launch;
+mod memory;
 pub mod metadata;
 mod method;
 mod plugin;
@@ -80,19 +81,22 @@ mod stream;
 pub mod tls;
 pub mod wkt;
 
+pub use broker::{CapabilityBroker, CapabilityDefinition, TracingLogger};
 pub use client::{Channel, ChannelBuilder, HttpVersion};
 pub use deadline::current as current_deadline;
 pub use error::{Code, Error, ErrorDetail};
-pub use launch::{LaunchConfig, PluginProcess};
-pub use method::{Idempotency, MethodDescriptor, StreamKind};
-pub use broker::{CapabilityBroker, CapabilityDefinition, TracingLogger};
 pub use health::{HealthMonitor, HealthServer, HealthStatus};
 pub use identity::RuntimeIdentity;
-pub use plugin_client::{CapabilityGrant, Client, ClientConfig, Handshake};
+pub use launch::{
+    CrashEvent, InMemoryPlugin, LaunchConfig, ManagedPlugin, PluginProcess, PluginState,
+    RestartPolicy,
+};
+pub use method::{Idempotency, MethodDescriptor, StreamKind};
 pub use plugin::{
     MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, Plugin, PluginMetadata, PluginServer, PluginSet,
     ServiceDependency, dispense,
 };
+pub use plugin_client::{CapabilityGrant, Client, ClientConfig, Handshake};
 pub use protocol::codec::Message;
 pub use protocol::{Codec, Compression};
 pub use request::{IntoRequest, Request, Response};

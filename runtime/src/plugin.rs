@@ -230,7 +230,10 @@ impl PluginSet {
     }
 
     pub(crate) fn into_parts(self) -> Vec<(PluginMetadata, Service)> {
-        self.plugins.into_values().map(PluginServer::into_parts).collect()
+        self.plugins
+            .into_values()
+            .map(PluginServer::into_parts)
+            .collect()
     }
 }
 
@@ -254,7 +257,10 @@ mod tests {
         let mut set = PluginSet::new();
         set.add(plugin("kv", "kv.v1.KVService")).unwrap();
         let err = set.add(plugin("kv", "other.v1.Other")).unwrap_err();
-        assert!(err.message().contains("already has a plugin named \"kv\""), "{err}");
+        assert!(
+            err.message().contains("already has a plugin named \"kv\""),
+            "{err}"
+        );
         let err = set.add(plugin("kv2", "kv.v1.KVService")).unwrap_err();
         assert_eq!(
             err.message(),
@@ -269,7 +275,14 @@ mod tests {
     fn metadata_follows_upstream_and_version_override_updates_provides() {
         let p = plugin("kv", "kv.v1.KVService").version("2.1.0");
         let info = p.metadata().info();
-        assert_eq!((info.name.as_str(), info.version.as_str(), info.service_path.as_str()), ("kv", "2.1.0", "kv.v1.KVService"));
+        assert_eq!(
+            (
+                info.name.as_str(),
+                info.version.as_str(),
+                info.service_path.as_str()
+            ),
+            ("kv", "2.1.0", "kv.v1.KVService")
+        );
         assert_eq!(info.provides[0].r#type, "kv");
         assert_eq!(info.provides[0].version, "2.1.0");
     }

@@ -111,7 +111,10 @@ impl ClientConfig {
 
     /// Adjusts the channel: timeouts, codec, compression, TLS and the like.
     #[must_use]
-    pub fn channel(mut self, configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder + Send + 'static) -> Self {
+    pub fn channel(
+        mut self,
+        configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder + Send + 'static,
+    ) -> Self {
         self.channel = Box::new(configure);
         self
     }
@@ -181,7 +184,9 @@ impl Client {
     /// `invalid_argument` for a bad endpoint or an empty version list.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         if config.app_protocol_versions.is_empty() {
-            return Err(Error::invalid_argument("app_protocol_versions must not be empty"));
+            return Err(Error::invalid_argument(
+                "app_protocol_versions must not be empty",
+            ));
         }
         let channel = (config.channel)(Channel::builder(config.endpoint.clone())).build()?;
         Ok(Self {
@@ -212,12 +217,21 @@ impl Client {
     async fn handshake(&self) -> Result<Handshake, Error> {
         let mut client_metadata = self.metadata.clone();
         client_metadata.insert("client_version".into(), env!("CARGO_PKG_VERSION").into());
-        let versions: Vec<String> = self.app_protocol_versions.iter().map(i32::to_string).collect();
+        let versions: Vec<String> = self
+            .app_protocol_versions
+            .iter()
+            .map(i32::to_string)
+            .collect();
         client_metadata.insert(APP_VERSIONS_KEY.into(), versions.join(","));
         let (self_id, self_version) = self.self_id.clone().unwrap_or_default();
         let request = wire::HandshakeRequest {
             core_protocol_version: CORE_PROTOCOL_VERSION,
-            app_protocol_version: self.app_protocol_versions.iter().max().copied().unwrap_or(1),
+            app_protocol_version: self
+                .app_protocol_versions
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(1),
             magic_cookie_key: self.cookie.0.clone(),
             magic_cookie_value: self.cookie.1.clone(),
             requested_plugins: self.plugins.iter().map(|p| (*p).to_owned()).collect(),
@@ -229,7 +243,10 @@ impl Client {
             .handshake(request)
             .await
             .map_err(|e| {
-                let mut out = Error::new(e.code(), format!("handshake failed with {}: {}", self.endpoint, e.message()));
+                let mut out = Error::new(
+                    e.code(),
+                    format!("handshake failed with {}: {}", self.endpoint, e.message()),
+                );
                 *out.metadata_mut() = e.metadata().clone();
                 out
             })?
@@ -237,10 +254,16 @@ impl Client {
         if response.core_protocol_version != CORE_PROTOCOL_VERSION {
             return Err(Error::new(
                 Code::FailedPrecondition,
-                format!("the server speaks core protocol version {}, not {CORE_PROTOCOL_VERSION}", response.core_protocol_version),
+                format!(
+                    "the server speaks core protocol version {}, not {CORE_PROTOCOL_VERSION}",
+                    response.core_protocol_version
+                ),
             ));
         }
-        if !self.app_protocol_versions.contains(&response.app_protocol_version) {
+        if !self
+            .app_protocol_versions
+            .contains(&response.app_protocol_version)
+        {
             return Err(Error::new(
                 Code::FailedPrecondition,
                 format!(
@@ -253,11 +276,14 @@ impl Client {
             if !response.plugins.iter().any(|p| p.name == *wanted) {
                 return Err(Error::new(
                     Code::FailedPrecondition,
-                    format!("requested plugin {wanted:?} not available on server {}", self.endpoint),
+                    format!(
+                        "requested plugin {wanted:?} not available on server {}",
+                        self.endpoint
+                    ),
                 ));
             }
         }
-        let identity = (!response.runtime_id.is_empty()).then(|| RuntimeIdentity {
+        let identity = (!response.runtime_id.is_empty()).then_some(RuntimeIdentity {
             runtime_id: response.runtime_id,
             token: response.runtime_token,
         });
@@ -281,8 +307,15 @@ impl Client {
             return Err(Error::not_found(format!(
                 "plugin {:?} is not available: request it with ClientConfig::plugin::<{}>() (the server confirmed {:?})",
                 P::NAME,
-                std::any::type_name::<P>().rsplit("::").next().unwrap_or_default(),
-                handshake.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()
+                std::any::type_name::<P>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or_default(),
+                handshake
+                    .plugins
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
             )));
         }
         Ok(P::client(self.channel.clone()))
@@ -308,18 +341,17 @@ impl Client {
     /// # Errors
     /// `failed_precondition` without a runtime identity (set [`ClientConfig::self_id`]); the
     /// broker's refusal otherwise (`not_found`, `failed_precondition`, `unauthenticated`).
-    pub async fn request_capability(&self, capability_type: &str, min_version: &str) -> Result<CapabilityGrant, Error> {
-        let identity = self
-            .connect()
-            .await?
-            .identity
-            .clone()
-            .ok_or_else(|| {
-                Error::new(
-                    Code::FailedPrecondition,
-                    "requesting a capability needs a runtime identity: set ClientConfig::self_id",
-                )
-            })?;
+    pub async fn request_capability(
+        &self,
+        capability_type: &str,
+        min_version: &str,
+    ) -> Result<CapabilityGrant, Error> {
+        let identity = self.connect().await?.identity.clone().ok_or_else(|| {
+            Error::new(
+                Code::FailedPrecondition,
+                "requesting a capability needs a runtime identity: set ClientConfig::self_id",
+            )
+        })?;
         let mut request = Request::new(wire::RequestCapabilityRequest {
             capability_type: capability_type.to_owned(),
             min_version: min_version.to_owned(),

@@ -26,6 +26,7 @@ use crate::handshake::HandshakeServer;
 use crate::health::HealthServer;
 use crate::identity::{DEFAULT_TOKEN_TTL, IdentityStore};
 use crate::launch::{self, LAUNCHED_ENV};
+use crate::memory::Incoming;
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, PluginServer, PluginSet};
 use crate::proto::connectplugin::health::v1::{HealthServiceServer, ServingStatus};
 use crate::proto::connectplugin::v1::{CapabilityBrokerServer, HandshakeServiceServer};
@@ -53,12 +54,20 @@ pub struct ServeConfig {
     cleanup: Option<Hook>,
     stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     announce: bool,
+    memory: Option<tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>>,
 }
 
 impl std::fmt::Debug for ServeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeConfig")
-            .field("plugins", &self.plugins.iter().map(PluginServer::name).collect::<Vec<_>>())
+            .field(
+                "plugins",
+                &self
+                    .plugins
+                    .iter()
+                    .map(PluginServer::name)
+                    .collect::<Vec<_>>(),
+            )
             .field("addr", &self.addr)
             .field("app_protocol_versions", &self.app_protocol_versions)
             .finish_non_exhaustive()
@@ -92,6 +101,7 @@ impl ServeConfig {
             cleanup: None,
             stop: None,
             announce: true,
+            memory: None,
         }
     }
 
@@ -113,6 +123,16 @@ impl ServeConfig {
     #[must_use]
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = Some(addr);
+        self
+    }
+
+    /// Serves in-memory connections instead of a socket (the in-memory launch strategy).
+    pub(crate) fn in_memory(
+        mut self,
+        incoming: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
+    ) -> Self {
+        self.memory = Some(incoming);
+        self.announce = false;
         self
     }
 
@@ -233,10 +253,13 @@ pub fn addr_from_env() -> Result<SocketAddr, Error> {
 fn probe(health: &HealthServer) -> RawHandler {
     let health = health.clone();
     Arc::new(move |request: http::Request<hyper::body::Incoming>| {
-        let answer = health.probe(request.uri().path()).unwrap_or((404, "not found"));
+        let answer = health
+            .probe(request.uri().path())
+            .unwrap_or((404, "not found"));
         Box::pin(async move {
             let mut response = http::Response::new(crate::body::Body::full(answer.1));
-            *response.status_mut() = http::StatusCode::from_u16(answer.0).unwrap_or(http::StatusCode::OK);
+            *response.status_mut() =
+                http::StatusCode::from_u16(answer.0).unwrap_or(http::StatusCode::OK);
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain"),
@@ -269,6 +292,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         cleanup,
         stop,
         announce,
+        memory,
     } = config;
     let mut set = PluginSet::new();
     for plugin in plugins {
@@ -280,25 +304,34 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         ));
     }
     if app_protocol_versions.is_empty() {
-        return Err(Error::invalid_argument("app_protocol_versions must not be empty"));
+        return Err(Error::invalid_argument(
+            "app_protocol_versions must not be empty",
+        ));
     }
-    let listener = match listener {
-        Some(listener) => listener,
-        None => {
-            let addr = match addr {
-                Some(addr) => addr,
-                None => addr_from_env()?,
+    let (incoming, local) = match (memory, listener) {
+        (Some(memory), _) => (Incoming::Memory(memory), None),
+        (None, listener) => {
+            let listener = match listener {
+                Some(listener) => listener,
+                None => {
+                    let addr = match addr {
+                        Some(addr) => addr,
+                        None => addr_from_env()?,
+                    };
+                    TcpListener::bind(addr).await.map_err(|e| {
+                        Error::unavailable(format!(
+                            "cannot listen on {addr}: {e} (set PORT to a free port, or PORT=0 for any)"
+                        ))
+                    })?
+                }
             };
-            TcpListener::bind(addr).await.map_err(|e| {
-                Error::unavailable(format!(
-                    "cannot listen on {addr}: {e} (set PORT to a free port, or PORT=0 for any)"
-                ))
-            })?
+            let local = listener
+                .local_addr()
+                .map_err(|e| Error::internal(format!("reading the bound address: {e}")))?;
+            (Incoming::Tcp(listener), Some(local))
         }
     };
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::internal(format!("reading the bound address: {e}")))?;
+    let where_ = local.map_or_else(|| "memory".to_owned(), |a| a.to_string());
 
     let identities = Arc::new(IdentityStore::new(token_ttl));
     server_metadata
@@ -363,11 +396,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     };
 
     let launched = std::env::var(LAUNCHED_ENV).is_ok_and(|v| v == MAGIC_COOKIE_VALUE);
-    if announce {
+    if let (true, Some(local)) = (announce, local) {
         launch::announce_ready(local)
             .map_err(|e| Error::internal(format!("writing the readiness line to stdout: {e}")))?;
     }
-    tracing::info!(address = %local, plugins = ?names, "listening");
+    tracing::info!(address = %where_, plugins = ?names, "listening");
     let stop = async {
         match stop {
             Some(stop) => stop.await,
@@ -376,13 +409,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         // Readiness flips first, so load balancers and hosts stop sending new calls.
         health.shutdown();
     };
-    let served = server.serve_with_shutdown(listener, stop).await;
+    let served = server.serve_incoming(incoming, stop).await;
     sweeper.abort();
     if let Some(cleanup) = cleanup {
         cleanup().await;
     }
-    served.map_err(|e| Error::new(Code::Internal, format!("serving on {local}: {e}")))?;
-    tracing::info!(address = %local, "stopped");
+    served.map_err(|e| Error::new(Code::Internal, format!("serving on {where_}: {e}")))?;
+    tracing::info!(address = %where_, "stopped");
     Ok(())
 }
 

@@ -21,11 +21,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::memory::{Conn, Incoming};
 use crate::tls::ServerTls;
 pub use handler::Service;
 pub(crate) use response::error_response;
-pub(crate) use router::{RawHandler, Router};
 use router::{CallLimits, Route};
+pub(crate) use router::{RawHandler, Router};
 
 /// Default limit on one message, after decompression: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -177,6 +178,14 @@ impl Server {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
+        self.serve_incoming(Incoming::Tcp(listener), signal).await
+    }
+
+    pub(crate) async fn serve_incoming(
+        self,
+        mut incoming: Incoming,
+        signal: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
         let mut prefixes = self.prefixes;
         prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let router = Arc::new(Router {
@@ -206,10 +215,12 @@ impl Server {
         loop {
             tokio::select! {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = listener.accept() => {
+                accepted = incoming.accept() => {
                     let (stream, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
+                        Some(Ok(accepted)) => accepted,
+                        // Every in-memory connector is gone: nobody can connect any more.
+                        None => break,
+                        Some(Err(e)) => {
                             // Per-connection failures (EMFILE, ECONNABORTED) must not stop the
                             // server; back off briefly so a full fd table does not spin.
                             tracing::warn!(error = %e, "accept failed");
@@ -222,7 +233,7 @@ impl Server {
                 () = &mut signal => break,
             }
         }
-        drop(listener);
+        drop(incoming);
         tokio::select! {
             () = graceful.shutdown() => {}
             () = tokio::time::sleep(self.shutdown_timeout) => {
@@ -241,11 +252,9 @@ fn serve_connection(
     router: &Arc<Router>,
     tls: Option<&tokio_rustls::TlsAcceptor>,
     connections: &mut JoinSet<()>,
-    stream: tokio::net::TcpStream,
+    stream: Conn,
     peer: SocketAddr,
 ) {
-    // Without TCP_NODELAY small HTTP/1.1 responses can wait on Nagle's algorithm.
-    let _ = stream.set_nodelay(true);
     let router = Arc::clone(router);
     let service = hyper::service::service_fn(move |request| {
         let router = Arc::clone(&router);

@@ -126,6 +126,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(watch);
 
+    // For tests of what happens when a host dies: keep the plugin running and wait.
+    if std::env::var_os("KV_HOST_HOLD").is_some() {
+        println!("holding");
+        std::future::pending::<()>().await;
+    }
     if let Some(process) = process {
         let status = process.shutdown(Duration::from_secs(5)).await?;
         println!("stopped kv-plugin ({status})");

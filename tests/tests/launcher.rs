@@ -1,0 +1,266 @@
+//! Managed plugin processes: crash detection and restart, plugins dying with their host,
+//! checksum verification, start failures, and the in-memory strategy running the same KV
+//! scenario as a real process.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connect_plugin::{
+    Channel, Client, Code, InMemoryPlugin, LaunchConfig, ManagedPlugin, PluginProcess, PluginState,
+    RestartPolicy, ServeConfig,
+};
+use kv::MemoryStore;
+use kv::v1::{DeleteRequest, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const KV_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-kv-plugin");
+const KV_HOST: &str = env!("CARGO_BIN_EXE_e2e-kv-host");
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn kill_9_is_noticed_within_a_second_and_the_plugin_comes_back() {
+    let crashes = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&crashes);
+    let plugin = ManagedPlugin::launch(
+        LaunchConfig::new("kv", KV_PLUGIN)
+            .restart(RestartPolicy::with_backoff(
+                3,
+                Duration::from_millis(50),
+                Duration::from_secs(1),
+            ))
+            .on_crash(move |event| seen.lock().unwrap().push(event.clone())),
+    )
+    .await
+    .unwrap();
+    let PluginState::Running {
+        endpoint,
+        pid,
+        restarts: 0,
+    } = plugin.state()
+    else {
+        panic!("not running: {:?}", plugin.state());
+    };
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(&endpoint).unwrap());
+    kv.put(PutRequest {
+        key: "k".into(),
+        value: "v".into(),
+    })
+    .await
+    .unwrap();
+
+    kill9(pid);
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        plugin.wait_for(|s| !matches!(s, PluginState::Running { restarts: 0, .. })),
+    )
+    .await
+    .expect("the crash is noticed within a second");
+    let state = tokio::time::timeout(
+        Duration::from_secs(10),
+        plugin.wait_for(|s| matches!(s, PluginState::Running { restarts: 1, .. })),
+    )
+    .await
+    .expect("the restart policy brings it back");
+    let PluginState::Running {
+        endpoint: again,
+        pid: new_pid,
+        ..
+    } = state
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        again, endpoint,
+        "same port, so existing channels keep working"
+    );
+    assert_ne!(new_pid, pid);
+    let got = kv.get(GetRequest { key: "k".into() }).await.unwrap();
+    assert!(
+        !got.found,
+        "a new process: the in-memory store started empty"
+    );
+    {
+        let crashes = crashes.lock().unwrap();
+        assert_eq!(crashes.len(), 1);
+        assert!(crashes[0].will_restart);
+        assert_eq!(crashes[0].plugin, "kv");
+    }
+    plugin.shutdown(Duration::from_secs(5)).await;
+    assert!(!alive(new_pid), "shutdown stops the process");
+}
+
+#[tokio::test]
+async fn without_a_restart_policy_a_crash_is_final() {
+    let plugin = ManagedPlugin::launch(LaunchConfig::new("kv", KV_PLUGIN))
+        .await
+        .unwrap();
+    let PluginState::Running { pid, .. } = plugin.state() else {
+        panic!()
+    };
+    kill9(pid);
+    let state = tokio::time::timeout(
+        Duration::from_secs(5),
+        plugin.wait_for(|s| matches!(s, PluginState::Failed { .. })),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(state, PluginState::Failed { .. }));
+}
+
+#[tokio::test]
+async fn a_plugin_exits_within_two_seconds_of_its_host_being_killed() {
+    let mut host = tokio::process::Command::new(KV_HOST)
+        .env("KV_PLUGIN_BIN", KV_PLUGIN)
+        .env("KV_HOST_HOLD", "1")
+        .env_remove("PLUGIN_ENDPOINT")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
+    let mut plugin_pid = None;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if let Some(rest) = line.strip_prefix("launched kv-plugin (pid ") {
+            plugin_pid = rest.split(')').next().and_then(|p| p.parse::<u32>().ok());
+        }
+        if line == "holding" {
+            break;
+        }
+    }
+    let plugin_pid = plugin_pid.expect("kv-host printed the plugin's pid");
+    assert!(alive(plugin_pid));
+    kill9(host.id().unwrap());
+    let _ = host.wait().await;
+    let gone = async {
+        while alive(plugin_pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), gone)
+        .await
+        .expect("the orphaned plugin exits within two seconds");
+}
+
+#[tokio::test]
+async fn checksums_are_verified_before_running() {
+    let output = std::process::Command::new("sha256sum")
+        .arg(KV_PLUGIN)
+        .output()
+        .unwrap();
+    let sum = String::from_utf8(output.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let ok = PluginProcess::launch(LaunchConfig::new("kv", KV_PLUGIN).checksum(&sum))
+        .await
+        .unwrap();
+    drop(ok);
+    let wrong = "0".repeat(64);
+    let err = PluginProcess::launch(LaunchConfig::new("kv", KV_PLUGIN).checksum(&wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("checksum mismatch") && err.message().contains(&sum),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn start_failures_name_the_program_and_the_reason() {
+    let err = PluginProcess::launch(LaunchConfig::new("nothing", "/no/such/plugin"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("/no/such/plugin"), "{err}");
+    let err = PluginProcess::launch(LaunchConfig::new("quitter", "/bin/true"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("without printing the readiness line"),
+        "{err}"
+    );
+    let err = PluginProcess::launch(
+        LaunchConfig::new("sleeper", "/bin/sleep")
+            .arg("5")
+            .start_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.message()
+            .contains("did not print its readiness line within 200 ms"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_in_memory_strategy_runs_the_kv_scenario() {
+    let plugin = InMemoryPlugin::start(
+        ServeConfig::new().plugin(KvServicePlugin::server(MemoryStore::default())),
+    );
+    let client = Client::new(plugin.client_config().plugin::<KvServicePlugin>()).unwrap();
+    let kv = client.dispense::<KvServicePlugin>().await.unwrap();
+    let mut watch = kv
+        .watch(WatchRequest {
+            prefix: "m/".into(),
+        })
+        .await
+        .unwrap()
+        .into_message();
+    kv.put(PutRequest {
+        key: "m/a".into(),
+        value: "1".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        kv.get(GetRequest { key: "m/a".into() })
+            .await
+            .unwrap()
+            .found
+    );
+    assert!(
+        kv.delete(DeleteRequest { key: "m/a".into() })
+            .await
+            .unwrap()
+            .found
+    );
+    assert!(
+        !kv.get(GetRequest { key: "m/a".into() })
+            .await
+            .unwrap()
+            .found
+    );
+    assert_eq!(watch.message().await.unwrap().unwrap().key, "m/a");
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().r#type,
+        kv::v1::EventType::Delete as i32
+    );
+    drop(watch);
+    drop(kv);
+    drop(client);
+    plugin.shutdown().await.unwrap();
+}
