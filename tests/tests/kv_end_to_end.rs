@@ -31,6 +31,8 @@ async fn kv_host_demo_launches_the_plugin_and_runs_every_rpc() {
     );
     for expected in [
         "launched kv-plugin",
+        "handshake ok: app protocol version 1, plugins [\"kv 1.0.0\"]",
+        "health: Serving",
         "Get demo/greeting -> found=true value=\"hello, plugin\"",
         "Delete demo/greeting -> found=true",
         "Get demo/greeting -> found=false",

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use connect_plugin::proto::capability::logger::v1::{LogRequest, LoggerClient};
 use connect_plugin::{Code, Error, Request, Response, ServerStream};
 use prost::bytes::Bytes;
 use tokio::sync::broadcast;
@@ -21,6 +22,7 @@ pub const WATCH_BUFFER: usize = 1024;
 pub struct MemoryStore {
     entries: RwLock<HashMap<String, Bytes>>,
     changes: broadcast::Sender<WatchEvent>,
+    logger: Option<LoggerClient>,
 }
 
 impl Default for MemoryStore {
@@ -28,6 +30,7 @@ impl Default for MemoryStore {
         Self {
             entries: RwLock::new(HashMap::new()),
             changes: broadcast::channel(WATCH_BUFFER).0,
+            logger: None,
         }
     }
 }
@@ -40,6 +43,31 @@ fn check_key(key: &str) -> Result<(), Error> {
 }
 
 impl MemoryStore {
+    /// Logs every change through a host's logger capability.
+    #[must_use]
+    pub fn with_logger(mut self, logger: LoggerClient) -> Self {
+        self.logger = Some(logger);
+        self
+    }
+
+    /// Sends a line to the host's logger, if there is one; a logging failure never fails the
+    /// operation itself.
+    fn log(&self, message: String, key: &str) {
+        let Some(logger) = self.logger.clone() else {
+            return;
+        };
+        let request = LogRequest {
+            level: "info".into(),
+            message,
+            fields: [("key".to_owned(), key.to_owned())].into(),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = logger.log(request).await {
+                tracing::warn!("logging through the host failed: {error}");
+            }
+        });
+    }
+
     fn entries_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Bytes>> {
         // A poisoned lock only means another handler panicked mid-update of a plain map.
         self.entries.write().unwrap_or_else(|e| e.into_inner())
@@ -67,6 +95,7 @@ impl KvService for MemoryStore {
         // Publish under the lock so watchers see changes in the order they were applied.
         let mut entries = self.entries_write();
         entries.insert(key.clone(), value.clone());
+        self.log(format!("put {} bytes", value.len()), &key);
         let _ = self.changes.send(WatchEvent {
             r#type: EventType::Put as i32,
             key,
@@ -83,6 +112,7 @@ impl KvService for MemoryStore {
         check_key(&key)?;
         let mut entries = self.entries_write();
         let found = entries.remove(&key).is_some();
+        self.log(format!("delete (found={found})"), &key);
         if found {
             let _ = self.changes.send(WatchEvent {
                 r#type: EventType::Delete as i32,

@@ -1,10 +1,18 @@
-//! `kv-host`: launches `kv-plugin` as a child process (or uses `PLUGIN_ENDPOINT`), takes a typed
-//! KV client from the plugin binding, and runs Put, Get, Delete and a Watch.
+//! `kv-host`: launches `kv-plugin` as a child process (or uses `PLUGIN_ENDPOINT`), handshakes,
+//! checks its health, takes a typed KV client from the plugin binding, and runs Put, Get,
+//! Delete and a Watch. It also offers the plugin a `logger` capability: the plugin's log lines
+//! arrive in this host's log through the capability broker.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use connect_plugin::{Channel, Code, LaunchConfig, PluginProcess};
+use connect_plugin::proto::connectplugin::health::v1::{
+    HealthCheckRequest, HealthServicePlugin, ServingStatus,
+};
+use connect_plugin::{
+    CapabilityBroker, Client, ClientConfig, Code, LaunchConfig, PluginProcess, ServeConfig,
+    TracingLogger,
+};
 use kv::v1::{DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 
 #[tokio::main]
@@ -13,7 +21,9 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // Lines the plugin logs through the logger capability show at info.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,connect_plugin::broker=info".into()),
         )
         .init();
     match run().await {
@@ -45,7 +55,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 )
                 .into());
             }
-            let process = PluginProcess::launch(LaunchConfig::new("kv", program)).await?;
+            // A host capability for the plugin: a logger, behind a capability broker.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let host_url = format!("http://{}", listener.local_addr()?);
+            let broker = CapabilityBroker::new().capability(TracingLogger::definition())?;
+            tokio::spawn(connect_plugin::serve(
+                ServeConfig::new().broker(broker).listener(listener),
+            ));
+            let process =
+                PluginProcess::launch(LaunchConfig::new("kv", program).env("HOST_URL", &host_url))
+                    .await?;
             println!(
                 "launched kv-plugin (pid {}) at {}",
                 process.id().unwrap_or_default(),
@@ -55,10 +74,31 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let channel = Channel::builder(endpoint)
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let kv = connect_plugin::dispense::<KvServicePlugin>(&channel);
+    let client = Client::new(
+        ClientConfig::new(&endpoint)
+            .plugin::<KvServicePlugin>()
+            .channel(|c| c.timeout(Duration::from_secs(10))),
+    )?;
+    let handshake = client.connect().await?;
+    println!(
+        "handshake ok: app protocol version {}, plugins {:?}",
+        handshake.app_protocol_version,
+        handshake
+            .plugins
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.version))
+            .collect::<Vec<_>>()
+    );
+    let health = connect_plugin::dispense::<HealthServicePlugin>(client.channel())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    println!(
+        "health: {:?}",
+        ServingStatus::try_from(health.status).unwrap_or(ServingStatus::Unspecified)
+    );
+    let kv = client.dispense::<KvServicePlugin>().await?;
 
     // Watch first, so the changes below are seen; the call returns once the plugin subscribed.
     let mut watch = kv

@@ -1,11 +1,14 @@
 //! `kv-plugin`: serves the in-memory KV store as the `kv` plugin.
 //!
 //! Listens on `127.0.0.1:$PORT` (8080 if unset, `PORT=0` for any free port), prints the
-//! readiness line on stdout and logs to stderr (`RUST_LOG` sets the level).
+//! readiness line on stdout and logs to stderr (`RUST_LOG` sets the level). With `HOST_URL`
+//! set, it introduces itself to that host and, if the host offers a `logger` capability, logs
+//! every change through it.
 
 use std::process::ExitCode;
 
-use connect_plugin::ServeConfig;
+use connect_plugin::proto::capability::logger::v1::{LoggerClient, LoggerPlugin};
+use connect_plugin::{Client, ClientConfig, Error, ServeConfig};
 use kv::MemoryStore;
 use kv::v1::KvServicePlugin;
 
@@ -18,7 +21,14 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = ServeConfig::new().plugin(KvServicePlugin::server(MemoryStore::default()));
+    let mut store = MemoryStore::default();
+    if let Ok(host_url) = std::env::var("HOST_URL") {
+        match host_logger(&host_url).await {
+            Ok(logger) => store = store.with_logger(logger),
+            Err(error) => tracing::warn!("no logger capability from {host_url}: {error}"),
+        }
+    }
+    let config = ServeConfig::new().plugin(KvServicePlugin::server(store));
     match connect_plugin::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -26,4 +36,12 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Handshakes with the host as `kv-plugin` and asks for its logger capability.
+async fn host_logger(host_url: &str) -> Result<LoggerClient, Error> {
+    let host =
+        Client::new(ClientConfig::new(host_url).self_id("kv-plugin", env!("CARGO_PKG_VERSION")))?;
+    let grant = host.request_capability("logger", "1.0.0").await?;
+    Ok(connect_plugin::dispense::<LoggerPlugin>(grant.channel()))
 }
