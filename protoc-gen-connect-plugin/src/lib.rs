@@ -113,6 +113,8 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
         .extern_path(".google.protobuf.Timestamp", timestamp_path(&options))
         .service_generator(Box::new(service::TemplateServiceGenerator {
             templates,
+            messages: Rc::new(all_messages(request)),
+            delegate: options.delegate,
             runtime_crate: options.runtime_crate.clone(),
             plugin_version: options.plugin_version.clone(),
             errors: Rc::clone(&errors),
@@ -152,6 +154,33 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
         });
     }
     Ok(files)
+}
+
+/// Every message of the request (nested ones included) by fully qualified name.
+fn all_messages(
+    request: &CodeGeneratorRequest,
+) -> std::collections::HashMap<String, prost_types::DescriptorProto> {
+    fn add(
+        prefix: &str,
+        messages: &[prost_types::DescriptorProto],
+        out: &mut std::collections::HashMap<String, prost_types::DescriptorProto>,
+    ) {
+        for message in messages {
+            let name = format!("{prefix}.{}", message.name());
+            add(&name, &message.nested_type, out);
+            out.insert(name, message.clone());
+        }
+    }
+    let mut out = std::collections::HashMap::new();
+    for file in &request.proto_file {
+        let prefix = if file.package().is_empty() {
+            String::new()
+        } else {
+            format!(".{}", file.package())
+        };
+        add(&prefix, &file.message_type, &mut out);
+    }
+    out
 }
 
 /// `google.protobuf.Timestamp` comes from the runtime, whose JSON form is canonical (`Z`);

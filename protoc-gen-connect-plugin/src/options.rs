@@ -17,6 +17,8 @@ pub struct Options {
     pub runtime_crate: String,
     /// The version every generated plugin binding declares (default `1.0.0`).
     pub plugin_version: String,
+    /// Whether to emit the flattened `<Name>Delegate` clients (default on; `no_delegate`).
+    pub delegate: bool,
 }
 
 impl Default for Options {
@@ -27,12 +29,13 @@ impl Default for Options {
             templates: None,
             runtime_crate: "::connect_plugin".to_owned(),
             plugin_version: "1.0.0".to_owned(),
+            delegate: true,
         }
     }
 }
 
 const KEYS: &str = "include_file=NAME, no_include, extern_path=.proto.path=::rust::path, \
-                    templates=DIR, runtime_crate=PATH, plugin_version=SEMVER";
+                    templates=DIR, runtime_crate=PATH, plugin_version=SEMVER, no_delegate";
 
 impl Options {
     /// Parses protoc's parameter string.
@@ -58,6 +61,7 @@ impl Options {
             match key {
                 "include_file" => options.include_file = Some(need(value)?),
                 "no_include" => options.include_file = None,
+                "no_delegate" => options.delegate = false,
                 "templates" => options.templates = Some(PathBuf::from(need(value)?)),
                 "runtime_crate" => options.runtime_crate = need(value)?,
                 "plugin_version" => {

@@ -2,11 +2,14 @@
 //! it through the handlebars templates into the package's file.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use handlebars::Handlebars;
 use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
 use prost_build::{Comments, Method, Service, ServiceGenerator};
+use prost_types::DescriptorProto;
+use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::method_options::IdempotencyLevel;
 use serde::Serialize;
 
@@ -19,6 +22,10 @@ pub(crate) struct ServiceData {
     pub proto_name: String,
     pub full_name: String,
     pub const_prefix: String,
+    /// Name of the flattened client, e.g. `KvDelegate`.
+    pub delegate_name: String,
+    /// Whether to emit the flattened client.
+    pub delegate: bool,
     pub trait_name: String,
     pub server_name: String,
     pub client_name: String,
@@ -44,6 +51,20 @@ pub(crate) struct MethodData {
     pub client_streaming: bool,
     pub server_streaming: bool,
     pub idempotency: &'static str,
+    /// The request's fields as parameters of the flattened client; `None` when the request
+    /// has fields that do not flatten (messages, maps, oneofs), which then take the message.
+    pub flat: Option<Vec<FlatField>>,
+}
+
+/// One request field as a parameter of the flattened client.
+#[derive(Debug, Serialize)]
+pub(crate) struct FlatField {
+    /// The Rust field (and parameter) name.
+    pub name: String,
+    /// The parameter type, e.g. `impl ::core::convert::Into<::prost::alloc::string::String>`.
+    pub param: String,
+    /// How the parameter becomes the field: `name.into()` or `name`.
+    pub value: String,
 }
 
 /// Errors found while generating, collected because prost's `ServiceGenerator` cannot fail.
@@ -51,6 +72,9 @@ pub(crate) type ErrorSink = Rc<RefCell<Vec<(String, String)>>>;
 
 pub(crate) struct TemplateServiceGenerator {
     pub(crate) templates: Rc<Handlebars<'static>>,
+    /// Every message of the request by fully qualified name (`.kv.v1.GetRequest`).
+    pub(crate) messages: Rc<HashMap<String, DescriptorProto>>,
+    pub(crate) delegate: bool,
     pub(crate) runtime_crate: String,
     pub(crate) plugin_version: String,
     pub(crate) errors: ErrorSink,
@@ -82,7 +106,7 @@ impl TemplateServiceGenerator {
         let methods = service
             .methods
             .iter()
-            .map(|m| method_data(&full_name, &service.proto_name, m))
+            .map(|m| method_data(&full_name, &service.proto_name, m, &self.messages))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, a) in methods.iter().enumerate() {
             if let Some(b) = methods[..i].iter().find(|b| b.rust_name == a.rust_name) {
@@ -98,6 +122,16 @@ impl TemplateServiceGenerator {
             proto_name: service.proto_name.clone(),
             full_name,
             const_prefix: service.proto_name.to_shouty_snake_case(),
+            delegate_name: format!(
+                "{}Delegate",
+                service
+                    .proto_name
+                    .strip_suffix("Service")
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(&service.proto_name)
+                    .to_upper_camel_case()
+            ),
+            delegate: self.delegate,
             trait_name: sanitize(&upper),
             server_name: format!("{upper}Server"),
             client_name: format!("{upper}Client"),
@@ -116,7 +150,62 @@ pub(crate) fn plugin_id(service: &str) -> String {
     trimmed.unwrap_or(service).to_lowercase()
 }
 
-fn method_data(full_name: &str, service: &str, method: &Method) -> Result<MethodData, String> {
+/// The request's fields as flat parameters, if every one of them flattens.
+fn flat_fields(input: &str, messages: &HashMap<String, DescriptorProto>) -> Option<Vec<FlatField>> {
+    let message = messages.get(input)?;
+    if !message.oneof_decl.iter().enumerate().all(|(i, _)| {
+        // Only the synthetic oneofs of proto3 `optional` fields are allowed.
+        message
+            .field
+            .iter()
+            .any(|f| f.oneof_index == Some(i as i32) && f.proto3_optional())
+    }) {
+        return None;
+    }
+    message
+        .field
+        .iter()
+        .map(|field| {
+            let scalar = match field.r#type() {
+                Type::Double => "f64",
+                Type::Float => "f32",
+                Type::Int64 | Type::Sint64 | Type::Sfixed64 => "i64",
+                Type::Uint64 | Type::Fixed64 => "u64",
+                Type::Int32 | Type::Sint32 | Type::Sfixed32 | Type::Enum => "i32",
+                Type::Uint32 | Type::Fixed32 => "u32",
+                Type::Bool => "bool",
+                Type::String => "::prost::alloc::string::String",
+                Type::Bytes => "::prost::bytes::Bytes",
+                Type::Message | Type::Group => return None,
+            };
+            let name = sanitize(&field.name().to_snake_case());
+            let repeated = field.label() == Label::Repeated;
+            let optional = field.proto3_optional();
+            let convertible =
+                !repeated && !optional && matches!(field.r#type(), Type::String | Type::Bytes);
+            let (param, value) = if convertible {
+                (
+                    format!("impl ::core::convert::Into<{scalar}>"),
+                    format!("{name}.into()"),
+                )
+            } else if repeated {
+                (format!("::prost::alloc::vec::Vec<{scalar}>"), name.clone())
+            } else if optional {
+                (format!("::core::option::Option<{scalar}>"), name.clone())
+            } else {
+                (scalar.to_owned(), name.clone())
+            };
+            Some(FlatField { name, param, value })
+        })
+        .collect()
+}
+
+fn method_data(
+    full_name: &str,
+    service: &str,
+    method: &Method,
+    messages: &HashMap<String, DescriptorProto>,
+) -> Result<MethodData, String> {
     let (kind, call) = match (method.client_streaming, method.server_streaming) {
         (false, false) => ("Unary", "unary"),
         (false, true) => ("ServerStreaming", "server_streaming"),
@@ -145,6 +234,7 @@ fn method_data(full_name: &str, service: &str, method: &Method) -> Result<Method
         client_streaming: method.client_streaming,
         server_streaming: method.server_streaming,
         idempotency,
+        flat: flat_fields(&method.input_proto_type, messages),
     })
 }
 

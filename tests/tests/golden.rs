@@ -279,6 +279,26 @@ async fn golden_json_mapping_is_canonical_proto3_json() {
     );
 }
 
+#[tokio::test]
+async fn golden_delegate_flattens_simple_requests_and_takes_the_message_otherwise() {
+    use connect_plugin_tests::fixtures::golden::v1::EverythingDelegate;
+    let addr = serve().await;
+    let delegate =
+        EverythingDelegate::from_channel(Channel::new(format!("http://{addr}")).unwrap());
+    // LookupRequest { id } flattens into one parameter.
+    let looked = delegate.lookup("flat").await.unwrap();
+    assert_eq!((looked.id.as_str(), looked.score), ("flat", 0.5));
+    // TypeRequest has a map and a oneof: the method takes the message.
+    let typed = delegate
+        .r#type(TypeRequest {
+            r#type: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(typed.page.unwrap().token, "t:");
+}
+
 #[test]
 fn golden_descriptors_and_bindings() {
     use connect_plugin::{Idempotency, Plugin, StreamKind};

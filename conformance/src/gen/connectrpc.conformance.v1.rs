@@ -1621,6 +1621,70 @@ impl ::connect_plugin::Plugin for ConformanceServicePlugin {
         ConformanceServiceClient::new(channel)
     }
 }
+/// Flattened client of `connectrpc.conformance.v1.ConformanceService` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`ConformanceServiceClient`] does.
+#[derive(Debug, Clone)]
+pub struct ConformanceDelegate {
+    client: ConformanceServiceClient,
+}
+impl ConformanceDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: ConformanceServiceClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(ConformanceServiceClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &ConformanceServiceClient {
+        &self.client
+    }
+    /// A unary operation. The request indicates the response headers and trailers
+    /// and also indicates either a response message or an error to send back.
+    ///
+    /// Response message data is specified as bytes. The service should echo back
+    /// request properties in the ConformancePayload and then include the message
+    /// data in the data field.
+    ///
+    /// If the response_delay_ms duration is specified, the server should wait the
+    /// given duration after reading the request before sending the corresponding
+    /// response.
+    ///
+    /// Servers should allow the response definition to be unset in the request and
+    /// if it is, set no response headers or trailers and return no response data.
+    /// The returned payload should only contain the request info.
+    pub async fn unary(
+        &self,
+        request: UnaryRequest,
+    ) -> ::core::result::Result<UnaryResponse, ::connect_plugin::Error> {
+        self.client.unary(request).await.map(::connect_plugin::Response::into_message)
+    }
+    /// A unary endpoint that the server should not implement and should instead
+    /// return an unimplemented error when invoked.
+    pub async fn unimplemented(
+        &self,
+        request: UnimplementedRequest,
+    ) -> ::core::result::Result<UnimplementedResponse, ::connect_plugin::Error> {
+        self.client
+            .unimplemented(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+    /// A unary endpoint denoted as having no side effects (i.e. idempotent).
+    /// Implementations should use an HTTP GET when invoking this endpoint and
+    /// leverage query parameters to send data.
+    pub async fn idempotent_unary(
+        &self,
+        request: IdempotentUnaryRequest,
+    ) -> ::core::result::Result<IdempotentUnaryResponse, ::connect_plugin::Error> {
+        self.client
+            .idempotent_unary(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+}
 /// Describes one call the client should make. The client reads
 /// these from stdin and, for each one, invokes an RPC as directed
 /// and writes the results (in the form of a ClientCompatResponse

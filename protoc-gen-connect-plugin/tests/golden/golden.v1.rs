@@ -512,6 +512,53 @@ impl ::connect_plugin::Plugin for EverythingServicePlugin {
         EverythingServiceClient::new(channel)
     }
 }
+/// Flattened client of `golden.v1.EverythingService` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`EverythingServiceClient`] does.
+#[derive(Debug, Clone)]
+pub struct EverythingDelegate {
+    client: EverythingServiceClient,
+}
+impl EverythingDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: EverythingServiceClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(EverythingServiceClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &EverythingServiceClient {
+        &self.client
+    }
+    /// Type has a name that is a Rust keyword once snake-cased.
+    pub async fn r#type(
+        &self,
+        request: TypeRequest,
+    ) -> ::core::result::Result<TypeResponse, ::connect_plugin::Error> {
+        self.client.r#type(request).await.map(::connect_plugin::Response::into_message)
+    }
+    /// Lookup has no side effects, so it may be called with GET.
+    pub async fn lookup(
+        &self,
+        id: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<LookupResponse, ::connect_plugin::Error> {
+        let request = LookupRequest { id: id.into() };
+        self.client.lookup(request).await.map(::connect_plugin::Response::into_message)
+    }
+    pub async fn paged(
+        &self,
+        size: i32,
+        token: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<::pbjson_types::Empty, ::connect_plugin::Error> {
+        let request = super::common::v1::Page {
+            size: size,
+            token: token.into(),
+        };
+        self.client.paged(request).await.map(::connect_plugin::Response::into_message)
+    }
+}
 /// Fully qualified name of the `golden.v1.Admin` service.
 pub const ADMIN_NAME: &str = "golden.v1.Admin";
 /// Descriptor of `golden.v1.Admin.Reset`.
@@ -625,6 +672,33 @@ impl ::connect_plugin::Plugin for AdminPlugin {
     type Client = AdminClient;
     fn client(channel: ::connect_plugin::Channel) -> AdminClient {
         AdminClient::new(channel)
+    }
+}
+/// Flattened client of `golden.v1.Admin` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`AdminClient`] does.
+#[derive(Debug, Clone)]
+pub struct AdminDelegate {
+    client: AdminClient,
+}
+impl AdminDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: AdminClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(AdminClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &AdminClient {
+        &self.client
+    }
+    pub async fn reset(
+        &self,
+        request: ::pbjson_types::Empty,
+    ) -> ::core::result::Result<::pbjson_types::Empty, ::connect_plugin::Error> {
+        self.client.reset(request).await.map(::connect_plugin::Response::into_message)
     }
 }
 impl serde::Serialize for LookupRequest {

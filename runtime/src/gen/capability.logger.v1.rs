@@ -151,6 +151,34 @@ impl ::connect_plugin::Plugin for LoggerPlugin {
         LoggerClient::new(channel)
     }
 }
+/// Flattened client of `capability.logger.v1.Logger` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`LoggerClient`] does.
+#[derive(Debug, Clone)]
+pub struct LoggerDelegate {
+    client: LoggerClient,
+}
+impl LoggerDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: LoggerClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(LoggerClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &LoggerClient {
+        &self.client
+    }
+    /// Log writes one line.
+    pub async fn log(
+        &self,
+        request: LogRequest,
+    ) -> ::core::result::Result<LogResponse, ::connect_plugin::Error> {
+        self.client.log(request).await.map(::connect_plugin::Response::into_message)
+    }
+}
 impl serde::Serialize for LogRequest {
     #[allow(deprecated)]
     fn serialize<S>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error>

@@ -228,6 +228,37 @@ impl ::connect_plugin::Plugin for HealthServicePlugin {
         HealthServiceClient::new(channel)
     }
 }
+/// Flattened client of `connectplugin.health.v1.HealthService` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`HealthServiceClient`] does.
+#[derive(Debug, Clone)]
+pub struct HealthDelegate {
+    client: HealthServiceClient,
+}
+impl HealthDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: HealthServiceClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(HealthServiceClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &HealthServiceClient {
+        &self.client
+    }
+    /// Check returns the current status of a service ("" for the whole server).
+    pub async fn check(
+        &self,
+        service: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<HealthCheckResponse, ::connect_plugin::Error> {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        self.client.check(request).await.map(::connect_plugin::Response::into_message)
+    }
+}
 impl serde::Serialize for HealthCheckRequest {
     #[allow(deprecated)]
     fn serialize<S>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error>

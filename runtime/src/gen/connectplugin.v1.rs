@@ -175,6 +175,44 @@ impl ::connect_plugin::Plugin for CapabilityBrokerPlugin {
         CapabilityBrokerClient::new(channel)
     }
 }
+/// Flattened client of `connectplugin.v1.CapabilityBroker` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`CapabilityBrokerClient`] does.
+#[derive(Debug, Clone)]
+pub struct CapabilityBrokerDelegate {
+    client: CapabilityBrokerClient,
+}
+impl CapabilityBrokerDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: CapabilityBrokerClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(CapabilityBrokerClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &CapabilityBrokerClient {
+        &self.client
+    }
+    /// RequestCapability asks for a grant to use a host capability.
+    pub async fn request_capability(
+        &self,
+        capability_type: impl ::core::convert::Into<::prost::alloc::string::String>,
+        min_version: impl ::core::convert::Into<::prost::alloc::string::String>,
+        reason: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<RequestCapabilityResponse, ::connect_plugin::Error> {
+        let request = RequestCapabilityRequest {
+            capability_type: capability_type.into(),
+            min_version: min_version.into(),
+            reason: reason.into(),
+        };
+        self.client
+            .request_capability(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HandshakeRequest {
     #[prost(int32, tag = "1")]
@@ -442,6 +480,37 @@ impl ::connect_plugin::Plugin for HandshakeServicePlugin {
         HandshakeServiceClient::new(channel)
     }
 }
+/// Flattened client of `connectplugin.v1.HandshakeService` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`HandshakeServiceClient`] does.
+#[derive(Debug, Clone)]
+pub struct HandshakeDelegate {
+    client: HandshakeServiceClient,
+}
+impl HandshakeDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: HandshakeServiceClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(HandshakeServiceClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &HandshakeServiceClient {
+        &self.client
+    }
+    /// Handshake negotiates versions and plugin availability.
+    pub async fn handshake(
+        &self,
+        request: HandshakeRequest,
+    ) -> ::core::result::Result<HandshakeResponse, ::connect_plugin::Error> {
+        self.client
+            .handshake(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReportHealthRequest {
     #[prost(enumeration = "HealthState", tag = "1")]
@@ -689,6 +758,46 @@ impl ::connect_plugin::Plugin for PluginLifecyclePlugin {
         PluginLifecycleClient::new(channel)
     }
 }
+/// Flattened client of `connectplugin.v1.PluginLifecycle` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`PluginLifecycleClient`] does.
+#[derive(Debug, Clone)]
+pub struct PluginLifecycleDelegate {
+    client: PluginLifecycleClient,
+}
+impl PluginLifecycleDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: PluginLifecycleClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(PluginLifecycleClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &PluginLifecycleClient {
+        &self.client
+    }
+    /// ReportHealth tells the host the plugin's current health state.
+    pub async fn report_health(
+        &self,
+        state: i32,
+        reason: impl ::core::convert::Into<::prost::alloc::string::String>,
+        unavailable_dependencies: ::prost::alloc::vec::Vec<
+            ::prost::alloc::string::String,
+        >,
+    ) -> ::core::result::Result<ReportHealthResponse, ::connect_plugin::Error> {
+        let request = ReportHealthRequest {
+            state: state,
+            reason: reason.into(),
+            unavailable_dependencies: unavailable_dependencies,
+        };
+        self.client
+            .report_health(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+}
 /// Fully qualified name of the `connectplugin.v1.PluginControl` service.
 pub const PLUGIN_CONTROL_NAME: &str = "connectplugin.v1.PluginControl";
 /// Descriptor of `connectplugin.v1.PluginControl.GetHealth`.
@@ -850,6 +959,49 @@ impl ::connect_plugin::Plugin for PluginControlPlugin {
     type Client = PluginControlClient;
     fn client(channel: ::connect_plugin::Channel) -> PluginControlClient {
         PluginControlClient::new(channel)
+    }
+}
+/// Flattened client of `connectplugin.v1.PluginControl` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`PluginControlClient`] does.
+#[derive(Debug, Clone)]
+pub struct PluginControlDelegate {
+    client: PluginControlClient,
+}
+impl PluginControlDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: PluginControlClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(PluginControlClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &PluginControlClient {
+        &self.client
+    }
+    /// GetHealth returns the plugin's health state.
+    pub async fn get_health(
+        &self,
+        request: GetHealthRequest,
+    ) -> ::core::result::Result<GetHealthResponse, ::connect_plugin::Error> {
+        self.client
+            .get_health(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+    /// Shutdown asks the plugin to stop within a grace period.
+    pub async fn shutdown(
+        &self,
+        grace_period_seconds: i32,
+        reason: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<ShutdownResponse, ::connect_plugin::Error> {
+        let request = ShutdownRequest {
+            grace_period_seconds: grace_period_seconds,
+            reason: reason.into(),
+        };
+        self.client.shutdown(request).await.map(::connect_plugin::Response::into_message)
     }
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1091,6 +1243,54 @@ impl ::connect_plugin::Plugin for PluginIdentityPlugin {
     type Client = PluginIdentityClient;
     fn client(channel: ::connect_plugin::Channel) -> PluginIdentityClient {
         PluginIdentityClient::new(channel)
+    }
+}
+/// Flattened client of `connectplugin.v1.PluginIdentity` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`PluginIdentityClient`] does.
+#[derive(Debug, Clone)]
+pub struct PluginIdentityDelegate {
+    client: PluginIdentityClient,
+}
+impl PluginIdentityDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: PluginIdentityClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(PluginIdentityClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &PluginIdentityClient {
+        &self.client
+    }
+    /// GetPluginInfo returns what the plugin provides and requires.
+    pub async fn get_plugin_info(
+        &self,
+        request: GetPluginInfoRequest,
+    ) -> ::core::result::Result<GetPluginInfoResponse, ::connect_plugin::Error> {
+        self.client
+            .get_plugin_info(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+    /// SetRuntimeIdentity assigns the plugin its runtime id, token and the host's URL.
+    pub async fn set_runtime_identity(
+        &self,
+        runtime_id: impl ::core::convert::Into<::prost::alloc::string::String>,
+        runtime_token: impl ::core::convert::Into<::prost::alloc::string::String>,
+        host_url: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<SetRuntimeIdentityResponse, ::connect_plugin::Error> {
+        let request = SetRuntimeIdentityRequest {
+            runtime_id: runtime_id.into(),
+            runtime_token: runtime_token.into(),
+            host_url: host_url.into(),
+        };
+        self.client
+            .set_runtime_identity(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1548,6 +1748,65 @@ impl ::connect_plugin::Plugin for ServiceRegistryPlugin {
     type Client = ServiceRegistryClient;
     fn client(channel: ::connect_plugin::Channel) -> ServiceRegistryClient {
         ServiceRegistryClient::new(channel)
+    }
+}
+/// Flattened client of `connectplugin.v1.ServiceRegistry` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`ServiceRegistryClient`] does.
+#[derive(Debug, Clone)]
+pub struct ServiceRegistryDelegate {
+    client: ServiceRegistryClient,
+}
+impl ServiceRegistryDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: ServiceRegistryClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(ServiceRegistryClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &ServiceRegistryClient {
+        &self.client
+    }
+    /// RegisterService announces a provided service.
+    pub async fn register_service(
+        &self,
+        request: RegisterServiceRequest,
+    ) -> ::core::result::Result<RegisterServiceResponse, ::connect_plugin::Error> {
+        self.client
+            .register_service(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+    /// UnregisterService withdraws a registration.
+    pub async fn unregister_service(
+        &self,
+        registration_id: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<UnregisterServiceResponse, ::connect_plugin::Error> {
+        let request = UnregisterServiceRequest {
+            registration_id: registration_id.into(),
+        };
+        self.client
+            .unregister_service(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
+    }
+    /// DiscoverService finds a provider of a service type.
+    pub async fn discover_service(
+        &self,
+        service_type: impl ::core::convert::Into<::prost::alloc::string::String>,
+        min_version: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<DiscoverServiceResponse, ::connect_plugin::Error> {
+        let request = DiscoverServiceRequest {
+            service_type: service_type.into(),
+            min_version: min_version.into(),
+        };
+        self.client
+            .discover_service(request)
+            .await
+            .map(::connect_plugin::Response::into_message)
     }
 }
 impl serde::Serialize for Capability {

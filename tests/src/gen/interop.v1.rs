@@ -334,6 +334,67 @@ impl ::connect_plugin::Plugin for InteropServicePlugin {
         InteropServiceClient::new(channel)
     }
 }
+/// Flattened client of `interop.v1.InteropService` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`InteropServiceClient`] does.
+#[derive(Debug, Clone)]
+pub struct InteropDelegate {
+    client: InteropServiceClient,
+}
+impl InteropDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: InteropServiceClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(InteropServiceClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &InteropServiceClient {
+        &self.client
+    }
+    /// Unary echoes the payload; see Payload for the behaviours it triggers.
+    pub async fn unary(
+        &self,
+        text: impl ::core::convert::Into<::prost::alloc::string::String>,
+        data: impl ::core::convert::Into<::prost::bytes::Bytes>,
+        count: i32,
+        sleep_ms: i32,
+        fail_code: impl ::core::convert::Into<::prost::alloc::string::String>,
+        echoed_header: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<Payload, ::connect_plugin::Error> {
+        let request = Payload {
+            text: text.into(),
+            data: data.into(),
+            count: count,
+            sleep_ms: sleep_ms,
+            fail_code: fail_code.into(),
+            echoed_header: echoed_header.into(),
+        };
+        self.client.unary(request).await.map(::connect_plugin::Response::into_message)
+    }
+    /// Lookup behaves like Unary but has no side effects, so it may be called with GET.
+    pub async fn lookup(
+        &self,
+        text: impl ::core::convert::Into<::prost::alloc::string::String>,
+        data: impl ::core::convert::Into<::prost::bytes::Bytes>,
+        count: i32,
+        sleep_ms: i32,
+        fail_code: impl ::core::convert::Into<::prost::alloc::string::String>,
+        echoed_header: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<Payload, ::connect_plugin::Error> {
+        let request = Payload {
+            text: text.into(),
+            data: data.into(),
+            count: count,
+            sleep_ms: sleep_ms,
+            fail_code: fail_code.into(),
+            echoed_header: echoed_header.into(),
+        };
+        self.client.lookup(request).await.map(::connect_plugin::Response::into_message)
+    }
+}
 impl serde::Serialize for Payload {
     #[allow(deprecated)]
     fn serialize<S>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error>

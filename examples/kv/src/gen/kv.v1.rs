@@ -410,6 +410,55 @@ impl ::connect_plugin::Plugin for KvServicePlugin {
         KvServiceClient::new(channel)
     }
 }
+/// Flattened client of `kv.v1.KVService` (connect-plugin-go's "delegate"): one method per unary
+/// RPC, taking the request's fields and returning the response message. Streaming RPCs and
+/// requests whose fields do not flatten take the request message as [`KvServiceClient`] does.
+#[derive(Debug, Clone)]
+pub struct KvDelegate {
+    client: KvServiceClient,
+}
+impl KvDelegate {
+    /// Wraps a typed client.
+    pub fn new(client: KvServiceClient) -> Self {
+        Self { client }
+    }
+    /// A flattened client calling over `channel`.
+    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+        Self::new(KvServiceClient::new(channel))
+    }
+    /// The typed client underneath, for metadata, timeouts and streaming.
+    pub fn client(&self) -> &KvServiceClient {
+        &self.client
+    }
+    /// Get returns the value stored under a key; a missing key is `found = false`, not an error.
+    pub async fn get(
+        &self,
+        key: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<GetResponse, ::connect_plugin::Error> {
+        let request = GetRequest { key: key.into() };
+        self.client.get(request).await.map(::connect_plugin::Response::into_message)
+    }
+    /// Put stores a value under a key, replacing any previous value.
+    pub async fn put(
+        &self,
+        key: impl ::core::convert::Into<::prost::alloc::string::String>,
+        value: impl ::core::convert::Into<::prost::bytes::Bytes>,
+    ) -> ::core::result::Result<PutResponse, ::connect_plugin::Error> {
+        let request = PutRequest {
+            key: key.into(),
+            value: value.into(),
+        };
+        self.client.put(request).await.map(::connect_plugin::Response::into_message)
+    }
+    /// Delete removes a key; `found` tells whether it existed.
+    pub async fn delete(
+        &self,
+        key: impl ::core::convert::Into<::prost::alloc::string::String>,
+    ) -> ::core::result::Result<DeleteResponse, ::connect_plugin::Error> {
+        let request = DeleteRequest { key: key.into() };
+        self.client.delete(request).await.map(::connect_plugin::Response::into_message)
+    }
+}
 impl serde::Serialize for DeleteRequest {
     #[allow(deprecated)]
     fn serialize<S>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error>
