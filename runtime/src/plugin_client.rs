@@ -64,6 +64,13 @@ impl ClientConfig {
         }
     }
 
+    /// Replaces the endpoint.
+    #[must_use]
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = endpoint.into();
+        self
+    }
+
     /// Requests plugin `P`; the handshake fails if the server does not serve it.
     #[must_use]
     pub fn plugin<P: Plugin>(mut self) -> Self {

@@ -1,0 +1,164 @@
+//! Finding plugin servers by service name instead of a fixed endpoint (connect-plugin-go's
+//! `DiscoveryService`), with [`StaticDiscovery`], a configured list. Where upstream always
+//! takes the first endpoint and ignores weights, [`Client::discover`] picks the endpoint with
+//! the highest weight.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::RwLock;
+
+use crate::{Client, ClientConfig, Error};
+
+/// A server offering a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its base URL, e.g. `http://10.0.0.5:8080`.
+    pub url: String,
+    /// Free-form metadata.
+    pub metadata: HashMap<String, String>,
+    /// Preference among endpoints of one service: higher wins.
+    pub weight: u32,
+}
+
+impl Endpoint {
+    /// An endpoint at `url` with weight 1 and no metadata.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            metadata: HashMap::new(),
+            weight: 1,
+        }
+    }
+}
+
+/// A source of endpoints by service name.
+pub trait Discovery: Send + Sync {
+    /// The endpoints of `service`.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown service or one without endpoints.
+    fn discover<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Endpoint>, Error>> + Send + 'a>>;
+}
+
+/// Endpoints configured up front.
+#[derive(Debug, Default)]
+pub struct StaticDiscovery {
+    services: RwLock<HashMap<String, Vec<Endpoint>>>,
+}
+
+impl StaticDiscovery {
+    /// An empty discovery.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an endpoint of `service`.
+    pub fn add_endpoint(&self, service: impl Into<String>, endpoint: Endpoint) {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(service.into())
+            .or_default()
+            .push(endpoint);
+    }
+
+    /// Forgets `service`.
+    pub fn remove_service(&self, service: &str) {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service);
+    }
+}
+
+impl Discovery for StaticDiscovery {
+    fn discover<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Endpoint>, Error>> + Send + 'a>> {
+        let found = match self
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+        {
+            None => Err(Error::not_found(format!(
+                "service {service:?} not found in static discovery"
+            ))),
+            Some(list) if list.is_empty() => Err(Error::not_found(format!(
+                "no endpoints configured for service {service:?}"
+            ))),
+            Some(list) => Ok(list.clone()),
+        };
+        Box::pin(std::future::ready(found))
+    }
+}
+
+/// The default service name a client discovers, as upstream.
+pub const DEFAULT_SERVICE_NAME: &str = "plugin-host";
+
+impl Client {
+    /// A client for the best endpoint `discovery` knows for `service` (the highest weight;
+    /// the first among equals). `config`'s endpoint is replaced.
+    ///
+    /// # Errors
+    /// The discovery's error, or [`Client::new`]'s.
+    pub async fn discover(
+        config: ClientConfig,
+        discovery: &dyn Discovery,
+        service: &str,
+    ) -> Result<Client, Error> {
+        let endpoints = discovery.discover(service).await?;
+        let best = endpoints
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, e)| (e.weight, std::cmp::Reverse(*i)))
+            .map(|(_, e)| e.url.clone())
+            .ok_or_else(|| Error::not_found(format!("no endpoints for service {service:?}")))?;
+        Client::new(config.endpoint(best))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Code;
+
+    #[tokio::test]
+    async fn static_discovery_errors_follow_upstream() {
+        let d = StaticDiscovery::new();
+        let err = d.discover("x").await.unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (
+                Code::NotFound,
+                "service \"x\" not found in static discovery"
+            )
+        );
+        d.add_endpoint("x", Endpoint::new("http://a"));
+        assert_eq!(d.discover("x").await.unwrap().len(), 1);
+        d.remove_service("x");
+        assert!(d.discover("x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_heaviest_endpoint_wins() {
+        let d = StaticDiscovery::new();
+        d.add_endpoint(DEFAULT_SERVICE_NAME, Endpoint::new("http://127.0.0.1:1"));
+        d.add_endpoint(
+            DEFAULT_SERVICE_NAME,
+            Endpoint {
+                weight: 5,
+                ..Endpoint::new("http://127.0.0.1:2")
+            },
+        );
+        let client = Client::discover(ClientConfig::new(""), &d, DEFAULT_SERVICE_NAME)
+            .await
+            .unwrap();
+        assert_eq!(client.channel().base_url(), "http://127.0.0.1:2");
+    }
+}
