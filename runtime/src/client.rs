@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{self, Body};
+use crate::interceptor::Interceptor;
 use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
 use crate::protocol::compression::{self, Compression};
@@ -81,6 +82,7 @@ struct ChannelInner {
     send_compression: Option<Compression>,
     compress_min_bytes: usize,
     use_get: bool,
+    interceptors: Vec<Arc<dyn Interceptor>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -93,7 +95,6 @@ impl std::fmt::Debug for Channel {
 }
 
 /// Builds a [`Channel`].
-#[derive(Debug)]
 pub struct ChannelBuilder {
     base_url: String,
     codec: Codec,
@@ -107,9 +108,28 @@ pub struct ChannelBuilder {
     use_get: bool,
     tls: Option<ClientTls>,
     memory: Option<crate::memory::MemoryConnector>,
+    interceptors: Vec<Arc<dyn Interceptor>>,
+}
+
+impl std::fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("base_url", &self.base_url)
+            .field("codec", &self.codec)
+            .field("http_version", &self.http_version)
+            .field("interceptors", &self.interceptors.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChannelBuilder {
+    /// Adds an interceptor; they run in the order added.
+    #[must_use]
+    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Connects through an in-memory plugin instead of the network.
     pub(crate) fn memory(mut self, connector: crate::memory::MemoryConnector) -> Self {
         self.memory = Some(connector);
@@ -269,6 +289,7 @@ impl ChannelBuilder {
                 send_compression: self.send_compression,
                 compress_min_bytes: self.compress_min_bytes,
                 use_get: self.use_get,
+                interceptors: self.interceptors,
             }),
         })
     }
@@ -298,6 +319,7 @@ impl Channel {
             use_get: false,
             tls: None,
             memory: None,
+            interceptors: Vec::new(),
         }
     }
 
@@ -413,7 +435,15 @@ impl Channel {
             })?;
             Ok(Response::from_parts(message, headers, trailers))
         };
-        with_timeout(timeout, call).await
+        let outcome = with_timeout(timeout, call).await;
+        self.after(method, outcome.as_ref().map(Response::headers));
+        outcome
+    }
+
+    fn after(&self, method: &MethodDescriptor, outcome: Result<&HeaderMap, &Error>) {
+        for interceptor in &self.inner.interceptors {
+            interceptor.after(method, outcome);
+        }
     }
 
     /// Calls a server-streaming procedure; returns once the server has sent its response
@@ -538,7 +568,9 @@ impl Channel {
                 HeaderMap::new(),
             ))
         };
-        with_timeout(timeout, call).await
+        let outcome = with_timeout(timeout, call).await;
+        self.after(method, outcome.as_ref().map(Response::headers));
+        outcome
     }
 
     fn http_request(
@@ -586,6 +618,9 @@ impl Channel {
         // The timeout travels in a header even on GET (P5).
         if let Some(timeout) = timeout {
             headers.insert(CONNECT_TIMEOUT_MS.clone(), timeout::format(timeout));
+        }
+        for interceptor in &inner.interceptors {
+            interceptor.before(method, headers)?;
         }
         Ok(request)
     }

@@ -68,6 +68,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod health;
 mod identity;
+mod interceptor;
 pub mod launch;
 mod memory;
 pub mod metadata;
@@ -88,6 +89,7 @@ pub use deadline::current as current_deadline;
 pub use error::{Code, Error, ErrorDetail};
 pub use health::{HealthMonitor, HealthServer, HealthStatus};
 pub use identity::RuntimeIdentity;
+pub use interceptor::Interceptor;
 pub use launch::{
     CrashEvent, InMemoryPlugin, LaunchConfig, ManagedPlugin, PluginProcess, PluginState,
     RestartPolicy,
