@@ -3,7 +3,9 @@
 //! Results are ratios against the floor, never absolute times compared across runs.
 //!
 //! `cargo bench -p connect-plugin-bench` writes `bench/RESULTS.md` and `bench/results.json`.
-//! Set `BENCH_QUICK=1` for a short smoke run (fewer calls; numbers are rough).
+//! Set `BENCH_QUICK=1` for a short smoke run (fewer calls; numbers are rough), and
+//! `BENCH_CROSS=1` to add our client against the raw server and the raw client against ours,
+//! which tells whether an overhead sits on the client or the server side.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use connect_plugin::{Channel, Codec, Compression, Error, Request, Response, Server, ServerStream};
-use connect_plugin_tests::interop::{InteropService, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload};
+use connect_plugin_tests::interop::{
+    InteropService, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -35,7 +39,10 @@ impl InteropService for Echo {
         Ok(Response::new(request.into_message()))
     }
 
-    async fn server_stream(&self, request: Request<Payload>) -> Result<Response<ServerStream<Payload>>, Error> {
+    async fn server_stream(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
         let payload = request.into_message();
         let count = payload.count.max(0) as usize;
         Ok(Response::new(std::iter::repeat_n(payload, count).collect()))
@@ -56,18 +63,27 @@ async fn serve_raw() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
-                    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    Ok::<_, Infallible>(
-                        http::Response::builder()
-                            .header("content-type", "application/proto")
-                            .body(Full::new(body))
-                            .unwrap(),
-                    )
-                });
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/proto")
+                                .body(Full::new(body))
+                                .unwrap(),
+                        )
+                    },
+                );
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -82,23 +98,42 @@ struct TonicEcho;
 
 #[tonic::async_trait]
 impl tonic_gen::interop_service_server::InteropService for TonicEcho {
-    async fn unary(&self, request: tonic::Request<tonic_gen::Payload>) -> Result<tonic::Response<tonic_gen::Payload>, tonic::Status> {
+    async fn unary(
+        &self,
+        request: tonic::Request<tonic_gen::Payload>,
+    ) -> Result<tonic::Response<tonic_gen::Payload>, tonic::Status> {
         Ok(tonic::Response::new(request.into_inner()))
     }
-    async fn lookup(&self, request: tonic::Request<tonic_gen::Payload>) -> Result<tonic::Response<tonic_gen::Payload>, tonic::Status> {
+    async fn lookup(
+        &self,
+        request: tonic::Request<tonic_gen::Payload>,
+    ) -> Result<tonic::Response<tonic_gen::Payload>, tonic::Status> {
         Ok(tonic::Response::new(request.into_inner()))
     }
-    type ServerStreamStream = std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<tonic_gen::Payload, tonic::Status>> + Send>>;
-    async fn server_stream(&self, request: tonic::Request<tonic_gen::Payload>) -> Result<tonic::Response<Self::ServerStreamStream>, tonic::Status> {
+    type ServerStreamStream = std::pin::Pin<
+        Box<dyn futures_core::Stream<Item = Result<tonic_gen::Payload, tonic::Status>> + Send>,
+    >;
+    async fn server_stream(
+        &self,
+        request: tonic::Request<tonic_gen::Payload>,
+    ) -> Result<tonic::Response<Self::ServerStreamStream>, tonic::Status> {
         let payload = request.into_inner();
-        let items: Vec<_> = std::iter::repeat_n(payload.clone(), payload.count.max(0) as usize).map(Ok).collect();
+        let items: Vec<_> = std::iter::repeat_n(payload.clone(), payload.count.max(0) as usize)
+            .map(Ok)
+            .collect();
         Ok(tonic::Response::new(Box::pin(Iter(items.into_iter()))))
     }
-    async fn client_stream(&self, _: tonic::Request<tonic::Streaming<tonic_gen::Payload>>) -> Result<tonic::Response<tonic_gen::Payload>, tonic::Status> {
+    async fn client_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<tonic_gen::Payload>>,
+    ) -> Result<tonic::Response<tonic_gen::Payload>, tonic::Status> {
         Err(tonic::Status::unimplemented("not benchmarked"))
     }
     type BidiStream = Self::ServerStreamStream;
-    async fn bidi(&self, _: tonic::Request<tonic::Streaming<tonic_gen::Payload>>) -> Result<tonic::Response<Self::BidiStream>, tonic::Status> {
+    async fn bidi(
+        &self,
+        _: tonic::Request<tonic::Streaming<tonic_gen::Payload>>,
+    ) -> Result<tonic::Response<Self::BidiStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("not benchmarked"))
     }
 }
@@ -110,7 +145,10 @@ impl<I> Unpin for Iter<I> {}
 
 impl<I: Iterator> futures_core::Stream for Iter<I> {
     type Item = I::Item;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<I::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
         std::task::Poll::Ready(self.0.next())
     }
 }
@@ -121,7 +159,9 @@ async fn serve_tonic() -> SocketAddr {
     let service = tonic_gen::interop_service_server::InteropServiceServer::new(TonicEcho);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let service = hyper_util::service::TowerToHyperService::new(service.clone());
             tokio::spawn(async move {
@@ -136,11 +176,16 @@ async fn serve_tonic() -> SocketAddr {
 
 // ---------- callers ----------
 
+// Built a handful of times per run: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Caller {
     Ours(InteropServiceClient),
     Raw {
-        client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            Full<Bytes>,
+        >,
         uri: http::Uri,
     },
     Tonic(tonic_gen::interop_service_client::InteropServiceClient<tonic::transport::Channel>),
@@ -178,7 +223,9 @@ fn ours(addr: SocketAddr, codec: Codec, gzip: bool) -> Caller {
     if gzip {
         builder = builder.send_compression(Compression::Gzip);
     }
-    Caller::Ours(connect_plugin::dispense::<InteropServicePlugin>(&builder.build().unwrap()))
+    Caller::Ours(connect_plugin::dispense::<InteropServicePlugin>(
+        &builder.build().unwrap(),
+    ))
 }
 
 fn raw(addr: SocketAddr) -> Caller {
@@ -189,7 +236,9 @@ fn raw(addr: SocketAddr) -> Caller {
         .build(connector);
     Caller::Raw {
         client,
-        uri: format!("http://{addr}/interop.v1.InteropService/Unary").parse().unwrap(),
+        uri: format!("http://{addr}/interop.v1.InteropService/Unary")
+            .parse()
+            .unwrap(),
     }
 }
 
@@ -205,7 +254,10 @@ async fn tonic_caller(addr: SocketAddr) -> Caller {
 
 fn payload(size: usize) -> (Payload, Bytes) {
     let payload = Payload {
-        data: (0..size).map(|i| (i % 251) as u8).collect::<Vec<_>>().into(),
+        data: (0..size)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into(),
         ..Default::default()
     };
     let encoded = prost::Message::encode_to_vec(&payload).into();
@@ -240,7 +292,12 @@ async fn latency(caller: &Caller, payload: &(Payload, Bytes), calls: usize) -> f
 }
 
 /// Calls per second with `concurrency` callers spread over the given connections.
-async fn throughput(callers: &[Caller], payload: &(Payload, Bytes), concurrency: usize, time: Duration) -> f64 {
+async fn throughput(
+    callers: &[Caller],
+    payload: &(Payload, Bytes),
+    concurrency: usize,
+    time: Duration,
+) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + time;
     let mut tasks = Vec::new();
@@ -264,19 +321,31 @@ async fn throughput(callers: &[Caller], payload: &(Payload, Bytes), concurrency:
 
 /// Messages per second of one server stream of `count` 64-byte messages.
 async fn stream_rate(addr_ours: SocketAddr, addr_tonic: SocketAddr, count: i32) -> (f64, f64) {
-    let ours = connect_plugin::dispense::<InteropServicePlugin>(&Channel::new(format!("http://{addr_ours}")).unwrap());
+    let ours = connect_plugin::dispense::<InteropServicePlugin>(
+        &Channel::new(format!("http://{addr_ours}")).unwrap(),
+    );
     let (p, _) = payload(64);
     let start = Instant::now();
-    let mut stream = ours.server_stream(Payload { count, ..p.clone() }).await.unwrap().into_message();
+    let mut stream = ours
+        .server_stream(Payload { count, ..p.clone() })
+        .await
+        .unwrap()
+        .into_message();
     let mut n = 0;
     while stream.message().await.unwrap().is_some() {
         n += 1;
     }
     let ours_rate = f64::from(n) / start.elapsed().as_secs_f64();
-    let Caller::Tonic(mut tonic) = tonic_caller(addr_tonic).await else { unreachable!() };
+    let Caller::Tonic(mut tonic) = tonic_caller(addr_tonic).await else {
+        unreachable!()
+    };
     let start = Instant::now();
     let mut stream = tonic
-        .server_stream(tonic_gen::Payload { count, data: p.data.to_vec(), ..Default::default() })
+        .server_stream(tonic_gen::Payload {
+            count,
+            data: p.data.to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -298,13 +367,21 @@ struct Row {
 }
 
 fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 async fn node_server() -> Option<(tokio::process::Child, SocketAddr)> {
     let script = repo().join("tests/interop/server.mjs");
-    if !repo().join("node_modules/@connectrpc/connect-node").exists() {
-        eprintln!("connect-node is not installed (npm ci at the repository root); skipping its baseline");
+    if !repo()
+        .join("node_modules/@connectrpc/connect-node")
+        .exists()
+    {
+        eprintln!(
+            "connect-node is not installed (npm ci at the repository root); skipping its baseline"
+        );
         return None;
     }
     let mut child = tokio::process::Command::new("node")
@@ -325,15 +402,23 @@ async fn node_server() -> Option<(tokio::process::Child, SocketAddr)> {
 async fn cold_start(runs: usize) -> Option<(f64, f64)> {
     let plugin = repo().join("target/release/kv-plugin");
     if !plugin.exists() {
-        eprintln!("{} is missing (cargo build --release -p kv); skipping cold start", plugin.display());
+        eprintln!(
+            "{} is missing (cargo build --release -p kv); skipping cold start",
+            plugin.display()
+        );
         return None;
     }
     let mut times = Vec::new();
     let mut rss = Vec::new();
     for _ in 0..runs {
         let start = Instant::now();
-        let process = connect_plugin::PluginProcess::launch(connect_plugin::LaunchConfig::new("kv", &plugin)).await.ok()?;
-        let kv = connect_plugin::dispense::<kv::v1::KvServicePlugin>(&Channel::new(process.endpoint()).ok()?);
+        let process =
+            connect_plugin::PluginProcess::launch(connect_plugin::LaunchConfig::new("kv", &plugin))
+                .await
+                .ok()?;
+        let kv = connect_plugin::dispense::<kv::v1::KvServicePlugin>(
+            &Channel::new(process.endpoint()).ok()?,
+        );
         kv.get(kv::v1::GetRequest { key: "k".into() }).await.ok()?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -353,7 +438,10 @@ async fn cold_start(runs: usize) -> Option<(f64, f64)> {
 fn generator_time() -> Option<(f64, f64)> {
     let plugin = repo().join("target/release/protoc-gen-connect-plugin");
     if !plugin.exists() {
-        eprintln!("{} is missing (cargo build --release -p protoc-gen-connect-plugin); skipping", plugin.display());
+        eprintln!(
+            "{} is missing (cargo build --release -p protoc-gen-connect-plugin); skipping",
+            plugin.display()
+        );
         return None;
     }
     let dir = std::env::temp_dir().join(format!("connect-plugin-bench-{}", std::process::id()));
@@ -363,10 +451,17 @@ fn generator_time() -> Option<(f64, f64)> {
     for f in 0..20 {
         let mut proto = format!("syntax = \"proto3\";\npackage big.p{f}.v1;\n");
         for m in 0..40 {
-            let _ = write!(proto, "message M{m} {{ string a = 1; int64 b = 2; repeated bytes c = 3; map<string, string> d = 4; M{} e = 5; }}\n", (m + 1) % 40);
+            let _ = writeln!(
+                proto,
+                "message M{m} {{ string a = 1; int64 b = 2; repeated bytes c = 3; map<string, string> d = 4; M{} e = 5; }}",
+                (m + 1) % 40
+            );
         }
         for s in 0..5 {
-            let _ = write!(proto, "service S{s} {{ rpc U(M0) returns (M1); rpc SS(M2) returns (stream M3); rpc CS(stream M4) returns (M5); rpc B(stream M6) returns (stream M7); }}\n");
+            let _ = writeln!(
+                proto,
+                "service S{s} {{ rpc U(M0) returns (M1); rpc SS(M2) returns (stream M3); rpc CS(stream M4) returns (M5); rpc B(stream M6) returns (stream M7); }}"
+            );
         }
         let name = format!("p{f}.proto");
         std::fs::write(dir.join(&name), proto).ok()?;
@@ -378,7 +473,10 @@ fn generator_time() -> Option<(f64, f64)> {
         command.current_dir(&dir).arg("-I.").args(&files);
         if with_plugin {
             command
-                .arg(format!("--plugin=protoc-gen-connect-plugin={}", plugin.display()))
+                .arg(format!(
+                    "--plugin=protoc-gen-connect-plugin={}",
+                    plugin.display()
+                ))
                 .arg("--connect-plugin_out=out");
         } else {
             command.arg("--descriptor_set_out=out/set.pb");
@@ -400,11 +498,22 @@ fn generator_time() -> Option<(f64, f64)> {
 fn main() {
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let settings = if quick {
-        Settings { latency_calls: 300, throughput_time: Duration::from_millis(300), rounds: 1 }
+        Settings {
+            latency_calls: 300,
+            throughput_time: Duration::from_millis(300),
+            rounds: 1,
+        }
     } else {
-        Settings { latency_calls: 3000, throughput_time: Duration::from_secs(2), rounds: 3 }
+        Settings {
+            latency_calls: 3000,
+            throughput_time: Duration::from_secs(2),
+            rounds: 3,
+        }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let rows = runtime.block_on(run(&settings));
     write_results(&rows, quick);
 }
@@ -420,11 +529,39 @@ async fn run(settings: &Settings) -> Vec<Row> {
         let p = payload(size);
         let subjects: Vec<(String, Caller)> = vec![
             ("raw hyper h2c (floor)".into(), raw(raw_addr)),
-            ("connect-plugin proto".into(), ours(ours_addr, Codec::Proto, false)),
-            ("connect-plugin json".into(), ours(ours_addr, Codec::Json, false)),
-            ("connect-plugin proto+gzip".into(), ours(ours_addr, Codec::Proto, true)),
+            (
+                "connect-plugin proto".into(),
+                ours(ours_addr, Codec::Proto, false),
+            ),
+            (
+                "connect-plugin json".into(),
+                ours(ours_addr, Codec::Json, false),
+            ),
+            (
+                "connect-plugin proto+gzip".into(),
+                ours(ours_addr, Codec::Proto, true),
+            ),
             ("tonic (gRPC)".into(), tonic_caller(tonic_addr).await),
         ];
+        let mut subjects = subjects;
+        if std::env::var_os("BENCH_CROSS").is_some() {
+            subjects.push((
+                "our client -> raw server".into(),
+                ours(raw_addr, Codec::Proto, false),
+            ));
+            let Caller::Raw { client, .. } = raw(ours_addr) else {
+                unreachable!()
+            };
+            subjects.push((
+                "raw client -> our server".into(),
+                Caller::Raw {
+                    client,
+                    uri: format!("http://{ours_addr}/interop.v1.InteropService/Unary")
+                        .parse()
+                        .unwrap(),
+                },
+            ));
+        }
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
         for _ in 0..settings.rounds {
             for (i, (_, caller)) in subjects.iter().enumerate() {
@@ -442,7 +579,11 @@ async fn run(settings: &Settings) -> Vec<Row> {
                 value,
                 unit: "us",
                 ratio: Some(ratio),
-                target: if is_ours_proto { "<= 1.10 x floor".into() } else { String::new() },
+                target: if is_ours_proto {
+                    "<= 1.10 x floor".into()
+                } else {
+                    String::new()
+                },
                 met: is_ours_proto.then_some(ratio <= 1.10),
             });
         }
@@ -452,8 +593,16 @@ async fn run(settings: &Settings) -> Vec<Row> {
     let p = payload(64);
     let node = node_server().await;
     let mut subjects: Vec<(String, Vec<Caller>)> = vec![
-        ("raw hyper h2c (floor)".into(), (0..4).map(|_| raw(raw_addr)).collect()),
-        ("connect-plugin".into(), (0..4).map(|_| ours(ours_addr, Codec::Proto, false)).collect()),
+        (
+            "raw hyper h2c (floor)".into(),
+            (0..4).map(|_| raw(raw_addr)).collect(),
+        ),
+        (
+            "connect-plugin".into(),
+            (0..4)
+                .map(|_| ours(ours_addr, Codec::Proto, false))
+                .collect(),
+        ),
     ];
     let mut tonic_callers = Vec::new();
     for _ in 0..4 {
@@ -461,7 +610,10 @@ async fn run(settings: &Settings) -> Vec<Row> {
     }
     subjects.push(("tonic (gRPC)".into(), tonic_callers));
     if let Some((_, addr)) = &node {
-        subjects.push(("connect-node (our client)".into(), (0..4).map(|_| ours(*addr, Codec::Proto, false)).collect()));
+        subjects.push((
+            "connect-node (our client)".into(),
+            (0..4).map(|_| ours(*addr, Codec::Proto, false)).collect(),
+        ));
     }
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
     for _ in 0..settings.rounds {
@@ -477,31 +629,90 @@ async fn run(settings: &Settings) -> Vec<Row> {
         let ours = name == "connect-plugin";
         let (target, met) = match (ours, node_rate) {
             (true, Some(node)) => (
-                format!(">= 0.90 x floor and >= 5 x connect-node ({:.1} x)", value / node),
+                format!(
+                    ">= 0.90 x floor and >= 5 x connect-node ({:.1} x)",
+                    value / node
+                ),
                 Some(ratio >= 0.90 && value >= 5.0 * node),
             ),
             (true, None) => (">= 0.90 x floor".into(), Some(ratio >= 0.90)),
             _ => (String::new(), None),
         };
-        rows.push(Row { scenario: "unary throughput c=64, 4 connections, 64 B".into(), subject: name.clone(), value, unit: "calls/s", ratio: Some(ratio), target, met });
+        rows.push(Row {
+            scenario: "unary throughput c=64, 4 connections, 64 B".into(),
+            subject: name.clone(),
+            value,
+            unit: "calls/s",
+            ratio: Some(ratio),
+            target,
+            met,
+        });
     }
     drop(node);
 
     // Server streaming.
     let (ours_rate, tonic_rate) = stream_rate(ours_addr, tonic_addr, 20_000).await;
-    rows.push(Row { scenario: "server stream, 20k x 64 B".into(), subject: "tonic (gRPC)".into(), value: tonic_rate, unit: "msgs/s", ratio: Some(1.0), target: String::new(), met: None });
-    rows.push(Row { scenario: "server stream, 20k x 64 B".into(), subject: "connect-plugin".into(), value: ours_rate, unit: "msgs/s", ratio: Some(ours_rate / tonic_rate), target: "ratio vs tonic".into(), met: None });
+    rows.push(Row {
+        scenario: "server stream, 20k x 64 B".into(),
+        subject: "tonic (gRPC)".into(),
+        value: tonic_rate,
+        unit: "msgs/s",
+        ratio: Some(1.0),
+        target: String::new(),
+        met: None,
+    });
+    rows.push(Row {
+        scenario: "server stream, 20k x 64 B".into(),
+        subject: "connect-plugin".into(),
+        value: ours_rate,
+        unit: "msgs/s",
+        ratio: Some(ours_rate / tonic_rate),
+        target: "ratio vs tonic".into(),
+        met: None,
+    });
 
     // Plugin process: cold start and idle memory.
     if let Some((ms, rss)) = cold_start(if settings.rounds > 1 { 5 } else { 2 }).await {
-        rows.push(Row { scenario: "plugin cold start (spawn to first call)".into(), subject: "kv-plugin".into(), value: ms, unit: "ms", ratio: None, target: "< 20 ms".into(), met: Some(ms < 20.0) });
-        rows.push(Row { scenario: "idle plugin RSS".into(), subject: "kv-plugin".into(), value: rss, unit: "MiB", ratio: None, target: "< 10 MiB".into(), met: Some(rss < 10.0) });
+        rows.push(Row {
+            scenario: "plugin cold start (spawn to first call)".into(),
+            subject: "kv-plugin".into(),
+            value: ms,
+            unit: "ms",
+            ratio: None,
+            target: "< 20 ms".into(),
+            met: Some(ms < 20.0),
+        });
+        rows.push(Row {
+            scenario: "idle plugin RSS".into(),
+            subject: "kv-plugin".into(),
+            value: rss,
+            unit: "MiB",
+            ratio: None,
+            target: "< 10 MiB".into(),
+            met: Some(rss < 10.0),
+        });
     }
 
     // Generator.
     if let Some((with, without)) = generator_time() {
-        rows.push(Row { scenario: "generator, 20 files x 40 messages x 5 services".into(), subject: "protoc alone (floor)".into(), value: without, unit: "ms", ratio: Some(1.0), target: String::new(), met: None });
-        rows.push(Row { scenario: "generator, 20 files x 40 messages x 5 services".into(), subject: "protoc + protoc-gen-connect-plugin".into(), value: with, unit: "ms", ratio: Some(with / without), target: String::new(), met: None });
+        rows.push(Row {
+            scenario: "generator, 20 files x 40 messages x 5 services".into(),
+            subject: "protoc alone (floor)".into(),
+            value: without,
+            unit: "ms",
+            ratio: Some(1.0),
+            target: String::new(),
+            met: None,
+        });
+        rows.push(Row {
+            scenario: "generator, 20 files x 40 messages x 5 services".into(),
+            subject: "protoc + protoc-gen-connect-plugin".into(),
+            value: with,
+            unit: "ms",
+            ratio: Some(with / without),
+            target: String::new(),
+            met: None,
+        });
     }
 
     rows.push(Row {
@@ -522,18 +733,32 @@ fn write_results(rows: &[Row], quick: bool) {
         md,
         "Measured by `scripts/bench.sh` ({}) on this repository's 2-core machine; every ratio compares \
          implementations measured side by side in the same run (alternating rounds, medians).\n",
-        if quick { "quick mode: rough numbers" } else { "full run" }
+        if quick {
+            "quick mode: rough numbers"
+        } else {
+            "full run"
+        }
     );
-    md.push_str("| scenario | subject | value | ratio | target | met |\n|---|---|---:|---:|---|---|\n");
+    md.push_str(
+        "| scenario | subject | value | ratio | target | met |\n|---|---|---:|---:|---|---|\n",
+    );
     for row in rows {
-        let value = if row.value.is_nan() { "-".into() } else { format!("{:.1} {}", row.value, row.unit) };
+        let value = if row.value.is_nan() {
+            "-".into()
+        } else {
+            format!("{:.1} {}", row.value, row.unit)
+        };
         let ratio = row.ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}"));
         let met = match row.met {
             Some(true) => "yes",
             Some(false) => "NO",
             None => "",
         };
-        let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} |", row.scenario, row.subject, value, ratio, row.target, met);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.scenario, row.subject, value, ratio, row.target, met
+        );
     }
     let json: Vec<_> = rows
         .iter()
@@ -547,6 +772,10 @@ fn write_results(rows: &[Row], quick: bool) {
         .collect();
     let dir = repo().join("bench");
     std::fs::write(dir.join("RESULTS.md"), &md).expect("writing bench/RESULTS.md");
-    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&json).unwrap()).expect("writing bench/results.json");
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .expect("writing bench/results.json");
     println!("{md}");
 }
