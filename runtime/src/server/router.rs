@@ -51,29 +51,11 @@ pub(crate) struct Router {
 
 impl Router {
     pub(crate) async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
-        let path = request.uri().path();
-        if !self.routes.contains_key(path) {
-            let raw = self.raw.get(path).or_else(|| {
-                self.prefixes
-                    .iter()
-                    .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                    .map(|(_, handler)| handler)
-            });
-            if let Some(handler) = raw {
-                return handler(request).await;
-            }
-        }
-        let (parts, body) = request.into_parts();
-        let path = parts.uri.path();
-        let Some(route) = self.routes.get(path) else {
-            // P1: an unknown procedure is a 404, which clients read as `unimplemented`.
-            return error_response_with_status(
-                &Error::unimplemented(format!(
-                    "no procedure at {path}: check the service and method names (paths are /<package>.<Service>/<Method>, case-sensitive)"
-                )),
-                StatusCode::NOT_FOUND,
-            );
+        // One hash lookup on the hot path; plain HTTP routes only when it misses.
+        let Some(route) = self.routes.get(request.uri().path()) else {
+            return self.handle_other(request).await;
         };
+        let (parts, body) = request.into_parts();
         let kind = route.method.kind;
         let get_allowed =
             kind == StreamKind::Unary && route.method.idempotency == Idempotency::NoSideEffects;
@@ -85,7 +67,8 @@ impl Router {
                 let allow = if get_allowed { "GET, POST" } else { "POST" };
                 let mut response = error_response_with_status(
                     &Error::unimplemented(format!(
-                        "HTTP method {other} is not allowed for {path}; allowed: {allow}"
+                        "HTTP method {other} is not allowed for {}; allowed: {allow}",
+                        route.method.path
                     )),
                     StatusCode::METHOD_NOT_ALLOWED,
                 );
@@ -99,6 +82,27 @@ impl Router {
             Ok(call) => Arc::clone(&route.handler).call(call).await,
             Err(rejection) => rejection,
         }
+    }
+
+    /// Plain HTTP routes (exact, then by prefix), else the 404 of an unknown procedure.
+    async fn handle_other(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let path = request.uri().path();
+        let raw = self.raw.get(path).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, handler)| handler)
+        });
+        if let Some(handler) = raw {
+            return handler(request).await;
+        }
+        // P1: an unknown procedure is a 404, which clients read as `unimplemented`.
+        error_response_with_status(
+            &Error::unimplemented(format!(
+                "no procedure at {path}: check the service and method names (paths are /<package>.<Service>/<Method>, case-sensitive)"
+            )),
+            StatusCode::NOT_FOUND,
+        )
     }
 
     // The rejection is a cold path and `Call` is no smaller: boxing buys nothing here.
