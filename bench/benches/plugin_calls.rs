@@ -766,6 +766,20 @@ fn write_results(rows: &[Row], quick: bool) {
             row.scenario, row.subject, value, ratio, row.target, met
         );
     }
+    let missed: Vec<_> = rows.iter().filter(|r| r.met == Some(false)).collect();
+    if !missed.is_empty() {
+        md.push_str("\nTargets missed in this run:\n\n");
+        for row in missed {
+            let _ = writeln!(
+                md,
+                "- {} ({}): {} against the target {}.",
+                row.scenario,
+                row.subject,
+                row.ratio.map_or_else(|| format!("{:.1} {}", row.value, row.unit), |r| format!("{r:.2} x the floor")),
+                row.target
+            );
+        }
+    }
     let json: Vec<_> = rows
         .iter()
         .map(|r| {
