@@ -775,7 +775,10 @@ fn write_results(rows: &[Row], quick: bool) {
                 "- {} ({}): {} against the target {}.",
                 row.scenario,
                 row.subject,
-                row.ratio.map_or_else(|| format!("{:.1} {}", row.value, row.unit), |r| format!("{r:.2} x the floor")),
+                row.ratio.map_or_else(
+                    || format!("{:.1} {}", row.value, row.unit),
+                    |r| format!("{r:.2} x the floor")
+                ),
                 row.target
             );
         }

@@ -263,16 +263,7 @@ impl CapabilityBroker {
                 "{path} is not a capability call: expected /capabilities/<type>/<grant id>/<package.Service>/<Method>"
             )));
         };
-        let token = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Error::new(
-                    Code::Unauthenticated,
-                    "missing `Authorization: Bearer <grant token>` header",
-                )
-            })?;
+        let token = identity::bearer_token(headers, "grant token")?;
         let caller = headers.get(RUNTIME_ID_HEADER).and_then(|v| v.to_str().ok());
         let denied = || {
             Error::new(

@@ -164,16 +164,7 @@ impl IdentityStore {
                     "missing X-Plugin-Runtime-ID header: handshake with a self_id first",
                 )
             })?;
-        let token = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Error::new(
-                    Code::Unauthenticated,
-                    "missing `Authorization: Bearer <runtime token>` header",
-                )
-            })?;
+        let token = bearer_token(headers, "runtime token")?;
         if !self.validate(runtime_id, token) {
             return Err(Error::new(
                 Code::Unauthenticated,
@@ -184,6 +175,21 @@ impl IdentityStore {
         }
         Ok(runtime_id.to_owned())
     }
+}
+
+/// The bearer token of the `Authorization` header; `unauthenticated` naming what was expected
+/// (`what`, e.g. "runtime token") when it is missing.
+pub(crate) fn bearer_token<'h>(headers: &'h HeaderMap, what: &str) -> Result<&'h str, Error> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Error::new(
+                Code::Unauthenticated,
+                format!("missing `Authorization: Bearer <{what}>` header"),
+            )
+        })
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

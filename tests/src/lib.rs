@@ -46,6 +46,39 @@ pub fn node() -> PathBuf {
     PathBuf::from("node")
 }
 
+/// A connect-node server (tests/interop/server.mjs: the KV and interop services) as a child
+/// process over HTTP/`http` ("1.1" or "2"); it exits when dropped (its stdin closes).
+pub struct NodeServer {
+    _child: tokio::process::Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+/// Starts a connect-node server and waits for the port it announces.
+pub async fn start_node_server(http: &str) -> NodeServer {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(node())
+        .arg(repo_root().join("tests/interop/server.mjs"))
+        .arg(http)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the node server announces its port within 30 s")
+        .expect("reading its stdout")
+        .expect("a LISTENING line");
+    let port = line.strip_prefix("LISTENING ").expect("LISTENING <port>");
+    NodeServer {
+        _child: child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
 /// Launches the example KV plugin as a real child process on a free port.
 pub async fn launch_kv_plugin(kv_plugin_bin: &str) -> PluginProcess {
     PluginProcess::launch(

@@ -2,13 +2,11 @@
 //! client calls our kv-plugin, and our client calls its KV server, for both codecs and both
 //! HTTP versions, unary and server streaming, with errors and error details.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use connect_plugin::{Channel, Code, Codec, HttpVersion};
-use connect_plugin_tests::{launch_kv_plugin, node, repo_root};
+use connect_plugin_tests::{launch_kv_plugin, node, repo_root, start_node_server};
 use kv::v1::{DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const KV_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-kv-plugin");
 
@@ -38,34 +36,6 @@ async fn connect_node_client_calls_our_plugin() {
                 "{stdout}"
             );
         }
-    }
-}
-
-/// A connect-node KV server as a child process; it exits when its stdin closes.
-struct NodeServer {
-    _child: tokio::process::Child,
-    url: String,
-}
-
-async fn start_node_server(http: &str) -> NodeServer {
-    let mut child = tokio::process::Command::new(node())
-        .arg(repo_root().join("tests/interop/server.mjs"))
-        .arg(http)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the node server announces its port within 30 s")
-        .unwrap()
-        .expect("a LISTENING line");
-    let port = line.strip_prefix("LISTENING ").expect("LISTENING <port>");
-    NodeServer {
-        _child: child,
-        url: format!("http://127.0.0.1:{port}"),
     }
 }
 

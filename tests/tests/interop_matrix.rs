@@ -2,14 +2,12 @@
 //! {identity, gzip} x {unary, server, client, bidi streaming}, plus GET, timeouts, metadata
 //! and errors with details. The same matrix also runs our client against our server.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use connect_plugin::{Channel, Code, Codec, Compression, HttpVersion, MessageStream, Request};
 use connect_plugin_tests::interop::{InteropServicePlugin, Payload, serve_interop};
-use connect_plugin_tests::{node, repo_root};
+use connect_plugin_tests::{node, repo_root, start_node_server};
 use http::HeaderValue;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn data(n: usize) -> prost::bytes::Bytes {
     (0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>().into()
@@ -224,34 +222,11 @@ async fn connect_node_client_matrix_against_our_server() {
     );
 }
 
-/// A connect-node server of the interop service; exits when its stdin closes.
-async fn node_server(http: &str) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(node())
-        .arg(repo_root().join("tests/interop/server.mjs"))
-        .arg(http)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the node server starts within 30 s")
-        .unwrap()
-        .expect("a LISTENING line");
-    let port = line
-        .strip_prefix("LISTENING ")
-        .expect("LISTENING <port>")
-        .to_owned();
-    (child, format!("http://127.0.0.1:{port}"))
-}
-
 #[tokio::test]
 async fn our_client_matrix_against_connect_node() {
-    let (_h1, url1) = node_server("1.1").await;
-    let (_h2, url2) = node_server("2").await;
-    let checks = client_matrix(&url1, &[HttpVersion::Http1]).await
-        + client_matrix(&url2, &[HttpVersion::Http2]).await;
+    let h1 = start_node_server("1.1").await;
+    let h2 = start_node_server("2").await;
+    let checks = client_matrix(&h1.url, &[HttpVersion::Http1]).await
+        + client_matrix(&h2.url, &[HttpVersion::Http2]).await;
     assert!(checks > 100, "{checks}");
 }
