@@ -33,6 +33,8 @@ pub(crate) struct HandshakeServer {
     pub(crate) plugins: Vec<wire::PluginInfo>,
     pub(crate) capabilities: Arc<dyn Fn() -> Vec<wire::Capability> + Send + Sync>,
     pub(crate) identities: Arc<IdentityStore>,
+    /// Where a plugin's declared service types (client metadata `provides`) are recorded.
+    pub(crate) registry: Option<crate::registry::ServiceRegistry>,
 }
 
 /// The highest version both sides speak.
@@ -109,6 +111,15 @@ impl HandshakeServer {
         if !request.self_id.is_empty() {
             validate_self_id(&request.self_id)?;
             let identity = self.identities.issue(&request.self_id)?;
+            if let (Some(registry), Some(provides)) = (
+                &self.registry,
+                request.client_metadata.get(crate::registry::PROVIDES_KEY),
+            ) {
+                registry.allow(
+                    &identity.runtime_id,
+                    provides.split(',').map(str::trim).filter(|t| !t.is_empty()),
+                );
+            }
             response.runtime_id = identity.runtime_id;
             response.runtime_token = identity.token;
         }
@@ -144,6 +155,7 @@ mod tests {
             }],
             capabilities: Arc::new(Vec::new),
             identities: Arc::new(IdentityStore::new(Duration::from_secs(60))),
+            registry: None,
         }
     }
 

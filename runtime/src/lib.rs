@@ -76,6 +76,7 @@ mod method;
 mod plugin;
 mod plugin_client;
 mod protocol;
+pub mod registry;
 mod request;
 mod serve;
 mod server;
@@ -102,6 +103,7 @@ pub use plugin::{
 pub use plugin_client::{CapabilityGrant, Client, ClientConfig, Handshake};
 pub use protocol::codec::Message;
 pub use protocol::{Codec, Compression};
+pub use registry::{Registration, SelectionStrategy, ServiceRegistry};
 pub use request::{IntoRequest, Request, Response};
 pub use serve::{ServeConfig, addr_from_env, serve};
 pub use server::{DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_MESSAGE_SIZE, Server, Service};

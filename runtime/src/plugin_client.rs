@@ -109,6 +109,23 @@ impl ClientConfig {
         self
     }
 
+    /// Declares the service types this plugin provides, so a host with a registry lets it
+    /// register them (sent as the `provides` client metadata).
+    #[must_use]
+    pub fn provides<I, S>(mut self, service_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let list: Vec<String> = service_types
+            .into_iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
+        self.metadata
+            .insert(crate::registry::PROVIDES_KEY.to_owned(), list.join(","));
+        self
+    }
+
     /// Client metadata sent in the handshake.
     #[must_use]
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -388,6 +405,47 @@ impl Client {
             version: grant.version,
             channel,
         })
+    }
+
+    /// A request carrying this client's runtime identity, for calls to the host's registry
+    /// and lifecycle services.
+    ///
+    /// # Errors
+    /// `failed_precondition` without a runtime identity (set [`ClientConfig::self_id`]).
+    pub async fn authenticated<T>(&self, message: T) -> Result<Request<T>, Error> {
+        let identity = self.connect().await?.identity.clone().ok_or_else(|| {
+            Error::new(
+                Code::FailedPrecondition,
+                "this call needs a runtime identity: set ClientConfig::self_id",
+            )
+        })?;
+        let mut request = Request::new(message);
+        identity.apply(request.metadata_mut());
+        Ok(request)
+    }
+
+    /// A client of the host's service registry whose calls carry this client's identity
+    /// (use with [`Client::authenticated`]).
+    pub fn registry(&self) -> wire::ServiceRegistryClient {
+        wire::ServiceRegistryClient::new(self.channel.clone())
+    }
+
+    /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).
+    ///
+    /// # Errors
+    /// As for [`Client::authenticated`], and the host's refusal.
+    pub async fn report_health(&self, state: wire::HealthState, reason: &str) -> Result<(), Error> {
+        let request = self
+            .authenticated(wire::ReportHealthRequest {
+                state: state as i32,
+                reason: reason.to_owned(),
+                unavailable_dependencies: Vec::new(),
+            })
+            .await?;
+        wire::PluginLifecycleClient::new(self.channel.clone())
+            .report_health(request)
+            .await
+            .map(drop)
     }
 
     /// Closes the client: later calls to [`Client::connect`] and [`Client::dispense`] fail.

@@ -29,7 +29,10 @@ use crate::launch::{self, LAUNCHED_ENV};
 use crate::memory::Incoming;
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, PluginServer, PluginSet};
 use crate::proto::connectplugin::health::v1::{HealthServiceServer, ServingStatus};
-use crate::proto::connectplugin::v1::{CapabilityBrokerServer, HandshakeServiceServer};
+use crate::proto::connectplugin::v1::{
+    CapabilityBrokerServer, HandshakeServiceServer, PluginLifecycleServer, ServiceRegistryServer,
+};
+use crate::registry::ServiceRegistry;
 use crate::server::RawHandler;
 use crate::tls::ServerTls;
 use crate::{Code, Error, Server, Service};
@@ -47,6 +50,7 @@ pub struct ServeConfig {
     server_metadata: HashMap<String, String>,
     health: HealthServer,
     broker: Option<CapabilityBroker>,
+    registry: Option<ServiceRegistry>,
     token_ttl: Duration,
     max_message_size: Option<usize>,
     shutdown_timeout: Duration,
@@ -94,6 +98,7 @@ impl ServeConfig {
             server_metadata: HashMap::new(),
             health: HealthServer::new(),
             broker: None,
+            registry: None,
             token_ttl: DEFAULT_TOKEN_TTL,
             max_message_size: None,
             shutdown_timeout: Duration::from_secs(30),
@@ -184,6 +189,14 @@ impl ServeConfig {
     #[must_use]
     pub fn broker(mut self, broker: CapabilityBroker) -> Self {
         self.broker = Some(broker);
+        self
+    }
+
+    /// Serves a service registry (and `PluginLifecycle.ReportHealth`): plugins register what
+    /// they provide and discover providers.
+    #[must_use]
+    pub fn registry(mut self, registry: ServiceRegistry) -> Self {
+        self.registry = Some(registry);
         self
     }
 
@@ -285,6 +298,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         mut server_metadata,
         health,
         broker,
+        registry,
         token_ttl,
         max_message_size,
         shutdown_timeout,
@@ -298,7 +312,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     for plugin in plugins {
         set.add(plugin)?;
     }
-    if set.is_empty() && services.is_empty() && broker.is_none() {
+    if set.is_empty() && services.is_empty() && broker.is_none() && registry.is_none() {
         return Err(Error::invalid_argument(
             "nothing to serve: add a plugin with ServeConfig::plugin(MyPlugin::server(my_impl))",
         ));
@@ -367,6 +381,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
             .route_prefix(CAPABILITY_PREFIX, broker.proxy())
             .add_service(CapabilityBrokerServer::new(broker).into_service());
     }
+    if let Some(registry) = &registry {
+        registry.attach(Arc::clone(&identities));
+        server = server
+            .add_service(ServiceRegistryServer::new(registry.clone()).into_service())
+            .add_service(PluginLifecycleServer::new(registry.clone()).into_service());
+    }
     let handshake = HandshakeServer {
         app_versions: app_protocol_versions,
         cookie_key: cookie.0,
@@ -375,6 +395,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         plugins: infos,
         capabilities,
         identities: Arc::clone(&identities),
+        registry,
     };
     server = server
         .add_service(HandshakeServiceServer::new(handshake).into_service())

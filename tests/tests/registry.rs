@@ -1,0 +1,290 @@
+//! The service registry over real sockets: plugins with runtime identities register what they
+//! declared, discover providers, watch availability through registrations, health reports and
+//! removals; and every misuse (forged identity, undeclared type, someone else's registration)
+//! is refused.
+
+use std::time::Duration;
+
+use connect_plugin::proto::connectplugin::v1::{
+    DiscoverServiceRequest, HealthState, RegisterServiceRequest, ServiceState,
+    UnregisterServiceRequest, WatchServiceRequest,
+};
+use connect_plugin::{
+    Client, ClientConfig, Code, Request, SelectionStrategy, ServeConfig, ServiceRegistry,
+};
+
+async fn host(registry: &ServiceRegistry) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener),
+    ));
+    url
+}
+
+fn plugin(url: &str, name: &str, provides: &[&str]) -> Client {
+    Client::new(
+        ClientConfig::new(url)
+            .self_id(name, "1.0.0")
+            .provides(provides),
+    )
+    .unwrap()
+}
+
+fn registration(service_type: &str, version: &str) -> RegisterServiceRequest {
+    RegisterServiceRequest {
+        service_type: service_type.into(),
+        version: version.into(),
+        endpoint_path: "/logger.v1.Logger/".into(),
+        metadata: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn register_discover_and_watch_through_health_changes() {
+    let registry = ServiceRegistry::new();
+    let url = host(&registry).await;
+    let logger = plugin(&url, "logger", &["logger"]);
+    let cache = plugin(&url, "cache", &["cache"]);
+
+    let mut watch = cache
+        .registry()
+        .watch_service(
+            cache
+                .authenticated(WatchServiceRequest {
+                    service_type: "logger".into(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_message();
+    let mut next_state = async || {
+        let event = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        ServiceState::try_from(event.state).unwrap()
+    };
+    assert_eq!(
+        next_state().await,
+        ServiceState::Unavailable,
+        "the current state comes first"
+    );
+
+    let id = logger
+        .registry()
+        .register_service(
+            logger
+                .authenticated(registration("logger", "1.2.0"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_message()
+        .registration_id;
+    assert_eq!(next_state().await, ServiceState::Available);
+
+    let registered = registry.providers("logger");
+    assert_eq!(registered.len(), 1);
+    assert_eq!(registered[0].endpoint_path, "/logger.v1.Logger/");
+    assert_eq!(registered[0].version.to_string(), "1.2.0");
+    let found = cache
+        .registry()
+        .discover_service(
+            cache
+                .authenticated(DiscoverServiceRequest {
+                    service_type: "logger".into(),
+                    min_version: "1.0.0".into(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_message();
+    let endpoint = found.endpoint.unwrap();
+    let logger_id = logger.runtime_identity().unwrap().runtime_id.clone();
+    assert_eq!(endpoint.provider_id, logger_id);
+    assert_eq!(
+        endpoint.endpoint_url,
+        format!("/services/logger/{logger_id}")
+    );
+    assert!(found.single_provider);
+
+    logger
+        .report_health(HealthState::Degraded, "slow disk")
+        .await
+        .unwrap();
+    assert_eq!(next_state().await, ServiceState::Degraded);
+    logger
+        .report_health(HealthState::Unhealthy, "disk gone")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_state().await,
+        ServiceState::Unavailable,
+        "unhealthy providers are not routed"
+    );
+    let err = cache
+        .registry()
+        .discover_service(
+            cache
+                .authenticated(DiscoverServiceRequest {
+                    service_type: "logger".into(),
+                    min_version: String::new(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    logger
+        .report_health(HealthState::Healthy, "")
+        .await
+        .unwrap();
+    assert_eq!(next_state().await, ServiceState::Available);
+
+    logger
+        .registry()
+        .unregister_service(
+            logger
+                .authenticated(UnregisterServiceRequest {
+                    registration_id: id,
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next_state().await, ServiceState::Unavailable);
+}
+
+#[tokio::test]
+async fn misuse_is_refused() {
+    let registry = ServiceRegistry::new();
+    let url = host(&registry).await;
+    let logger = plugin(&url, "logger", &["logger"]);
+    let cache = plugin(&url, "cache", &["cache"]);
+    let id = logger
+        .registry()
+        .register_service(
+            logger
+                .authenticated(registration("logger", "1.0.0"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_message()
+        .registration_id;
+
+    // Registering a type the plugin did not declare.
+    let err = cache
+        .registry()
+        .register_service(
+            cache
+                .authenticated(registration("logger", "1.0.0"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    // Unregistering someone else's registration.
+    let err = cache
+        .registry()
+        .unregister_service(
+            cache
+                .authenticated(UnregisterServiceRequest {
+                    registration_id: id,
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    // A forged runtime-id header with a wrong token, and no identity at all.
+    let mut forged = Request::new(registration("logger", "1.0.0"));
+    forged.metadata_mut().insert(
+        "x-plugin-runtime-id",
+        logger
+            .runtime_identity()
+            .unwrap()
+            .runtime_id
+            .parse()
+            .unwrap(),
+    );
+    forged
+        .metadata_mut()
+        .insert("authorization", "Bearer not-the-token".parse().unwrap());
+    let err = cache.registry().register_service(forged).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let err = cache
+        .registry()
+        .register_service(registration("logger", "1.0.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let err = cache
+        .report_health(HealthState::Unspecified, "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+}
+
+#[tokio::test]
+async fn round_robin_really_alternates_between_providers() {
+    let registry = ServiceRegistry::new();
+    registry.set_strategy("logger", SelectionStrategy::RoundRobin);
+    let url = host(&registry).await;
+    let mut ids = Vec::new();
+    for name in ["logger-a", "logger-b"] {
+        let p = plugin(&url, name, &["logger"]);
+        p.registry()
+            .register_service(
+                p.authenticated(registration("logger", "1.0.0"))
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        ids.push(p.runtime_identity().unwrap().runtime_id.clone());
+    }
+    let app = plugin(&url, "app", &[]);
+    let mut picks = Vec::new();
+    for _ in 0..4 {
+        let found = app
+            .registry()
+            .discover_service(
+                app.authenticated(DiscoverServiceRequest {
+                    service_type: "logger".into(),
+                    min_version: String::new(),
+                })
+                .await
+                .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_message();
+        picks.push(found.endpoint.unwrap().provider_id);
+    }
+    assert_eq!(
+        picks,
+        [
+            ids[0].clone(),
+            ids[1].clone(),
+            ids[0].clone(),
+            ids[1].clone()
+        ]
+    );
+}
