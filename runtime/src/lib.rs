@@ -78,6 +78,7 @@ mod plugin_client;
 mod protocol;
 pub mod registry;
 mod request;
+pub mod routing;
 mod serve;
 mod server;
 mod stream;

@@ -430,6 +430,37 @@ impl Client {
         wire::ServiceRegistryClient::new(self.channel.clone())
     }
 
+    /// A typed client of a healthy provider of plugin `P`'s service type (`P::NAME`) at
+    /// `min_version` or newer, found through the host's registry and called through the host
+    /// (`/services/{type}/{provider}/...`), with this client's identity on every call.
+    ///
+    /// # Errors
+    /// `not_found` when no provider fits; as for [`Client::authenticated`].
+    pub async fn provider<P: Plugin>(&self, min_version: &str) -> Result<P::Client, Error> {
+        let request = self
+            .authenticated(wire::DiscoverServiceRequest {
+                service_type: P::NAME.to_owned(),
+                min_version: min_version.to_owned(),
+            })
+            .await?;
+        let endpoint = self
+            .registry()
+            .discover_service(request)
+            .await?
+            .into_message()
+            .endpoint
+            .ok_or_else(|| Error::internal("the registry answered without an endpoint"))?;
+        let mut headers = http::HeaderMap::new();
+        if let Some(identity) = self.runtime_identity() {
+            identity.apply(&mut headers);
+        }
+        let base = self.endpoint.trim_end_matches('/');
+        let channel = Channel::builder(format!("{base}{}", endpoint.endpoint_url))
+            .metadata(headers)
+            .build()?;
+        Ok(P::client(channel))
+    }
+
     /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).
     ///
     /// # Errors

@@ -133,6 +133,19 @@ impl ServiceRegistry {
         let _ = self.inner.identities.set(identities);
     }
 
+    pub(crate) fn authenticate_caller(&self, headers: &http::HeaderMap) -> Result<String, Error> {
+        self.authenticate(headers)
+    }
+
+    /// The health `runtime_id` last reported (healthy until it reports otherwise).
+    pub fn health(&self, runtime_id: &str) -> HealthState {
+        self.state()
+            .health
+            .get(runtime_id)
+            .copied()
+            .unwrap_or(HealthState::Healthy)
+    }
+
     fn authenticate(&self, headers: &http::HeaderMap) -> Result<String, Error> {
         self.inner
             .identities

@@ -385,7 +385,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         registry.attach(Arc::clone(&identities));
         server = server
             .add_service(ServiceRegistryServer::new(registry.clone()).into_service())
-            .add_service(PluginLifecycleServer::new(registry.clone()).into_service());
+            .add_service(PluginLifecycleServer::new(registry.clone()).into_service())
+            .route_prefix(
+                crate::routing::SERVICES_PREFIX,
+                crate::routing::proxy(registry.clone()),
+            );
     }
     let handshake = HandshakeServer {
         app_versions: app_protocol_versions,

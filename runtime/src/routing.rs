@@ -1,0 +1,138 @@
+//! Plugin-to-plugin calls through the host (connect-plugin-go's `ServiceRouter`): a call to
+//! `/services/{type}/{provider-id}/{pkg.Service}/{Method}` on the host is checked (the caller's
+//! runtime token, the provider's registration and health) and proxied to the provider at the
+//! `base_url` it registered with. The proxy streams both ways, so unary and every streaming
+//! kind pass through (bidi full duplex over HTTP/2).
+//!
+//! The caller's `Authorization` and `X-Plugin-Runtime-ID` are not forwarded; the provider
+//! receives the checked caller id in `X-Plugin-Caller-ID` instead (any such header the caller
+//! sent is dropped first, so it cannot be forged).
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::identity::RUNTIME_ID_HEADER;
+use crate::proto::connectplugin::v1::HealthState;
+use crate::registry::ServiceRegistry;
+use crate::server::{RawHandler, error_response};
+use crate::{Code, Error};
+
+/// Where routed calls are served.
+pub const SERVICES_PREFIX: &str = "/services/";
+
+/// The header that tells a provider which plugin called it through the host.
+pub const CALLER_ID_HEADER: &str = "x-plugin-caller-id";
+
+/// The registration metadata key holding a provider's base URL (as upstream's examples).
+pub const BASE_URL_KEY: &str = "base_url";
+
+type ProxyClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+/// The `/services/` proxy of a host.
+pub(crate) fn proxy(registry: ServiceRegistry) -> RawHandler {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: ProxyClient = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    let client = Arc::new(client);
+    Arc::new(move |request: http::Request<Incoming>| {
+        let registry = registry.clone();
+        let client = Arc::clone(&client);
+        Box::pin(async move {
+            match route(&registry, &client, request).await {
+                Ok(response) => response,
+                Err(error) => error_response(&error),
+            }
+        })
+    })
+}
+
+async fn route(
+    registry: &ServiceRegistry,
+    client: &ProxyClient,
+    request: http::Request<Incoming>,
+) -> Result<http::Response<Body>, Error> {
+    let caller = registry.authenticate_caller(request.headers())?;
+    let path = request.uri().path().to_owned();
+    let rest = path.strip_prefix(SERVICES_PREFIX).unwrap_or_default();
+    let mut parts = rest.splitn(3, '/');
+    let (Some(service_type), Some(provider_id), Some(procedure)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        let path = &path;
+        return Err(Error::not_found(format!(
+            "{path} is not a routed call: expected /services/<type>/<provider id>/<package.Service>/<Method>"
+        )));
+    };
+    let provider = registry
+        .providers(service_type)
+        .into_iter()
+        .find(|p| p.runtime_id == provider_id)
+        .ok_or_else(|| {
+            Error::unavailable(format!(
+                "no provider {provider_id:?} of service {service_type:?} is registered"
+            ))
+        })?;
+    if registry.health(provider_id) == HealthState::Unhealthy {
+        return Err(Error::unavailable(format!(
+            "provider {provider_id:?} of service {service_type:?} is unhealthy"
+        )));
+    }
+    let base = provider.metadata.get(BASE_URL_KEY).ok_or_else(|| {
+        Error::unavailable(format!(
+            "provider {provider_id:?} registered without a \"{BASE_URL_KEY}\" metadata entry, so the host cannot reach it"
+        ))
+    })?;
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let target: http::Uri = format!("{}/{procedure}{query}", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| {
+            Error::internal(format!(
+                "provider {provider_id:?} has a bad base_url {base:?}: {e}"
+            ))
+        })?;
+
+    let (mut parts, body) = request.into_parts();
+    parts.uri = target;
+    parts.headers.remove(http::header::AUTHORIZATION);
+    parts.headers.remove(RUNTIME_ID_HEADER);
+    parts.headers.remove(CALLER_ID_HEADER);
+    parts.headers.remove(http::header::HOST);
+    if let Ok(caller) = HeaderValue::from_str(&caller) {
+        parts.headers.insert(CALLER_ID_HEADER, caller);
+    }
+    let body = Body::Stream(Box::pin(body.map_err(|e| {
+        Error::new(
+            Code::Canceled,
+            format!("the caller's request body broke off: {e}"),
+        )
+    })));
+    let response = client
+        .request(http::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "provider {provider_id:?} of {service_type:?} is unreachable: {e}"
+            ))
+        })?;
+    let (parts, body) = response.into_parts();
+    let body = Body::Stream(Box::pin(body.map_err(|e| {
+        Error::new(
+            Code::Unavailable,
+            format!("the provider's response broke off: {e}"),
+        )
+    })));
+    Ok(http::Response::from_parts(parts, body))
+}

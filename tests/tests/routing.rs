@@ -1,0 +1,230 @@
+//! Plugin-to-plugin calls through the host: discovered with the registry, proxied at
+//! `/services/{type}/{provider}/...` for every RPC shape, with the caller's identity checked
+//! and passed on, and unhealthy or unknown providers answered with `unavailable`.
+
+use std::collections::HashMap;
+
+use connect_plugin::proto::connectplugin::v1::{HealthState, RegisterServiceRequest};
+use connect_plugin::{
+    Client, ClientConfig, Code, Error, MessageStream, Request, Response, ServeConfig, ServerStream,
+    ServiceRegistry, Streaming,
+};
+use connect_plugin_tests::interop::{
+    InteropService, InteropServicePlugin, InteropServiceServer, Payload,
+};
+use connect_plugin_tests::raw_http1;
+
+/// A provider that answers with the caller id the host passed on.
+struct WhoCalls;
+
+impl InteropService for WhoCalls {
+    async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
+        let caller = request
+            .metadata()
+            .get("x-plugin-caller-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        let leaked = request.metadata().contains_key("authorization");
+        Ok(Response::new(Payload {
+            text: caller,
+            count: i32::from(leaked),
+            ..request.into_message()
+        }))
+    }
+    async fn server_stream(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
+        let p = request.into_message();
+        Ok(Response::new(
+            std::iter::repeat_n(p.clone(), p.count as usize).collect(),
+        ))
+    }
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<Payload>, Error> {
+        let mut texts = Vec::new();
+        let mut stream = request.into_message();
+        while let Some(p) = stream.message().await? {
+            texts.push(p.text);
+        }
+        Ok(Response::new(Payload {
+            text: texts.join(","),
+            ..Default::default()
+        }))
+    }
+    async fn bidi(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
+        let mut requests = request.into_message();
+        let (tx, stream) = MessageStream::channel(1);
+        tokio::spawn(async move {
+            while let Ok(Some(p)) = requests.message().await {
+                if tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+async fn listen() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+#[tokio::test]
+async fn calls_flow_plugin_to_plugin_through_the_host() {
+    let registry = ServiceRegistry::new();
+    let (host_listener, host_url) = listen().await;
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .registry(registry.clone())
+            .listener(host_listener),
+    ));
+
+    // The provider plugin: serves, introduces itself, registers with its base URL.
+    let (provider_listener, provider_url) = listen().await;
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .service(InteropServiceServer::new(WhoCalls).into_service())
+            .listener(provider_listener),
+    ));
+    let provider = Client::new(
+        ClientConfig::new(&host_url)
+            .self_id("echo", "1.0.0")
+            .provides(["interop"]),
+    )
+    .unwrap();
+    let registration = RegisterServiceRequest {
+        service_type: "interop".into(),
+        version: "1.0.0".into(),
+        endpoint_path: "/interop.v1.InteropService/".into(),
+        metadata: HashMap::from([("base_url".to_owned(), provider_url.clone())]),
+    };
+    provider
+        .registry()
+        .register_service(provider.authenticated(registration).await.unwrap())
+        .await
+        .unwrap();
+    let provider_id = provider.runtime_identity().unwrap().runtime_id.clone();
+
+    // The consumer: a typed client of "a provider of interop", routed through the host.
+    let app = Client::new(ClientConfig::new(&host_url).self_id("app", "1.0.0")).unwrap();
+    let interop = app.provider::<InteropServicePlugin>("1.0.0").await.unwrap();
+    let app_id = app.runtime_identity().unwrap().runtime_id.clone();
+    let echoed = interop
+        .unary(Payload {
+            text: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed.text, app_id,
+        "the provider sees the checked caller id"
+    );
+    assert_eq!(
+        echoed.count, 0,
+        "the caller's credentials are not forwarded"
+    );
+
+    let mut stream = interop
+        .server_stream(Payload {
+            count: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_message();
+    let mut n = 0;
+    while stream.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let joined = interop
+        .client_stream(
+            ["a", "b"]
+                .into_iter()
+                .map(|t| Payload {
+                    text: t.into(),
+                    ..Default::default()
+                })
+                .collect::<MessageStream<_>>(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(joined.text, "a,b");
+    let (tx, requests) = MessageStream::channel(1);
+    let (opened, sent) = tokio::join!(
+        interop.bidi(requests),
+        tx.send(Payload {
+            text: "duplex".into(),
+            ..Default::default()
+        })
+    );
+    sent.unwrap();
+    let mut replies = opened.unwrap().into_message();
+    assert_eq!(
+        replies.message().await.unwrap().unwrap().text,
+        "duplex",
+        "full duplex through the proxy"
+    );
+    drop(tx);
+
+    // An unhealthy provider is not routed; it is again once healthy.
+    provider
+        .report_health(HealthState::Unhealthy, "maintenance")
+        .await
+        .unwrap();
+    let err = interop.unary(Payload::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    provider
+        .report_health(HealthState::Healthy, "")
+        .await
+        .unwrap();
+    interop.unary(Payload::default()).await.unwrap();
+
+    // Without a valid runtime token, or to an unknown provider: refused.
+    let addr = host_url.trim_start_matches("http://").parse().unwrap();
+    let path = format!("/services/interop/{provider_id}/interop.v1.InteropService/Unary");
+    let r = raw_http1(
+        addr,
+        "POST",
+        &path,
+        &[
+            ("content-type", "application/json"),
+            ("x-plugin-runtime-id", &app_id),
+            ("authorization", "Bearer forged"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = raw_http1(
+        addr,
+        "POST",
+        "/services/interop/nobody-00000000/interop.v1.InteropService/Unary",
+        &[("content-type", "application/json")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 401, "no identity at all: {}", r.text());
+    let mut unknown = Request::new(Payload::default());
+    app.runtime_identity()
+        .unwrap()
+        .apply(unknown.metadata_mut());
+    let channel =
+        connect_plugin::Channel::new(format!("{host_url}/services/interop/nobody-00000000"))
+            .unwrap();
+    let err = connect_plugin::dispense::<InteropServicePlugin>(&channel)
+        .unary(unknown)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+}
