@@ -721,16 +721,71 @@ async fn run(settings: &Settings) -> Vec<Row> {
         });
     }
 
+    // A plugin-to-plugin call routed through a host, against the same call made directly.
+    let (direct, routed) = routed_pair(ours_addr).await;
+    let p = payload(64);
+    let (mut direct_us, mut routed_us) = (Vec::new(), Vec::new());
+    for _ in 0..settings.rounds {
+        direct_us.push(latency(&direct, &p, settings.latency_calls).await);
+        routed_us.push(latency(&routed, &p, settings.latency_calls).await);
+    }
+    let (direct_us, routed_us) = (median(direct_us), median(routed_us));
+    let ratio = routed_us / direct_us;
     rows.push(Row {
-        scenario: "routed call through the host vs direct".into(),
-        subject: "not measured yet".into(),
-        value: f64::NAN,
-        unit: "",
-        ratio: None,
-        target: "<= 1.6 x direct (needs host routing, plugin system part 2)".into(),
+        scenario: "routed call through the host vs direct, c=1, 64 B".into(),
+        subject: "direct".into(),
+        value: direct_us,
+        unit: "us",
+        ratio: Some(1.0),
+        target: String::new(),
         met: None,
     });
+    rows.push(Row {
+        scenario: "routed call through the host vs direct, c=1, 64 B".into(),
+        subject: "routed via host".into(),
+        value: routed_us,
+        unit: "us",
+        ratio: Some(ratio),
+        target: "<= 1.6 x direct".into(),
+        met: Some(ratio <= 1.6),
+    });
     rows
+}
+
+/// A direct caller of our echo server and one routed to it through a host with a registry.
+async fn routed_pair(provider: SocketAddr) -> (Caller, Caller) {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+    let registry = connect_plugin::ServiceRegistry::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        connect_plugin::ServeConfig::new()
+            .registry(registry)
+            .listener(listener),
+    ));
+    let plugin = connect_plugin::Client::new(
+        connect_plugin::ClientConfig::new(&host)
+            .self_id("echo", "1.0.0")
+            .provides(["interop"]),
+    )
+    .unwrap();
+    let registration = RegisterServiceRequest {
+        service_type: "interop".into(),
+        version: "1.0.0".into(),
+        endpoint_path: "/interop.v1.InteropService/".into(),
+        metadata: [("base_url".to_owned(), format!("http://{provider}"))].into(),
+    };
+    plugin
+        .registry()
+        .register_service(plugin.authenticated(registration).await.unwrap())
+        .await
+        .unwrap();
+    let app = connect_plugin::Client::new(
+        connect_plugin::ClientConfig::new(&host).self_id("app", "1.0.0"),
+    )
+    .unwrap();
+    let routed = app.provider::<InteropServicePlugin>("").await.unwrap();
+    (ours(provider, Codec::Proto, false), Caller::Ours(routed))
 }
 
 fn write_results(rows: &[Row], quick: bool) {
