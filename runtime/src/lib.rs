@@ -60,6 +60,7 @@ mod body;
 pub mod broker;
 mod client;
 mod deadline;
+pub mod depgraph;
 pub mod discovery;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
