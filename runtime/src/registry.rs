@@ -168,6 +168,39 @@ impl ServiceRegistry {
             .extend(service_types.into_iter().map(Into::into));
     }
 
+    /// Waits until `service_type` has a routable provider (host side: start dependents after
+    /// their dependencies registered).
+    ///
+    /// # Errors
+    /// `deadline_exceeded` after `timeout`.
+    pub async fn wait_for_provider(
+        &self,
+        service_type: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), Error> {
+        let mut events = self.inner.events.subscribe();
+        let wait = async {
+            loop {
+                if self.event(service_type).state != ServiceState::Unavailable as i32 {
+                    return;
+                }
+                // Any event (or a lag) means the state may have changed: look again.
+                if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            Error::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "no provider of {service_type:?} registered within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+        })
+    }
+
     /// Every registration of `service_type`, healthy or not, in registration order
     /// (host side: routing and impact analysis use it).
     pub fn providers(&self, service_type: &str) -> Vec<Registration> {

@@ -141,6 +141,15 @@ impl ServeConfig {
         self
     }
 
+    /// Whether to print the readiness line on stdout (default: yes, except with
+    /// [`ServeConfig::listener`]; a plugin that binds its own listener to learn its URL
+    /// before serving turns it back on so its host still sees it ready).
+    #[must_use]
+    pub fn announce_readiness(mut self, announce: bool) -> Self {
+        self.announce = announce;
+        self
+    }
+
     /// Serves on an already bound listener (and does not print the readiness line).
     #[must_use]
     pub fn listener(mut self, listener: TcpListener) -> Self {

@@ -1,0 +1,45 @@
+//! `logger-plugin`: provides `logger`; writes every line it receives to its log (which its
+//! host shows). Needs `HOST_URL`.
+
+use std::process::ExitCode;
+
+use connect_plugin::proto::capability::logger::v1::{
+    LogRequest, LogResponse, Logger, LoggerServer,
+};
+use connect_plugin::{Error, Request, Response, ServeConfig};
+
+struct StderrLogger;
+
+impl Logger for StderrLogger {
+    async fn log(&self, request: Request<LogRequest>) -> Result<Response<LogResponse>, Error> {
+        let caller = request
+            .metadata()
+            .get("x-plugin-caller-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_owned();
+        let line = request.into_message();
+        tracing::info!("[{caller}] {} {}", line.level, line.message);
+        Ok(Response::new(LogResponse {}))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    platform::init_tracing();
+    let config = ServeConfig::new().service(LoggerServer::new(StderrLogger).into_service());
+    let run = async {
+        let provides = [("logger", "/capability.logger.v1.Logger/")];
+        let (url, server) = platform::serve_plugin(config).await?;
+        let host = platform::join_host("logger-plugin", &provides)?;
+        platform::register(&host, &provides, &url).await?;
+        server.await.map_err(|e| Error::internal(e.to_string()))?
+    };
+    match run.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("logger-plugin: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

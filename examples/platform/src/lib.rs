@@ -1,0 +1,100 @@
+//! The platform example (deployment model B, self-registering plugins): a host with a service
+//! registry and three plugins, each its own process:
+//!
+//! - `logger-plugin` provides `logger` (`capability.logger.v1.Logger`);
+//! - `cache-plugin` provides `cache` (`cache.v1.CacheService`) and logs every change through a
+//!   logger it finds with the registry, called through the host;
+//! - `app-plugin` requires `cache`, which it calls through the host.
+//!
+//! `platform-host` computes the startup order from the dependency graph, launches the plugins
+//! in it (with `HOST_URL` set), waits for each to register, and shows what the app did.
+
+#[path = "gen/mod.rs"]
+mod generated;
+
+use std::collections::HashMap;
+
+use connect_plugin::proto::connectplugin::v1::{HealthState, RegisterServiceRequest};
+use connect_plugin::{Client, ClientConfig, Error, ServeConfig};
+
+pub use generated::cache::v1 as cache;
+
+/// Logs to stderr (the host forwards plugins' stderr into its log).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// The host's URL, from `HOST_URL`.
+///
+/// # Errors
+/// `failed_precondition` when it is not set.
+pub fn host_url() -> Result<String, Error> {
+    std::env::var("HOST_URL").map_err(|_| {
+        Error::new(
+            connect_plugin::Code::FailedPrecondition,
+            "HOST_URL is not set: this plugin registers with a host (run platform-host)",
+        )
+    })
+}
+
+/// Serves `config` on `127.0.0.1:$PORT`, announcing readiness; returns this plugin's URL and
+/// the serving task.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn serve_plugin(
+    config: ServeConfig,
+) -> Result<(String, tokio::task::JoinHandle<Result<(), Error>>), Error> {
+    let addr = connect_plugin::addr_from_env()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("reading the bound address: {e}")))?;
+    let server = tokio::spawn(connect_plugin::serve(
+        config.listener(listener).announce_readiness(true),
+    ));
+    Ok((format!("http://{local}"), server))
+}
+
+/// Introduces this plugin to the host as `name`, declaring the service types it provides.
+///
+/// # Errors
+/// When `HOST_URL` is missing or invalid.
+pub fn join_host(name: &str, provides: &[(&str, &str)]) -> Result<Client, Error> {
+    Client::new(
+        ClientConfig::new(host_url()?)
+            .self_id(name, env!("CARGO_PKG_VERSION"))
+            .provides(provides.iter().map(|(t, _)| *t)),
+    )
+}
+
+/// Registers each `(service type, endpoint path)` as served at `url`, then reports healthy.
+///
+/// # Errors
+/// Handshake or registration failures.
+pub async fn register(host: &Client, provides: &[(&str, &str)], url: &str) -> Result<(), Error> {
+    for (service_type, endpoint_path) in provides {
+        let registration = RegisterServiceRequest {
+            service_type: (*service_type).to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            endpoint_path: (*endpoint_path).to_owned(),
+            metadata: HashMap::from([("base_url".to_owned(), url.to_owned())]),
+        };
+        host.registry()
+            .register_service(host.authenticated(registration).await?)
+            .await?;
+    }
+    host.report_health(HealthState::Healthy, "").await?;
+    tracing::info!(%url, "registered with the host");
+    Ok(())
+}
