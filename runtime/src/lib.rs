@@ -102,7 +102,7 @@ pub use plugin::{
     MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, Plugin, PluginMetadata, PluginServer, PluginSet,
     ServiceDependency, dispense,
 };
-pub use plugin_client::{CapabilityGrant, Client, ClientConfig, Handshake};
+pub use plugin_client::{CapabilityGrant, Client, ClientConfig, Handshake, KeepAlive};
 pub use protocol::codec::Message;
 pub use protocol::{Codec, Compression};
 pub use registry::{Registration, SelectionStrategy, ServiceRegistry};

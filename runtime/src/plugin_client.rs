@@ -181,6 +181,16 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Heartbeats started by [`Client::keep_alive`]; dropping it stops them.
+#[derive(Debug)]
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A capability grant with a channel that calls the capability.
 #[derive(Debug, Clone)]
 pub struct CapabilityGrant {
@@ -477,6 +487,25 @@ impl Client {
             .report_health(request)
             .await
             .map(drop)
+    }
+
+    /// Keeps this plugin's registrations alive on a host whose registry has a lease: reports
+    /// `state` every `interval` until the returned handle is dropped (or aborted).
+    pub fn keep_alive(
+        self: &std::sync::Arc<Self>,
+        state: wire::HealthState,
+        interval: Duration,
+    ) -> KeepAlive {
+        let client = std::sync::Arc::clone(self);
+        KeepAlive(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = client.report_health(state, "").await {
+                    tracing::warn!("heartbeat to {} failed: {error}", client.endpoint);
+                }
+            }
+        }))
     }
 
     /// Closes the client: later calls to [`Client::connect`] and [`Client::dispense`] fail.

@@ -77,9 +77,12 @@ struct State {
     health: HashMap<String, HealthState>,
     strategies: HashMap<String, SelectionStrategy>,
     round_robin: HashMap<String, usize>,
+    /// When each runtime id last called the registry or reported health (its lease).
+    last_seen: HashMap<String, tokio::time::Instant>,
 }
 
 struct Inner {
+    lease: Option<std::time::Duration>,
     state: Mutex<State>,
     events: broadcast::Sender<wire::WatchServiceEvent>,
     identities: OnceLock<Arc<IdentityStore>>,
@@ -113,10 +116,22 @@ fn routable(state: HealthState) -> bool {
 }
 
 impl ServiceRegistry {
-    /// An empty registry.
+    /// An empty registry whose registrations never expire.
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A registry whose registrations expire when their plugin has not called the registry or
+    /// reported health for `lease` (a plugin that died stops being discovered and routed to).
+    /// Plugins keep their lease with [`crate::Client::keep_alive`].
+    pub fn with_lease(lease: std::time::Duration) -> Self {
+        Self::build(Some(lease))
+    }
+
+    fn build(lease: Option<std::time::Duration>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                lease,
                 state: Mutex::new(State::default()),
                 events: broadcast::channel(WATCH_BUFFER).0,
                 identities: OnceLock::new(),
@@ -147,11 +162,55 @@ impl ServiceRegistry {
     }
 
     fn authenticate(&self, headers: &http::HeaderMap) -> Result<String, Error> {
-        self.inner
+        let runtime_id = self
+            .inner
             .identities
             .get()
             .ok_or_else(|| Error::unavailable("the service registry is not attached to a server"))?
-            .authenticate(headers)
+            .authenticate(headers)?;
+        // Every authenticated call renews the caller's lease.
+        self.state()
+            .last_seen
+            .insert(runtime_id.clone(), tokio::time::Instant::now());
+        Ok(runtime_id)
+    }
+
+    /// The lease, if registrations expire.
+    pub fn lease(&self) -> Option<std::time::Duration> {
+        self.inner.lease
+    }
+
+    /// Removes the registrations of plugins whose lease ran out and tells the watchers;
+    /// returns the runtime ids removed. [`crate::serve`] calls it periodically.
+    pub fn expire(&self) -> Vec<String> {
+        let Some(lease) = self.inner.lease else {
+            return Vec::new();
+        };
+        let now = tokio::time::Instant::now();
+        let expired: Vec<String> = {
+            let state = self.state();
+            let mut ids: Vec<String> = state
+                .providers
+                .values()
+                .flatten()
+                .map(|p| p.runtime_id.clone())
+                .filter(|id| {
+                    state
+                        .last_seen
+                        .get(id)
+                        .is_none_or(|seen| now.duration_since(*seen) > lease)
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        for id in &expired {
+            tracing::warn!(runtime_id = %id, "lease expired; removing its registrations");
+            self.remove_runtime(id);
+            self.state().last_seen.remove(id);
+        }
+        expired
     }
 
     /// Lets `runtime_id` register the given service types (host side; model A hosts call

@@ -390,6 +390,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
             .route_prefix(CAPABILITY_PREFIX, broker.proxy())
             .add_service(CapabilityBrokerServer::new(broker).into_service());
     }
+    let expiry = registry.as_ref().and_then(|registry| {
+        let lease = registry.lease()?;
+        let registry = registry.clone();
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval((lease / 4).max(Duration::from_millis(10)));
+            loop {
+                ticks.tick().await;
+                registry.expire();
+            }
+        }))
+    });
     if let Some(registry) = &registry {
         registry.attach(Arc::clone(&identities));
         server = server
@@ -445,6 +456,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     };
     let served = server.serve_incoming(incoming, stop).await;
     sweeper.abort();
+    if let Some(expiry) = expiry {
+        expiry.abort();
+    }
     if let Some(cleanup) = cleanup {
         cleanup().await;
     }

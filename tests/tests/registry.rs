@@ -288,3 +288,53 @@ async fn round_robin_really_alternates_between_providers() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_plugin_that_stops_heartbeating_expires_and_watchers_hear_it() {
+    let registry = ServiceRegistry::with_lease(Duration::from_millis(300));
+    let url = host(&registry).await;
+    let logger = std::sync::Arc::new(plugin(&url, "logger", &["logger"]));
+    logger
+        .registry()
+        .register_service(
+            logger
+                .authenticated(registration("logger", "1.0.0"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let heartbeat = logger.keep_alive(HealthState::Healthy, Duration::from_millis(50));
+    let watcher = plugin(&url, "watcher", &[]);
+    let mut watch = watcher
+        .registry()
+        .watch_service(
+            watcher
+                .authenticated(WatchServiceRequest {
+                    service_type: "logger".into(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_message();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.state, ServiceState::Available as i32);
+    // Alive while it heartbeats, well past one lease.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        registry.providers("logger").len(),
+        1,
+        "heartbeats keep the lease"
+    );
+    // It "dies": no more heartbeats. The registration expires and watchers are told.
+    drop(heartbeat);
+    let event = tokio::time::timeout(Duration::from_secs(3), watch.message())
+        .await
+        .expect("an expiry event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.state, ServiceState::Unavailable as i32);
+    assert!(registry.providers("logger").is_empty());
+}
