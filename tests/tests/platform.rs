@@ -54,3 +54,75 @@ async fn three_plugins_and_a_host_call_each_other_through_the_host() {
         "{stdout}"
     );
 }
+
+/// Reads watch events until one has `state`, within 10 s.
+async fn wait_state(
+    watch: &mut connect_plugin::Streaming<
+        connect_plugin::proto::connectplugin::v1::WatchServiceEvent,
+    >,
+    state: connect_plugin::proto::connectplugin::v1::ServiceState,
+) {
+    let until = async {
+        while let Some(event) = watch.message().await.unwrap() {
+            if event.state == state as i32 {
+                return;
+            }
+        }
+        panic!("the watch ended before {state:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(10), until)
+        .await
+        .unwrap_or_else(|_| panic!("no {state:?} within 10 s"));
+}
+
+#[tokio::test]
+async fn cache_is_degraded_without_a_logger_and_healthy_once_one_appears() {
+    use connect_plugin::proto::connectplugin::v1::{ServiceState, WatchServiceRequest};
+    use connect_plugin::{
+        Client, ClientConfig, LaunchConfig, PluginProcess, ServeConfig, ServiceRegistry,
+    };
+
+    let registry = ServiceRegistry::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener),
+    ));
+    let watcher = Client::new(ClientConfig::new(&host_url).self_id("watcher", "1.0.0")).unwrap();
+    let mut watch = watcher
+        .registry()
+        .watch_service(
+            watcher
+                .authenticated(WatchServiceRequest {
+                    service_type: "cache".into(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_message();
+
+    let _cache = PluginProcess::launch(
+        LaunchConfig::new("cache", env!("CARGO_BIN_EXE_e2e-cache-plugin"))
+            .env("HOST_URL", &host_url),
+    )
+    .await
+    .unwrap();
+    wait_state(&mut watch, ServiceState::Degraded).await;
+
+    let _logger = PluginProcess::launch(
+        LaunchConfig::new("logger", env!("CARGO_BIN_EXE_e2e-logger-plugin"))
+            .env("HOST_URL", &host_url),
+    )
+    .await
+    .unwrap();
+    wait_state(&mut watch, ServiceState::Available).await;
+    let cache_id = &registry.providers("cache")[0].runtime_id;
+    assert_eq!(
+        registry.health(cache_id),
+        connect_plugin::proto::connectplugin::v1::HealthState::Healthy
+    );
+}

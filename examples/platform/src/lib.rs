@@ -14,7 +14,7 @@ mod generated;
 
 use std::collections::HashMap;
 
-use connect_plugin::proto::connectplugin::v1::{HealthState, RegisterServiceRequest};
+use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
 use connect_plugin::{Client, ClientConfig, Error, ServeConfig};
 
 pub use generated::cache::v1 as cache;
@@ -78,7 +78,7 @@ pub fn join_host(name: &str, provides: &[(&str, &str)]) -> Result<Client, Error>
     )
 }
 
-/// Registers each `(service type, endpoint path)` as served at `url`, then reports healthy.
+/// Registers each `(service type, endpoint path)` as served at `url`.
 ///
 /// # Errors
 /// Handshake or registration failures.
@@ -94,7 +94,6 @@ pub async fn register(host: &Client, provides: &[(&str, &str)], url: &str) -> Re
             .register_service(host.authenticated(registration).await?)
             .await?;
     }
-    host.report_health(HealthState::Healthy, "").await?;
     tracing::info!(%url, "registered with the host");
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! `cache-plugin`: provides `cache`, requires `logger`: every change is logged through a
-//! logger found with the host's registry and called through the host. Needs `HOST_URL`.
+//! logger found with the host's registry and called through the host. Without a logger it
+//! still serves but reports itself DEGRADED, watches for one, and turns HEALTHY when a logger
+//! appears. Needs `HOST_URL`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use connect_plugin::proto::capability::logger::v1::{LogRequest, LoggerClient, LoggerPlugin};
+use connect_plugin::proto::connectplugin::v1::{HealthState, ServiceState, WatchServiceRequest};
 use connect_plugin::{Error, Request, Response, ServeConfig};
 use platform::cache::{
     CacheService, CacheServiceServer, GetRequest, GetResponse, SetRequest, SetResponse,
@@ -52,6 +55,22 @@ impl CacheService for Cache {
     }
 }
 
+/// Waits, with the registry's watch, until a logger is available.
+async fn wait_for_logger(host: &connect_plugin::Client) -> Result<(), Error> {
+    let request = host
+        .authenticated(WatchServiceRequest {
+            service_type: "logger".into(),
+        })
+        .await?;
+    let mut events = host.registry().watch_service(request).await?.into_message();
+    while let Some(event) = events.message().await? {
+        if event.state == ServiceState::Available as i32 {
+            return Ok(());
+        }
+    }
+    Err(Error::unavailable("the host ended the logger watch"))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     platform::init_tracing();
@@ -61,11 +80,25 @@ async fn main() -> ExitCode {
         let provides = [("cache", "/cache.v1.CacheService/")];
         let (url, server) = platform::serve_plugin(config).await?;
         let host = platform::join_host("cache-plugin", &provides)?;
-        // The logger is required to start: find it before offering the cache.
-        let logger = host.provider::<LoggerPlugin>("").await?;
-        let _ = cache.logger.set(logger);
-        tracing::info!("cache-plugin found a logger through the host");
-        platform::register(&host, &provides, &url).await?;
+        // Find the logger before offering the cache, so the first writes are logged.
+        match host.provider::<LoggerPlugin>("").await {
+            Ok(logger) => {
+                let _ = cache.logger.set(logger);
+                tracing::info!("cache-plugin found a logger through the host");
+                platform::register(&host, &provides, &url).await?;
+                host.report_health(HealthState::Healthy, "").await?;
+            }
+            Err(error) => {
+                tracing::warn!("no logger yet ({error}); serving DEGRADED until one appears");
+                platform::register(&host, &provides, &url).await?;
+                host.report_health(HealthState::Degraded, "logger unavailable")
+                    .await?;
+                wait_for_logger(&host).await?;
+                let _ = cache.logger.set(host.provider::<LoggerPlugin>("").await?);
+                tracing::info!("a logger appeared; cache-plugin is HEALTHY");
+                host.report_health(HealthState::Healthy, "").await?;
+            }
+        }
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };
     match run.await {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use connect_plugin::proto::capability::logger::v1::{
     LogRequest, LogResponse, Logger, LoggerServer,
 };
+use connect_plugin::proto::connectplugin::v1::HealthState;
 use connect_plugin::{Error, Request, Response, ServeConfig};
 
 struct StderrLogger;
@@ -33,6 +34,7 @@ async fn main() -> ExitCode {
         let (url, server) = platform::serve_plugin(config).await?;
         let host = platform::join_host("logger-plugin", &provides)?;
         platform::register(&host, &provides, &url).await?;
+        host.report_health(HealthState::Healthy, "").await?;
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };
     match run.await {
