@@ -74,6 +74,7 @@ pub mod launch;
 mod memory;
 pub mod metadata;
 mod method;
+pub mod platform;
 mod plugin;
 mod plugin_client;
 mod protocol;

@@ -79,6 +79,33 @@ struct State {
     round_robin: HashMap<String, usize>,
     /// When each runtime id last called the registry or reported health (its lease).
     last_seen: HashMap<String, tokio::time::Instant>,
+    /// Providers replaced by another: calls routed to the old id go to the new one.
+    aliases: HashMap<String, String>,
+    /// Calls in flight through the host, per provider.
+    inflight: HashMap<String, Arc<Inflight>>,
+}
+
+/// Calls in flight to one provider, and a way to wait for them to finish.
+#[derive(Default)]
+pub(crate) struct Inflight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held while a routed call is in flight; dropping it ends the call's count.
+pub(crate) struct InflightGuard(Arc<Inflight>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 struct Inner {
@@ -175,6 +202,100 @@ impl ServiceRegistry {
         Ok(runtime_id)
     }
 
+    /// The provider that serves calls addressed to `provider_id` now (itself, or the one that
+    /// replaced it).
+    pub fn resolve(&self, provider_id: &str) -> String {
+        let state = self.state();
+        let mut id = provider_id;
+        // Bounded: a replacement chain is never longer than the number of aliases.
+        for _ in 0..=state.aliases.len() {
+            match state.aliases.get(id) {
+                Some(next) => id = next,
+                None => break,
+            }
+        }
+        id.to_owned()
+    }
+
+    /// Switches routing from `old` to `new` in one step: calls addressed to `old` go to
+    /// `new` from now on, and `old`'s registrations are withdrawn. Calls already in flight to
+    /// `old` finish there ([`ServiceRegistry::drained`]).
+    pub fn replace_runtime(&self, old: &str, new: &str) {
+        let types: Vec<String> = {
+            let mut state = self.state();
+            state.aliases.insert(old.to_owned(), new.to_owned());
+            let mut types = Vec::new();
+            for (service_type, providers) in &mut state.providers {
+                let before = providers.len();
+                providers.retain(|p| p.runtime_id != old);
+                if providers.len() != before {
+                    types.push(service_type.clone());
+                }
+            }
+            types
+        };
+        for service_type in types {
+            self.notify(&service_type);
+        }
+    }
+
+    pub(crate) fn track(&self, provider_id: &str) -> InflightGuard {
+        let inflight = Arc::clone(
+            self.state()
+                .inflight
+                .entry(provider_id.to_owned())
+                .or_default(),
+        );
+        inflight
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InflightGuard(inflight)
+    }
+
+    /// How many routed calls to `provider_id` are in flight.
+    pub fn inflight(&self, provider_id: &str) -> usize {
+        self.state()
+            .inflight
+            .get(provider_id)
+            .map_or(0, |i| i.count.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Waits until no routed call to `provider_id` is in flight.
+    ///
+    /// # Errors
+    /// `deadline_exceeded` if calls are still running after `timeout`.
+    pub async fn drained(
+        &self,
+        provider_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), Error> {
+        let inflight = Arc::clone(
+            self.state()
+                .inflight
+                .entry(provider_id.to_owned())
+                .or_default(),
+        );
+        let wait = async {
+            loop {
+                let idle = inflight.idle.notified();
+                if inflight.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            Error::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "{} calls to {provider_id} still in flight after {} ms",
+                    self.inflight(provider_id),
+                    timeout.as_millis()
+                ),
+            )
+        })
+    }
+
     /// The lease, if registrations expire.
     pub fn lease(&self) -> Option<std::time::Duration> {
         self.inner.lease
@@ -225,6 +346,31 @@ impl ServiceRegistry {
             .entry(runtime_id.to_owned())
             .or_default()
             .extend(service_types.into_iter().map(Into::into));
+    }
+
+    /// Waits, on registry events, until `check` finds what it looks for.
+    pub(crate) async fn wait_for<T>(
+        &self,
+        timeout: std::time::Duration,
+        check: impl Fn() -> Option<T>,
+    ) -> Result<T, ()> {
+        let mut events = self.inner.events.subscribe();
+        let wait = async {
+            loop {
+                if let Some(found) = check() {
+                    return Some(found);
+                }
+                // Any event (or a lag) means something changed: look again.
+                if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
+                    return check();
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(())
     }
 
     /// Waits until `service_type` has a routable provider (host side: start dependents after

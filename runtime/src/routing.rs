@@ -72,6 +72,9 @@ async fn route(
             "{path} is not a routed call: expected /services/<type>/<provider id>/<package.Service>/<Method>"
         )));
     };
+    // A replaced provider's calls go to its replacement.
+    let provider_id = registry.resolve(provider_id);
+    let provider_id = provider_id.as_str();
     let provider = registry
         .providers(service_type)
         .into_iter()
@@ -119,6 +122,8 @@ async fn route(
             format!("the caller's request body broke off: {e}"),
         )
     })));
+    // Counted until the response body is done, so a drain waits for streams too.
+    let guard = registry.track(provider_id);
     let response = client
         .request(http::Request::from_parts(parts, body))
         .await
@@ -128,11 +133,46 @@ async fn route(
             ))
         })?;
     let (parts, body) = response.into_parts();
-    let body = Body::Stream(Box::pin(body.map_err(|e| {
-        Error::new(
-            Code::Unavailable,
-            format!("the provider's response broke off: {e}"),
-        )
-    })));
-    Ok(http::Response::from_parts(parts, body))
+    let body = Tracked {
+        body: body.map_err(|e| {
+            Error::new(
+                Code::Unavailable,
+                format!("the provider's response broke off: {e}"),
+            )
+        }),
+        _guard: guard,
+    };
+    Ok(http::Response::from_parts(
+        parts,
+        Body::Stream(Box::pin(body)),
+    ))
+}
+
+/// A response body that keeps its call counted in flight until it is done or dropped.
+struct Tracked<B> {
+    body: B,
+    _guard: crate::registry::InflightGuard,
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = Error> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -1,0 +1,158 @@
+//! Plugins added, removed and replaced at runtime on a host (model B processes): dependency
+//! checks, impact analysis, and a replacement under continuous traffic with no failed call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use connect_plugin::platform::{Platform, PluginSpec};
+use connect_plugin::{
+    Client, ClientConfig, Code, LaunchConfig, ServeConfig, ServiceDependency, ServiceRegistry,
+};
+use platform::cache::{CacheServicePlugin, GetRequest, SetRequest};
+
+fn spec(name: &str, binary: &str, provides: &str, requires: Option<&str>) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        launch: LaunchConfig::new(name, binary),
+        provides: vec![(provides.into(), "0.1.0".into())],
+        requires: requires
+            .map(|r| ServiceDependency {
+                service_type: r.into(),
+                min_version: String::new(),
+                required_for_startup: true,
+                watch_for_changes: true,
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn logger() -> PluginSpec {
+    spec(
+        "logger-plugin",
+        env!("CARGO_BIN_EXE_e2e-logger-plugin"),
+        "logger",
+        None,
+    )
+}
+
+fn cache() -> PluginSpec {
+    spec(
+        "cache-plugin",
+        env!("CARGO_BIN_EXE_e2e-cache-plugin"),
+        "cache",
+        Some("logger"),
+    )
+}
+
+#[tokio::test]
+async fn add_replace_under_traffic_and_remove() {
+    let registry = ServiceRegistry::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener),
+    ));
+    let platform = Platform::new(registry.clone(), &host_url).timeout(Duration::from_secs(10));
+
+    // The cache needs a logger to start: refused until one is there.
+    let err = platform.add_plugin(cache()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("requires service \"logger\""),
+        "{err}"
+    );
+    platform.add_plugin(logger()).await.unwrap();
+    let old = platform.add_plugin(cache()).await.unwrap();
+
+    let impact = platform.impact("logger-plugin").await;
+    assert_eq!(impact.affected_plugins, ["cache-plugin"]);
+    assert_eq!(impact.affected_services, ["cache", "logger"]);
+
+    // Continuous traffic from an app, through the host, while the cache is replaced.
+    let app = Client::new(ClientConfig::new(&host_url).self_id("app", "1.0.0")).unwrap();
+    let cache_client = app.provider::<CacheServicePlugin>("").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (cache_client, stop, ok, failed) = (
+            cache_client.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{worker}-{i}");
+                let set = cache_client
+                    .set(SetRequest {
+                        key: key.clone(),
+                        value: "v".into(),
+                    })
+                    .await;
+                let get = cache_client.get(GetRequest { key }).await;
+                match (set, get) {
+                    (Ok(_), Ok(_)) => ok.fetch_add(1, Ordering::Relaxed),
+                    (set, get) => {
+                        errors.push(format!("{:?} {:?}", set.err(), get.err()));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                i += 1;
+            }
+            errors
+        }));
+    }
+    // Let traffic flow, replace, let it flow on the new version.
+    let before = ok.load(Ordering::Relaxed);
+    while ok.load(Ordering::Relaxed) < before + 50 {
+        tokio::task::yield_now().await;
+    }
+    let new = platform
+        .replace_plugin("cache-plugin", cache())
+        .await
+        .unwrap();
+    let switched = ok.load(Ordering::Relaxed);
+    while ok.load(Ordering::Relaxed) < switched + 50 {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for worker in workers {
+        errors.extend(worker.await.unwrap());
+    }
+    assert!(
+        errors.is_empty(),
+        "{} calls failed during the replacement: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert_ne!(new, old);
+    let providers: Vec<_> = registry
+        .providers("cache")
+        .into_iter()
+        .map(|p| p.runtime_id)
+        .collect();
+    assert_eq!(
+        providers,
+        std::slice::from_ref(&new),
+        "only the new version is registered"
+    );
+    assert_eq!(registry.inflight(&old), 0, "the old version was drained");
+
+    // Removal: nothing is routed to it any more.
+    platform.remove_plugin("cache-plugin").await.unwrap();
+    assert!(registry.providers("cache").is_empty());
+    let err = cache_client
+        .get(GetRequest { key: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    platform.shutdown().await;
+}
