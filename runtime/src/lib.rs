@@ -71,6 +71,7 @@ pub mod health;
 mod identity;
 mod interceptor;
 pub mod launch;
+pub mod managed;
 mod memory;
 pub mod metadata;
 mod method;

@@ -180,6 +180,92 @@ impl Platform {
         Ok(runtime_id)
     }
 
+    /// Adds a platform-managed plugin (deployment model A): starts it without `HOST_URL`,
+    /// asks it what it provides (`GetPluginInfo`), issues it a runtime identity allowed to
+    /// register exactly that, hands it the identity and this host's URL
+    /// (`SetRuntimeIdentity`), and waits until it has registered and is healthy. The spec's
+    /// `provides` and `requires` are taken from the plugin itself.
+    ///
+    /// # Errors
+    /// As for [`Platform::add_plugin`], and a plugin that does not serve `PluginIdentity`.
+    pub async fn add_managed(&self, mut spec: PluginSpec) -> Result<String, Error> {
+        let mut plugins = self.plugins.lock().await;
+        if plugins.contains_key(&spec.name) {
+            return Err(Error::new(
+                Code::AlreadyExists,
+                format!("a plugin named {:?} is already on the platform", spec.name),
+            ));
+        }
+        let process = PluginProcess::launch(spec.launch.clone()).await?;
+        let identity_client = crate::proto::connectplugin::v1::PluginIdentityClient::new(
+            crate::Channel::new(process.endpoint())?,
+        );
+        let info = identity_client
+            .get_plugin_info(crate::proto::connectplugin::v1::GetPluginInfoRequest {})
+            .await?
+            .into_message();
+        spec.provides = info
+            .provides
+            .iter()
+            .map(|d| (d.r#type.clone(), d.version.clone()))
+            .collect();
+        spec.requires = info
+            .requires
+            .iter()
+            .map(|d| ServiceDependency {
+                service_type: d.r#type.clone(),
+                min_version: d.min_version.clone(),
+                required_for_startup: d.required_for_startup,
+                watch_for_changes: d.watch_for_changes,
+            })
+            .collect();
+        let mut graph = Self::graph(&plugins);
+        graph.add(PluginNode {
+            id: spec.name.clone(),
+            provides: spec.provides.clone(),
+            requires: spec.requires.clone(),
+        });
+        graph.startup_order()?;
+        let identity = self
+            .registry
+            .issue_identity(&info.self_id, spec.provides.iter().map(|(t, _)| t.clone()))?;
+        identity_client
+            .set_runtime_identity(crate::proto::connectplugin::v1::SetRuntimeIdentityRequest {
+                runtime_id: identity.runtime_id.clone(),
+                runtime_token: identity.token.clone(),
+                host_url: self.host_url.clone(),
+            })
+            .await?;
+        let runtime_id = identity.runtime_id;
+        for (service_type, _) in &spec.provides {
+            self.registry
+                .wait_for(self.timeout, || {
+                    self.registry
+                        .providers(service_type)
+                        .iter()
+                        .any(|p| p.runtime_id == runtime_id)
+                        .then_some(())
+                })
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        Code::DeadlineExceeded,
+                        format!("plugin {} did not register {service_type:?}", spec.name),
+                    )
+                })?;
+        }
+        tracing::info!(plugin = %spec.name, %runtime_id, "added (platform-managed)");
+        plugins.insert(
+            spec.name.clone(),
+            Running {
+                process,
+                runtime_id: runtime_id.clone(),
+                spec,
+            },
+        );
+        Ok(runtime_id)
+    }
+
     /// What removing plugin `name` would affect.
     pub async fn impact(&self, name: &str) -> Impact {
         Self::graph(&*self.plugins.lock().await).impact(name)

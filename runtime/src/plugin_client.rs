@@ -236,6 +236,28 @@ impl Client {
         })
     }
 
+    /// A client that already holds the identity a host assigned (deployment model A): it
+    /// sends no handshake, and calls the host's registry and lifecycle with that identity.
+    ///
+    /// # Errors
+    /// As for [`Client::new`].
+    pub fn with_identity(config: ClientConfig, identity: RuntimeIdentity) -> Result<Self, Error> {
+        let client = Self::new(config)?;
+        let _ = client.handshake.set(Handshake {
+            app_protocol_version: client
+                .app_protocol_versions
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(1),
+            plugins: Vec::new(),
+            server_metadata: HashMap::new(),
+            host_capabilities: Vec::new(),
+            identity: Some(identity),
+        });
+        Ok(client)
+    }
+
     /// Connects (handshakes) if not done yet; safe to call any number of times.
     ///
     /// # Errors

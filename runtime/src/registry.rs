@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ring::rand::SystemRandom;
 use tokio::sync::broadcast;
 
-use crate::identity::{self, IdentityStore};
+use crate::identity::{self, IdentityStore, RuntimeIdentity};
 use crate::proto::connectplugin::v1 as wire;
 use crate::proto::connectplugin::v1::{HealthState, ServiceState};
 use crate::{Code, Error, MessageStream, Request, Response, ServerStream};
@@ -332,6 +332,30 @@ impl ServiceRegistry {
             self.state().last_seen.remove(id);
         }
         expired
+    }
+
+    /// Issues a runtime identity for a plugin the host manages (deployment model A), allowed
+    /// to register `service_types`.
+    ///
+    /// # Errors
+    /// `unavailable` before the registry is served; `internal` if the random generator fails.
+    pub fn issue_identity<I, S>(
+        &self,
+        self_id: &str,
+        service_types: I,
+    ) -> Result<RuntimeIdentity, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let identity = self
+            .inner
+            .identities
+            .get()
+            .ok_or_else(|| Error::unavailable("the service registry is not attached to a server"))?
+            .issue(self_id)?;
+        self.allow(&identity.runtime_id, service_types);
+        Ok(identity)
     }
 
     /// Lets `runtime_id` register the given service types (host side; model A hosts call

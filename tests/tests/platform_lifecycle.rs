@@ -156,3 +156,39 @@ async fn add_replace_under_traffic_and_remove() {
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     platform.shutdown().await;
 }
+
+#[tokio::test]
+async fn model_a_the_host_manages_the_plugins_identity() {
+    use connect_plugin::proto::capability::logger::v1::{LogRequest, LoggerPlugin};
+    let registry = ServiceRegistry::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener),
+    ));
+    let platform = Platform::new(registry.clone(), &host_url).timeout(Duration::from_secs(10));
+
+    // No HOST_URL: the plugin waits to be managed; the spec's provides come from the plugin.
+    let mut managed = logger();
+    managed.provides.clear();
+    let runtime_id = platform.add_managed(managed).await.unwrap();
+    assert!(runtime_id.starts_with("logger-plugin-"), "{runtime_id}");
+    let providers = registry.providers("logger");
+    assert_eq!(providers.len(), 1);
+    assert_eq!(providers[0].runtime_id, runtime_id);
+
+    // It is discoverable and callable through the host like a self-registered one.
+    let app = Client::new(ClientConfig::new(&host_url).self_id("app", "1.0.0")).unwrap();
+    let logger = app.provider::<LoggerPlugin>("").await.unwrap();
+    logger
+        .log(LogRequest {
+            level: "info".into(),
+            message: "managed".into(),
+            fields: Default::default(),
+        })
+        .await
+        .unwrap();
+    platform.shutdown().await;
+}

@@ -1,13 +1,15 @@
 //! `logger-plugin`: provides `logger`; writes every line it receives to its log (which its
-//! host shows). Needs `HOST_URL`.
+//! host shows). With `HOST_URL` it registers itself with that host (deployment model B);
+//! without, it waits for a host to manage it (model A: `GetPluginInfo`, `SetRuntimeIdentity`).
 
 use std::process::ExitCode;
 
+use connect_plugin::managed::ManagedIdentity;
 use connect_plugin::proto::capability::logger::v1::{
     LogRequest, LogResponse, Logger, LoggerServer,
 };
 use connect_plugin::proto::connectplugin::v1::HealthState;
-use connect_plugin::{Error, Request, Response, ServeConfig};
+use connect_plugin::{Client, ClientConfig, Error, Request, Response, ServeConfig};
 
 struct StderrLogger;
 
@@ -28,11 +30,30 @@ impl Logger for StderrLogger {
 #[tokio::main]
 async fn main() -> ExitCode {
     platform::init_tracing();
-    let config = ServeConfig::new().service(LoggerServer::new(StderrLogger).into_service());
+    let provides = [("logger", "/capability.logger.v1.Logger/")];
+    let managed = ManagedIdentity::new(
+        "logger-plugin",
+        env!("CARGO_PKG_VERSION"),
+        &[(
+            "logger",
+            env!("CARGO_PKG_VERSION"),
+            "capability.logger.v1.Logger",
+        )],
+        Vec::new(),
+    );
+    let config = ServeConfig::new()
+        .service(LoggerServer::new(StderrLogger).into_service())
+        .service(managed.service());
     let run = async {
-        let provides = [("logger", "/capability.logger.v1.Logger/")];
         let (url, server) = platform::serve_plugin(config).await?;
-        let host = platform::join_host("logger-plugin", &provides)?;
+        let host = match platform::host_url() {
+            Ok(_) => platform::join_host("logger-plugin", &provides)?,
+            Err(_) => {
+                tracing::info!("no HOST_URL: waiting for a host to manage this plugin");
+                let assignment = managed.assigned().await;
+                Client::with_identity(ClientConfig::new(&assignment.host_url), assignment.identity)?
+            }
+        };
         platform::register(&host, &provides, &url).await?;
         host.report_health(HealthState::Healthy, "").await?;
         server.await.map_err(|e| Error::internal(e.to_string()))?
