@@ -68,6 +68,7 @@ mod error;
 pub mod fuzzing;
 pub mod handshake;
 pub mod health;
+pub mod host;
 mod identity;
 mod interceptor;
 pub mod launch;

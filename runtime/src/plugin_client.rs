@@ -170,6 +170,8 @@ pub struct Client {
     metadata: HashMap<String, String>,
     handshake: OnceCell<Handshake>,
     closed: AtomicBool,
+    /// The health last reported, re-sent by heartbeats.
+    last_health: std::sync::Mutex<(wire::HealthState, String)>,
 }
 
 impl std::fmt::Debug for Client {
@@ -233,6 +235,7 @@ impl Client {
             metadata: config.metadata,
             handshake: OnceCell::new(),
             closed: AtomicBool::new(false),
+            last_health: std::sync::Mutex::new((wire::HealthState::Healthy, String::new())),
         })
     }
 
@@ -498,6 +501,7 @@ impl Client {
     /// # Errors
     /// As for [`Client::authenticated`], and the host's refusal.
     pub async fn report_health(&self, state: wire::HealthState, reason: &str) -> Result<(), Error> {
+        *self.last_health.lock().unwrap_or_else(|e| e.into_inner()) = (state, reason.to_owned());
         let request = self
             .authenticated(wire::ReportHealthRequest {
                 state: state as i32,
@@ -511,19 +515,21 @@ impl Client {
             .map(drop)
     }
 
-    /// Keeps this plugin's registrations alive on a host whose registry has a lease: reports
-    /// `state` every `interval` until the returned handle is dropped (or aborted).
-    pub fn keep_alive(
-        self: &std::sync::Arc<Self>,
-        state: wire::HealthState,
-        interval: Duration,
-    ) -> KeepAlive {
+    /// Keeps this plugin's registrations alive on a host whose registry has a lease: re-sends
+    /// the health last reported (healthy if none) every `interval` until the returned handle
+    /// is dropped.
+    pub fn keep_alive(self: &std::sync::Arc<Self>, interval: Duration) -> KeepAlive {
         let client = std::sync::Arc::clone(self);
         KeepAlive(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             loop {
                 ticks.tick().await;
-                if let Err(error) = client.report_health(state, "").await {
+                let (state, reason) = client
+                    .last_health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Err(error) = client.report_health(state, &reason).await {
                     tracing::warn!("heartbeat to {} failed: {error}", client.endpoint);
                 }
             }

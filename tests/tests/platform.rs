@@ -126,3 +126,91 @@ async fn cache_is_degraded_without_a_logger_and_healthy_once_one_appears() {
         connect_plugin::proto::connectplugin::v1::HealthState::Healthy
     );
 }
+
+#[tokio::test]
+async fn the_packaged_host_runs_plugins_from_a_config_file() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("connect-plugin-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "lease_seconds": 30,
+        "logger_capability": true,
+        "plugins": [
+            { "name": "logger-plugin", "path": env!("CARGO_BIN_EXE_e2e-logger-plugin"), "managed": true,
+              "provides": [{ "type": "logger", "version": "0.1.0" }] },
+            { "name": "cache-plugin", "path": env!("CARGO_BIN_EXE_e2e-cache-plugin"),
+              "provides": [{ "type": "cache", "version": "0.1.0" }], "requires": ["logger"] }
+        ]
+    });
+    let path = dir.join("host.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-connect-plugin-host"))
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    let mut url = None;
+    let mut started = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if let Some(rest) = line.strip_prefix("started ") {
+            started.push(rest.split(' ').next().unwrap().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("ready ") {
+            url = Some(rest.to_owned());
+            break;
+        }
+    }
+    assert_eq!(
+        started,
+        ["logger-plugin", "cache-plugin"],
+        "dependency order"
+    );
+    let url = url.expect("the host printed its URL");
+
+    let app = connect_plugin::Client::new(
+        connect_plugin::ClientConfig::new(&url).self_id("app", "1.0.0"),
+    )
+    .unwrap();
+    let caps = &app.connect().await.unwrap().host_capabilities;
+    assert_eq!(
+        caps[0].r#type, "logger",
+        "the configured capability is offered"
+    );
+    let cache = app
+        .provider::<platform::cache::CacheServicePlugin>("")
+        .await
+        .unwrap();
+    cache
+        .set(platform::cache::SetRequest {
+            key: "k".into(),
+            value: "v".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        cache
+            .get(platform::cache::GetRequest { key: "k".into() })
+            .await
+            .unwrap()
+            .found
+    );
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &host.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), host.wait())
+        .await
+        .expect("the host stops")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -304,7 +304,7 @@ async fn a_plugin_that_stops_heartbeating_expires_and_watchers_hear_it() {
         )
         .await
         .unwrap();
-    let heartbeat = logger.keep_alive(HealthState::Healthy, Duration::from_millis(50));
+    let heartbeat = logger.keep_alive(Duration::from_millis(50));
     let watcher = plugin(&url, "watcher", &[]);
     let mut watch = watcher
         .registry()

@@ -56,6 +56,9 @@ async fn main() -> ExitCode {
         };
         platform::register(&host, &provides, &url).await?;
         host.report_health(HealthState::Healthy, "").await?;
+        // Keep the registration's lease on hosts that have one.
+        let host = std::sync::Arc::new(host);
+        let _heartbeat = host.keep_alive(std::time::Duration::from_secs(5));
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };
     match run.await {

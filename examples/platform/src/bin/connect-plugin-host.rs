@@ -1,0 +1,153 @@
+//! `connect-plugin-host`: a packaged plugin host configured from a JSON file.
+//!
+//! ```text
+//! connect-plugin-host examples/platform/host.json
+//! ```
+//!
+//! It serves the registry, routing, lifecycle and (optionally) the logger capability, starts
+//! the configured plugins in dependency order (self-registering, or platform-managed with
+//! `"managed": true`), prints `ready <url>`, and runs until SIGINT or SIGTERM, then stops the
+//! plugins, dependents first. Relative plugin paths are resolved against the config file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use connect_plugin::depgraph::{DependencyGraph, PluginNode};
+use connect_plugin::host::Host;
+use connect_plugin::platform::PluginSpec;
+use connect_plugin::{CapabilityBroker, LaunchConfig, ServiceDependency, TracingLogger};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    addr: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    lease_seconds: Option<u64>,
+    #[serde(default)]
+    logger_capability: bool,
+    plugins: Vec<PluginConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginConfig {
+    name: String,
+    path: PathBuf,
+    #[serde(default)]
+    provides: Vec<Provided>,
+    #[serde(default)]
+    requires: Vec<String>,
+    #[serde(default)]
+    managed: bool,
+    #[serde(default)]
+    checksum: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Provided {
+    r#type: String,
+    version: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    platform::init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("connect-plugin-host: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .ok_or("usage: connect-plugin-host <config.json>")?;
+    let config = load(&path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    let mut builder = Host::builder();
+    if let Some(addr) = config.addr {
+        builder = builder.addr(addr);
+    }
+    if let Some(seconds) = config.lease_seconds {
+        builder = builder.lease(Duration::from_secs(seconds));
+    }
+    if config.logger_capability {
+        builder = builder.broker(CapabilityBroker::new().capability(TracingLogger::definition())?);
+    }
+    let host = builder.start().await?;
+
+    let dependency = |service_type: &String| ServiceDependency {
+        service_type: service_type.clone(),
+        min_version: String::new(),
+        required_for_startup: true,
+        watch_for_changes: true,
+    };
+    let mut graph = DependencyGraph::new();
+    for plugin in &config.plugins {
+        graph.add(PluginNode {
+            id: plugin.name.clone(),
+            provides: plugin
+                .provides
+                .iter()
+                .map(|p| (p.r#type.clone(), p.version.clone()))
+                .collect(),
+            requires: plugin.requires.iter().map(dependency).collect(),
+        });
+    }
+    let order = graph.startup_order()?;
+    for name in &order {
+        let Some(plugin) = config.plugins.iter().find(|p| &p.name == name) else {
+            continue;
+        };
+        let program = if plugin.path.is_absolute() {
+            plugin.path.clone()
+        } else {
+            base.join(&plugin.path)
+        };
+        let mut launch = LaunchConfig::new(name.clone(), program);
+        if let Some(sum) = &plugin.checksum {
+            launch = launch.checksum(sum);
+        }
+        let spec = PluginSpec {
+            name: name.clone(),
+            launch,
+            provides: plugin
+                .provides
+                .iter()
+                .map(|p| (p.r#type.clone(), p.version.clone()))
+                .collect(),
+            requires: plugin.requires.iter().map(dependency).collect(),
+        };
+        let runtime_id = if plugin.managed {
+            host.platform().add_managed(spec).await?
+        } else {
+            host.platform().add_plugin(spec).await?
+        };
+        println!("started {name} as {runtime_id}");
+    }
+    println!("ready {}", host.url());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!("stopping");
+    host.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! [`Host`]: a packaged plugin host. One server carries the handshake, the service registry
+//! and `PluginLifecycle`, plugin-to-plugin routing, health and, if given, the capability
+//! broker; a [`Platform`] adds, removes and replaces plugin processes on it. Nothing to wire
+//! by hand.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), connect_plugin::Error> {
+//! use connect_plugin::host::Host;
+//!
+//! let host = Host::builder().lease(std::time::Duration::from_secs(30)).start().await?;
+//! println!("plugins join at {}", host.url());
+//! // host.platform().add_plugin(spec).await?;
+//! host.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::platform::Platform;
+use crate::registry::ServiceRegistry;
+use crate::{CapabilityBroker, Error, ServeConfig};
+
+/// Builds a [`Host`].
+#[derive(Debug, Default)]
+pub struct HostBuilder {
+    addr: Option<SocketAddr>,
+    lease: Option<Duration>,
+    broker: Option<CapabilityBroker>,
+    timeout: Option<Duration>,
+}
+
+impl HostBuilder {
+    /// Listens on `addr` (default `127.0.0.1:0`, any free port).
+    #[must_use]
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Registrations expire after `lease` without a call or heartbeat from their plugin.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Offers host capabilities.
+    #[must_use]
+    pub fn broker(mut self, broker: CapabilityBroker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// How long plugin starts, drains and stops may take (default 30 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Binds and starts serving.
+    ///
+    /// # Errors
+    /// `unavailable` if the address cannot be bound.
+    pub async fn start(self) -> Result<Host, Error> {
+        let addr = self
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::unavailable(format!("the host cannot listen on {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::internal(format!("reading the host's address: {e}")))?;
+        let url = format!("http://{local}");
+        let registry = match self.lease {
+            Some(lease) => ServiceRegistry::with_lease(lease),
+            None => ServiceRegistry::new(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut config = ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener)
+            .stop_signal(async {
+                let _ = stopped.await;
+            });
+        if let Some(broker) = self.broker {
+            config = config.broker(broker);
+        }
+        let task = tokio::spawn(crate::serve(config));
+        let mut platform = Platform::new(registry.clone(), &url);
+        if let Some(timeout) = self.timeout {
+            platform = platform.timeout(timeout);
+        }
+        Ok(Host {
+            url,
+            addr: local,
+            registry,
+            platform,
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+/// A running plugin host.
+#[derive(Debug)]
+pub struct Host {
+    url: String,
+    addr: SocketAddr,
+    registry: ServiceRegistry,
+    platform: Platform,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Host {
+    /// A builder with the defaults.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// The URL plugins join at (their `HOST_URL`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The address the host listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The host's service registry.
+    pub fn registry(&self) -> &ServiceRegistry {
+        &self.registry
+    }
+
+    /// The plugins running on this host.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// Stops the plugins (dependents first), then the server.
+    pub async fn shutdown(mut self) {
+        self.platform.shutdown().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
