@@ -256,11 +256,20 @@ impl ServeConfig {
     }
 }
 
-/// The address from the `PORT` environment variable: `127.0.0.1:$PORT`, 8080 if unset.
+/// The address from the environment: `$LISTEN_HOST:$PORT`, with `LISTEN_HOST` defaulting to
+/// `127.0.0.1` (set `0.0.0.0` in containers) and `PORT` to 8080.
 ///
 /// # Errors
-/// `invalid_argument` if `PORT` is set but is not a port number.
+/// `invalid_argument` if `PORT` or `LISTEN_HOST` is set but invalid.
 pub fn addr_from_env() -> Result<SocketAddr, Error> {
+    let ip = match std::env::var("LISTEN_HOST") {
+        Err(_) => std::net::IpAddr::from(Ipv4Addr::LOCALHOST),
+        Ok(text) => text.trim().parse().map_err(|_| {
+            Error::invalid_argument(format!(
+                "LISTEN_HOST={text:?} is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every interface)"
+            ))
+        })?,
+    };
     let port = match std::env::var("PORT") {
         Err(_) => 8080,
         Ok(text) => text.trim().parse::<u16>().map_err(|_| {
@@ -269,7 +278,7 @@ pub fn addr_from_env() -> Result<SocketAddr, Error> {
             ))
         })?,
     };
-    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    Ok(SocketAddr::from((ip, port)))
 }
 
 fn probe(health: &HealthServer) -> RawHandler {

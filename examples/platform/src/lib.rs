@@ -45,8 +45,8 @@ pub fn host_url() -> Result<String, Error> {
     })
 }
 
-/// Serves `config` on `127.0.0.1:$PORT`, announcing readiness; returns this plugin's URL and
-/// the serving task.
+/// Serves `config` on `$LISTEN_HOST:$PORT`, announcing readiness; returns the URL the host
+/// should call this plugin at (`ADVERTISE_URL`, else the bound address) and the serving task.
 ///
 /// # Errors
 /// When the address cannot be bound.
@@ -63,7 +63,9 @@ pub async fn serve_plugin(
     let server = tokio::spawn(connect_plugin::serve(
         config.listener(listener).announce_readiness(true),
     ));
-    Ok((format!("http://{local}"), server))
+    // In containers the bound address is not what the host can reach: ADVERTISE_URL says.
+    let url = std::env::var("ADVERTISE_URL").unwrap_or_else(|_| format!("http://{local}"));
+    Ok((url, server))
 }
 
 /// Introduces this plugin to the host as `name`, declaring the service types it provides.
