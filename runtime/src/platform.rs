@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use crate::depgraph::{DependencyGraph, Impact, PluginNode};
-use crate::proto::connectplugin::v1::HealthState;
+use crate::proto::connectplugin::v1::{self as wire, HealthState};
 use crate::registry::ServiceRegistry;
 use crate::{Code, Error, LaunchConfig, PluginProcess, ServiceDependency};
 
@@ -31,6 +31,10 @@ pub struct PluginSpec {
     pub provides: Vec<(String, String)>,
     /// What it needs.
     pub requires: Vec<ServiceDependency>,
+    /// Platform-managed (deployment model A): the host asks the plugin what it provides and
+    /// assigns its identity, instead of the plugin joining through `HOST_URL`. `provides`
+    /// and `requires` are then taken from the plugin.
+    pub managed: bool,
 }
 
 struct Running {
@@ -160,14 +164,8 @@ impl Platform {
                 format!("a plugin named {:?} is already on the platform", spec.name),
             ));
         }
-        let mut graph = Self::graph(&plugins);
-        graph.add(PluginNode {
-            id: spec.name.clone(),
-            provides: spec.provides.clone(),
-            requires: spec.requires.clone(),
-        });
-        graph.startup_order()?;
-        let (process, runtime_id) = self.start(&spec).await?;
+        let mut spec = spec;
+        let (process, runtime_id) = self.launch(&mut spec, &plugins).await?;
         tracing::info!(plugin = %spec.name, %runtime_id, "added");
         plugins.insert(
             spec.name.clone(),
@@ -180,28 +178,44 @@ impl Platform {
         Ok(runtime_id)
     }
 
-    /// Adds a platform-managed plugin (deployment model A): starts it without `HOST_URL`,
-    /// asks it what it provides (`GetPluginInfo`), issues it a runtime identity allowed to
-    /// register exactly that, hands it the identity and this host's URL
-    /// (`SetRuntimeIdentity`), and waits until it has registered and is healthy. The spec's
-    /// `provides` and `requires` are taken from the plugin itself.
+    /// Adds a platform-managed plugin (deployment model A): [`Platform::add_plugin`] with
+    /// `spec.managed` set.
     ///
     /// # Errors
-    /// As for [`Platform::add_plugin`], and a plugin that does not serve `PluginIdentity`.
+    /// As for [`Platform::add_plugin`].
     pub async fn add_managed(&self, mut spec: PluginSpec) -> Result<String, Error> {
-        let mut plugins = self.plugins.lock().await;
-        if plugins.contains_key(&spec.name) {
-            return Err(Error::new(
-                Code::AlreadyExists,
-                format!("a plugin named {:?} is already on the platform", spec.name),
-            ));
+        spec.managed = true;
+        self.add_plugin(spec).await
+    }
+
+    /// Checks that `spec` can start beside `others`: what it needs is provided.
+    fn check(others: &HashMap<String, Running>, spec: &PluginSpec) -> Result<(), Error> {
+        let mut graph = Self::graph(others);
+        graph.add(PluginNode {
+            id: spec.name.clone(),
+            provides: spec.provides.clone(),
+            requires: spec.requires.clone(),
+        });
+        graph.startup_order().map(drop)
+    }
+
+    /// Starts `spec` either way (self-registering or managed) and waits until it has
+    /// registered and is healthy.
+    async fn launch(
+        &self,
+        spec: &mut PluginSpec,
+        others: &HashMap<String, Running>,
+    ) -> Result<(PluginProcess, String), Error> {
+        if !spec.managed {
+            Self::check(others, spec)?;
+            return self.start(spec).await;
         }
+        // Model A: start it without HOST_URL, ask what it provides, assign its identity.
         let process = PluginProcess::launch(spec.launch.clone()).await?;
-        let identity_client = crate::proto::connectplugin::v1::PluginIdentityClient::new(
-            crate::Channel::new(process.endpoint())?,
-        );
+        let identity_client =
+            wire::PluginIdentityClient::new(crate::Channel::new(process.endpoint())?);
         let info = identity_client
-            .get_plugin_info(crate::proto::connectplugin::v1::GetPluginInfoRequest {})
+            .get_plugin_info(wire::GetPluginInfoRequest {})
             .await?
             .into_message();
         spec.provides = info
@@ -219,18 +233,12 @@ impl Platform {
                 watch_for_changes: d.watch_for_changes,
             })
             .collect();
-        let mut graph = Self::graph(&plugins);
-        graph.add(PluginNode {
-            id: spec.name.clone(),
-            provides: spec.provides.clone(),
-            requires: spec.requires.clone(),
-        });
-        graph.startup_order()?;
+        Self::check(others, spec)?;
         let identity = self
             .registry
             .issue_identity(&info.self_id, spec.provides.iter().map(|(t, _)| t.clone()))?;
         identity_client
-            .set_runtime_identity(crate::proto::connectplugin::v1::SetRuntimeIdentityRequest {
+            .set_runtime_identity(wire::SetRuntimeIdentityRequest {
                 runtime_id: identity.runtime_id.clone(),
                 runtime_token: identity.token.clone(),
                 host_url: self.host_url.clone(),
@@ -250,20 +258,15 @@ impl Platform {
                 .map_err(|_| {
                     Error::new(
                         Code::DeadlineExceeded,
-                        format!("plugin {} did not register {service_type:?}", spec.name),
+                        format!(
+                            "plugin {} did not register {service_type:?} within {} ms",
+                            spec.name,
+                            self.timeout.as_millis()
+                        ),
                     )
                 })?;
         }
-        tracing::info!(plugin = %spec.name, %runtime_id, "added (platform-managed)");
-        plugins.insert(
-            spec.name.clone(),
-            Running {
-                process,
-                runtime_id: runtime_id.clone(),
-                spec,
-            },
-        );
-        Ok(runtime_id)
+        Ok((process, runtime_id))
     }
 
     /// What removing plugin `name` would affect.
@@ -304,7 +307,8 @@ impl Platform {
         let old = plugins
             .remove(name)
             .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
-        let (process, runtime_id) = match self.start(&spec).await {
+        let mut spec = spec;
+        let (process, runtime_id) = match self.launch(&mut spec, &plugins).await {
             Ok(started) => started,
             Err(error) => {
                 plugins.insert(name.to_owned(), old);

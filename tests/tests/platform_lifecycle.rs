@@ -25,6 +25,7 @@ fn spec(name: &str, binary: &str, provides: &str, requires: Option<&str>) -> Plu
             })
             .into_iter()
             .collect(),
+        managed: false,
     }
 }
 
@@ -44,6 +45,105 @@ fn cache() -> PluginSpec {
         "cache",
         Some("logger"),
     )
+}
+
+/// Four workers calling set then get on the cache until stopped; returns the stop flag, the
+/// count of successful rounds, and the workers (each returns its errors).
+fn traffic(
+    cache_client: &platform::cache::CacheServiceClient,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    Vec<tokio::task::JoinHandle<Vec<String>>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let workers = (0..4)
+        .map(|worker| {
+            let (cache_client, stop, ok) =
+                (cache_client.clone(), Arc::clone(&stop), Arc::clone(&ok));
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{worker}-{i}");
+                    let set = cache_client
+                        .set(SetRequest {
+                            key: key.clone(),
+                            value: "v".into(),
+                        })
+                        .await;
+                    let get = cache_client.get(GetRequest { key }).await;
+                    match (set, get) {
+                        (Ok(_), Ok(_)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (set, get) => errors.push(format!("{:?} {:?}", set.err(), get.err())),
+                    }
+                    i += 1;
+                }
+                errors
+            })
+        })
+        .collect();
+    (stop, ok, workers)
+}
+
+/// Waits until `n` more rounds succeeded.
+async fn rounds(ok: &AtomicUsize, n: usize) {
+    let start = ok.load(Ordering::Relaxed);
+    while ok.load(Ordering::Relaxed) < start + n {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn model_a_replacing_the_logger_under_traffic_fails_no_call() {
+    let registry = ServiceRegistry::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener),
+    ));
+    let platform = Platform::new(registry.clone(), &host_url).timeout(Duration::from_secs(10));
+    let old = platform.add_managed(logger()).await.unwrap();
+    platform.add_plugin(cache()).await.unwrap();
+    let app = Client::new(ClientConfig::new(&host_url).self_id("app", "1.0.0")).unwrap();
+    // Every set goes app -> host -> cache -> host -> logger.
+    let cache_client = app.provider::<CacheServicePlugin>("").await.unwrap();
+    let (stop, ok, workers) = traffic(&cache_client);
+    rounds(&ok, 50).await;
+    let new = platform
+        .replace_plugin(
+            "logger-plugin",
+            PluginSpec {
+                managed: true,
+                ..logger()
+            },
+        )
+        .await
+        .unwrap();
+    rounds(&ok, 50).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for worker in workers {
+        errors.extend(worker.await.unwrap());
+    }
+    assert!(
+        errors.is_empty(),
+        "{} calls failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert_ne!(new, old);
+    assert_eq!(
+        registry.resolve(&old),
+        new,
+        "calls addressed to the old logger reach the new one"
+    );
+    platform.shutdown().await;
 }
 
 #[tokio::test]

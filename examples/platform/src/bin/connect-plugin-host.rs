@@ -132,12 +132,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|p| (p.r#type.clone(), p.version.clone()))
                 .collect(),
             requires: plugin.requires.iter().map(dependency).collect(),
+            managed: plugin.managed,
         };
-        let runtime_id = if plugin.managed {
-            host.platform().add_managed(spec).await?
-        } else {
-            host.platform().add_plugin(spec).await?
-        };
+        let runtime_id = host.platform().add_plugin(spec).await?;
         println!("started {name} as {runtime_id}");
     }
     println!("ready {}", host.url());
