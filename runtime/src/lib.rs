@@ -80,6 +80,7 @@ pub mod platform;
 mod plugin;
 mod plugin_client;
 mod protocol;
+pub mod registration;
 pub mod registry;
 mod request;
 pub mod routing;
