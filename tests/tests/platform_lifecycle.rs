@@ -270,6 +270,22 @@ async fn model_a_the_host_manages_the_plugins_identity() {
     ));
     let platform = Platform::new(registry.clone(), &host_url).timeout(Duration::from_secs(10));
 
+    // Model A dependency validation: the cache declares (in GetPluginInfo) that it needs a
+    // logger, and there is none yet.
+    let err = platform
+        .add_managed(PluginSpec {
+            provides: vec![],
+            requires: vec![],
+            ..cache()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains("requires service \"logger\""),
+        "{err}"
+    );
+
     // No HOST_URL: the plugin waits to be managed; the spec's provides come from the plugin.
     let mut managed = logger();
     managed.provides.clear();
@@ -278,6 +294,17 @@ async fn model_a_the_host_manages_the_plugins_identity() {
     let providers = registry.providers("logger");
     assert_eq!(providers.len(), 1);
     assert_eq!(providers[0].runtime_id, runtime_id);
+
+    // Now the managed cache can start: its declared dependency is there.
+    platform
+        .add_managed(PluginSpec {
+            provides: vec![],
+            requires: vec![],
+            ..cache()
+        })
+        .await
+        .unwrap();
+    assert_eq!(registry.providers("cache").len(), 1);
 
     // It is discoverable and callable through the host like a self-registered one.
     let app = Client::new(ClientConfig::new(&host_url).self_id("app", "1.0.0")).unwrap();

@@ -7,9 +7,12 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use connect_plugin::managed::ManagedIdentity;
 use connect_plugin::proto::capability::logger::v1::{LogRequest, LoggerClient, LoggerPlugin};
 use connect_plugin::proto::connectplugin::v1::{HealthState, ServiceState, WatchServiceRequest};
-use connect_plugin::{Error, Request, Response, ServeConfig};
+use connect_plugin::{
+    Client, ClientConfig, Error, Request, Response, ServeConfig, ServiceDependency,
+};
 use platform::cache::{
     CacheService, CacheServiceServer, GetRequest, GetResponse, SetRequest, SetResponse,
 };
@@ -56,7 +59,7 @@ impl CacheService for Cache {
 }
 
 /// Waits, with the registry's watch, until a logger is available.
-async fn wait_for_logger(host: &connect_plugin::Client) -> Result<(), Error> {
+async fn wait_for_logger(host: &Client) -> Result<(), Error> {
     let request = host
         .authenticated(WatchServiceRequest {
             service_type: "logger".into(),
@@ -75,11 +78,31 @@ async fn wait_for_logger(host: &connect_plugin::Client) -> Result<(), Error> {
 async fn main() -> ExitCode {
     platform::init_tracing();
     let cache = Cache::default();
-    let config = ServeConfig::new().service(CacheServiceServer::new(cache.clone()).into_service());
+    let managed = ManagedIdentity::new(
+        "cache-plugin",
+        env!("CARGO_PKG_VERSION"),
+        &[("cache", env!("CARGO_PKG_VERSION"), "cache.v1.CacheService")],
+        vec![ServiceDependency {
+            service_type: "logger".into(),
+            min_version: String::new(),
+            required_for_startup: true,
+            watch_for_changes: true,
+        }],
+    );
+    let config = ServeConfig::new()
+        .service(CacheServiceServer::new(cache.clone()).into_service())
+        .service(managed.service());
     let run = async {
         let provides = [("cache", "/cache.v1.CacheService/")];
         let (url, server) = platform::serve_plugin(config).await?;
-        let host = platform::join_host("cache-plugin", &provides)?;
+        // With HOST_URL it joins by itself (model B); without, a host manages it (model A).
+        let host = match platform::host_url() {
+            Ok(_) => platform::join_host("cache-plugin", &provides)?,
+            Err(_) => {
+                let assignment = managed.assigned().await;
+                Client::with_identity(ClientConfig::new(&assignment.host_url), assignment.identity)?
+            }
+        };
         // Find the logger before offering the cache, so the first writes are logged.
         match host.provider::<LoggerPlugin>("").await {
             Ok(logger) => {
