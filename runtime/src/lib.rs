@@ -6,19 +6,35 @@
 //! `protoc-gen-connect-plugin`.
 //!
 //! ```no_run
-//! # mod kv { pub mod v1 { pub struct KvServicePlugin; } }
-//! use connect_plugin::{Channel, Server};
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # use connect_plugin::{Client, ClientConfig, ServeConfig, Plugin};
+//! # struct KvServicePlugin;
+//! # impl Plugin for KvServicePlugin { const NAME: &'static str = "kv"; const VERSION: &'static str = "1.0.0";
+//! #   const SERVICE_NAME: &'static str = "kv.v1.KVService"; type Client = connect_plugin::Channel;
+//! #   fn client(c: connect_plugin::Channel) -> connect_plugin::Channel { c } }
+//! # async fn demo() -> Result<(), connect_plugin::Error> {
 //! // plugin process: serve an implementation of the generated trait
-//! // Server::new().add_service(KvServicePlugin::server(MyStore::default()).into_service())
-//! //     .serve(listener).await?;
+//! // connect_plugin::serve(ServeConfig::new().plugin(KvServicePlugin::server(MyStore::default()))).await?;
 //!
-//! // host: a typed client from the plugin binding
-//! let channel = Channel::new("http://127.0.0.1:8080")?;
-//! // let kv = connect_plugin::dispense::<KvServicePlugin>(&channel);
+//! // host: handshake, then a typed client from the plugin binding
+//! let client = Client::new(ClientConfig::new("http://127.0.0.1:8080").plugin::<KvServicePlugin>())?;
+//! let kv = client.dispense::<KvServicePlugin>().await?;
 //! // let got = kv.get(GetRequest { key: "k".into() }).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## The pieces
+//! - The Connect layer: [`Server`], [`Channel`], [`Request`], [`Response`], [`Error`] and
+//!   [`Code`], streams ([`MessageStream`], [`Streaming`]), [`tls`], [`metadata`],
+//!   [`Interceptor`].
+//! - Plugins: bindings ([`Plugin`], [`PluginServer`], [`PluginSet`]), [`serve`] and
+//!   [`ServeConfig`], [`Client`] and [`ClientConfig`] (handshake, dispense, identity),
+//!   [`health`], the capability [`broker`], [`launch`] (processes, supervision, in-memory),
+//!   [`discovery`].
+//! - Hosts: the service [`registry`], plugin-to-plugin [`routing`], [`depgraph`], the
+//!   [`platform`] (add, remove, replace at runtime), [`managed`] plugins (deployment model A),
+//!   [`registration`] (model B, across host restarts) and the packaged [`host`].
+//!
+//! The guide (`docs/guide.md` in the repository) walks through all of them.
 //!
 //! ## Protocol support
 //! Connect protocol v1, server and client, checked rule by rule (tests named after the rule
