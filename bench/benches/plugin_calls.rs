@@ -3,6 +3,7 @@
 //! Results are ratios against the floor, never absolute times compared across runs.
 //!
 //! `cargo bench -p connect-plugin-bench` writes `bench/RESULTS.md` and `bench/results.json`.
+//! `BENCH_PROFILE=1` runs only our unary throughput for 5 s (to run under `perf`).
 //! Set `BENCH_QUICK=1` for a short smoke run (fewer calls; numbers are rough), and
 //! `BENCH_CROSS=1` to add our client against the raw server and the raw client against ours,
 //! which tells whether an overhead sits on the client or the server side.
@@ -514,6 +515,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // BENCH_PROFILE=1: only our unary throughput, for 5 s, to run under a profiler.
+    if std::env::var_os("BENCH_PROFILE").is_some() {
+        runtime.block_on(async {
+            let addr = serve_ours().await;
+            let callers: Vec<_> = (0..4).map(|_| ours(addr, Codec::Proto, false)).collect();
+            let rate = throughput(&callers, &payload(64), 64, Duration::from_secs(5)).await;
+            println!("{rate:.0} calls/s");
+        });
+        return;
+    }
     let rows = runtime.block_on(run(&settings));
     write_results(&rows, quick);
 }
@@ -653,13 +664,13 @@ async fn run(settings: &Settings) -> Vec<Row> {
     // Server streaming.
     let (mut ours_rates, mut tonic_rates) = (Vec::new(), Vec::new());
     for _ in 0..settings.rounds.max(3) {
-        let (ours, tonic) = stream_rate(ours_addr, tonic_addr, 20_000).await;
+        let (ours, tonic) = stream_rate(ours_addr, tonic_addr, 200_000).await;
         ours_rates.push(ours);
         tonic_rates.push(tonic);
     }
     let (ours_rate, tonic_rate) = (median(ours_rates), median(tonic_rates));
     rows.push(Row {
-        scenario: "server stream, 20k x 64 B".into(),
+        scenario: "server stream, 200k x 64 B".into(),
         subject: "tonic (gRPC)".into(),
         value: tonic_rate,
         unit: "msgs/s",
@@ -668,7 +679,7 @@ async fn run(settings: &Settings) -> Vec<Row> {
         met: None,
     });
     rows.push(Row {
-        scenario: "server stream, 20k x 64 B".into(),
+        scenario: "server stream, 200k x 64 B".into(),
         subject: "connect-plugin".into(),
         value: ours_rate,
         unit: "msgs/s",
