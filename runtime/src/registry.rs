@@ -430,6 +430,45 @@ impl ServiceRegistry {
         })
     }
 
+    /// Where a call routed to `provider_id` (or its replacement) for `service_type` goes: the
+    /// provider's runtime id and `base_url`, checked under one lock and without copying the
+    /// registrations (this is on every routed call).
+    pub(crate) fn route_target(
+        &self,
+        service_type: &str,
+        provider_id: &str,
+    ) -> Result<(String, String), Error> {
+        let state = self.state();
+        let mut id = provider_id;
+        for _ in 0..=state.aliases.len() {
+            match state.aliases.get(id) {
+                Some(next) => id = next,
+                None => break,
+            }
+        }
+        let provider = state
+            .providers
+            .get(service_type)
+            .and_then(|providers| providers.iter().find(|p| p.runtime_id == id))
+            .ok_or_else(|| {
+                Error::unavailable(format!(
+                    "no provider {id:?} of service {service_type:?} is registered"
+                ))
+            })?;
+        if state.health.get(id) == Some(&HealthState::Unhealthy) {
+            return Err(Error::unavailable(format!(
+                "provider {id:?} of service {service_type:?} is unhealthy"
+            )));
+        }
+        let base = provider.metadata.get(crate::routing::BASE_URL_KEY).ok_or_else(|| {
+            Error::unavailable(format!(
+                "provider {id:?} registered without a \"{}\" metadata entry, so the host cannot reach it",
+                crate::routing::BASE_URL_KEY
+            ))
+        })?;
+        Ok((id.to_owned(), base.clone()))
+    }
+
     /// Every registration of `service_type`, healthy or not, in registration order
     /// (host side: routing and impact analysis use it).
     pub fn providers(&self, service_type: &str) -> Vec<Registration> {

@@ -18,7 +18,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
 use crate::identity::RUNTIME_ID_HEADER;
-use crate::proto::connectplugin::v1::HealthState;
 use crate::registry::ServiceRegistry;
 use crate::server::{RawHandler, error_response};
 use crate::{Code, Error};
@@ -73,27 +72,8 @@ async fn route(
         )));
     };
     // A replaced provider's calls go to its replacement.
-    let provider_id = registry.resolve(provider_id);
+    let (provider_id, base) = registry.route_target(service_type, provider_id)?;
     let provider_id = provider_id.as_str();
-    let provider = registry
-        .providers(service_type)
-        .into_iter()
-        .find(|p| p.runtime_id == provider_id)
-        .ok_or_else(|| {
-            Error::unavailable(format!(
-                "no provider {provider_id:?} of service {service_type:?} is registered"
-            ))
-        })?;
-    if registry.health(provider_id) == HealthState::Unhealthy {
-        return Err(Error::unavailable(format!(
-            "provider {provider_id:?} of service {service_type:?} is unhealthy"
-        )));
-    }
-    let base = provider.metadata.get(BASE_URL_KEY).ok_or_else(|| {
-        Error::unavailable(format!(
-            "provider {provider_id:?} registered without a \"{BASE_URL_KEY}\" metadata entry, so the host cannot reach it"
-        ))
-    })?;
     let query = request
         .uri()
         .query()
