@@ -205,16 +205,7 @@ impl ServiceRegistry {
     /// The provider that serves calls addressed to `provider_id` now (itself, or the one that
     /// replaced it).
     pub fn resolve(&self, provider_id: &str) -> String {
-        let state = self.state();
-        let mut id = provider_id;
-        // Bounded: a replacement chain is never longer than the number of aliases.
-        for _ in 0..=state.aliases.len() {
-            match state.aliases.get(id) {
-                Some(next) => id = next,
-                None => break,
-            }
-        }
-        id.to_owned()
+        resolve_in(&self.state(), provider_id).to_owned()
     }
 
     /// Switches routing from `old` to `new` in one step: calls addressed to `old` go to
@@ -439,13 +430,7 @@ impl ServiceRegistry {
         provider_id: &str,
     ) -> Result<(String, String), Error> {
         let state = self.state();
-        let mut id = provider_id;
-        for _ in 0..=state.aliases.len() {
-            match state.aliases.get(id) {
-                Some(next) => id = next,
-                None => break,
-            }
-        }
+        let id = resolve_in(&state, provider_id);
         let provider = state
             .providers
             .get(service_type)
@@ -770,6 +755,19 @@ impl ServiceRegistry {
     fn notify(&self, service_type: &str) {
         let _ = self.inner.events.send(self.event(service_type));
     }
+}
+
+/// Follows replacements from `provider_id` to the provider that serves it now. Bounded: a
+/// replacement chain is never longer than the number of aliases.
+fn resolve_in<'s>(state: &'s State, provider_id: &'s str) -> &'s str {
+    let mut id = provider_id;
+    for _ in 0..=state.aliases.len() {
+        match state.aliases.get(id) {
+            Some(next) => id = next,
+            None => break,
+        }
+    }
+    id
 }
 
 fn endpoint(provider: &Provider) -> wire::ServiceEndpoint {
