@@ -14,6 +14,7 @@ mod generated;
 
 use std::collections::HashMap;
 
+use connect_plugin::managed::ManagedIdentity;
 use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
 use connect_plugin::{Client, ClientConfig, Error, ServeConfig};
 
@@ -78,6 +79,25 @@ pub fn join_host(name: &str, provides: &[(&str, &str)]) -> Result<Client, Error>
             .self_id(name, env!("CARGO_PKG_VERSION"))
             .provides(provides.iter().map(|(t, _)| *t)),
     )
+}
+
+/// The client to this plugin's host: with `HOST_URL`, joins that host as `name` (deployment
+/// model B, [`join_host`]); without, waits until a host manages this plugin through `managed`
+/// (model A) and uses the URL and identity it assigned.
+///
+/// # Errors
+/// When the host URL is invalid.
+pub async fn connect_host(
+    name: &str,
+    provides: &[(&str, &str)],
+    managed: &ManagedIdentity,
+) -> Result<Client, Error> {
+    if std::env::var_os("HOST_URL").is_some() {
+        return join_host(name, provides);
+    }
+    tracing::info!("no HOST_URL: waiting for a host to manage {name}");
+    let assignment = managed.assigned().await;
+    Client::with_identity(ClientConfig::new(&assignment.host_url), assignment.identity)
 }
 
 /// Registers each `(service type, endpoint path)` as served at `url`.

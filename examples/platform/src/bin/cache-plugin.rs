@@ -1,7 +1,8 @@
 //! `cache-plugin`: provides `cache`, requires `logger`: every change is logged through a
 //! logger found with the host's registry and called through the host. Without a logger it
 //! still serves but reports itself DEGRADED, watches for one, and turns HEALTHY when a logger
-//! appears. Needs `HOST_URL`.
+//! appears. With `HOST_URL` it registers itself with that host; without, it waits for a host
+//! to manage it.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -10,9 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use connect_plugin::managed::ManagedIdentity;
 use connect_plugin::proto::capability::logger::v1::{LogRequest, LoggerClient, LoggerPlugin};
 use connect_plugin::proto::connectplugin::v1::{HealthState, ServiceState, WatchServiceRequest};
-use connect_plugin::{
-    Client, ClientConfig, Error, Request, Response, ServeConfig, ServiceDependency,
-};
+use connect_plugin::{Client, Error, Request, Response, ServeConfig, ServiceDependency};
 use platform::cache::{
     CacheService, CacheServiceServer, GetRequest, GetResponse, SetRequest, SetResponse,
 };
@@ -96,13 +95,7 @@ async fn main() -> ExitCode {
         let provides = [("cache", "/cache.v1.CacheService/")];
         let (url, server) = platform::serve_plugin(config).await?;
         // With HOST_URL it joins by itself (model B); without, a host manages it (model A).
-        let host = match platform::host_url() {
-            Ok(_) => platform::join_host("cache-plugin", &provides)?,
-            Err(_) => {
-                let assignment = managed.assigned().await;
-                Client::with_identity(ClientConfig::new(&assignment.host_url), assignment.identity)?
-            }
-        };
+        let host = platform::connect_host("cache-plugin", &provides, &managed).await?;
         // Find the logger before offering the cache, so the first writes are logged.
         match host.provider::<LoggerPlugin>("").await {
             Ok(logger) => {

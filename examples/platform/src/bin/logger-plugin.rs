@@ -9,7 +9,7 @@ use connect_plugin::proto::capability::logger::v1::{
     LogRequest, LogResponse, Logger, LoggerServer,
 };
 use connect_plugin::proto::connectplugin::v1::HealthState;
-use connect_plugin::{Client, ClientConfig, Error, Request, Response, ServeConfig};
+use connect_plugin::{Error, Request, Response, ServeConfig};
 
 struct StderrLogger;
 
@@ -46,14 +46,7 @@ async fn main() -> ExitCode {
         .service(managed.service());
     let run = async {
         let (url, server) = platform::serve_plugin(config).await?;
-        let host = match platform::host_url() {
-            Ok(_) => platform::join_host("logger-plugin", &provides)?,
-            Err(_) => {
-                tracing::info!("no HOST_URL: waiting for a host to manage this plugin");
-                let assignment = managed.assigned().await;
-                Client::with_identity(ClientConfig::new(&assignment.host_url), assignment.identity)?
-            }
-        };
+        let host = platform::connect_host("logger-plugin", &provides, &managed).await?;
         platform::register(&host, &provides, &url).await?;
         host.report_health(HealthState::Healthy, "").await?;
         // Keep the registration's lease on hosts that have one.
