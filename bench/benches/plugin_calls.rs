@@ -3,7 +3,8 @@
 //! Results are ratios against the floor, never absolute times compared across runs.
 //!
 //! `cargo bench -p connect-plugin-bench` writes `bench/RESULTS.md` and `bench/results.json`.
-//! `BENCH_PROFILE=1` runs only our unary throughput for 5 s (to run under `perf`).
+//! `BENCH_PROFILE=1` runs only our unary throughput for 5 s (to run under `perf`), and
+//! `BENCH_ROUTED=1` only the routed-call scenario (printed, not written).
 //! Set `BENCH_QUICK=1` for a short smoke run (fewer calls; numbers are rough), and
 //! `BENCH_CROSS=1` to add our client against the raw server and the raw client against ours,
 //! which tells whether an overhead sits on the client or the server side.
@@ -83,6 +84,44 @@ async fn serve_raw() -> SocketAddr {
                                 .body(Full::new(body))
                                 .unwrap(),
                         )
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The floor of a routed call: a raw hyper h2c server that forwards every request, unchanged,
+/// to `target` over a pooled h2c client and streams the response back. No routing, no checks.
+async fn serve_raw_proxy(target: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: hyper_util::client::legacy::Client<_, hyper::body::Incoming> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut request: http::Request<hyper::body::Incoming>| {
+                        let client = client.clone();
+                        async move {
+                            let uri = format!("http://{target}{}", request.uri().path());
+                            *request.uri_mut() = uri.parse().unwrap();
+                            client.request(request).await
+                        }
                     },
                 );
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -190,6 +229,12 @@ enum Caller {
         uri: http::Uri,
     },
     Tonic(tonic_gen::interop_service_client::InteropServiceClient<tonic::transport::Channel>),
+    /// hyper's connection-level h2 client, without hyper-util's pool: a reference showing
+    /// what the pool costs the floor's client.
+    RawConn {
+        send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        uri: http::Uri,
+    },
 }
 
 impl Caller {
@@ -204,6 +249,15 @@ impl Caller {
                     .body(Full::new(encoded.clone()))
                     .unwrap();
                 let response = client.request(request).await.expect("raw call");
+                let _ = response.into_body().collect().await.expect("raw body");
+            }
+            Caller::RawConn { send, uri } => {
+                let request = http::Request::post(uri.clone())
+                    .header("content-type", "application/proto")
+                    .body(Full::new(encoded.clone()))
+                    .unwrap();
+                let mut send = send.clone();
+                let response = send.send_request(request).await.expect("raw call");
                 let _ = response.into_body().collect().await.expect("raw body");
             }
             Caller::Tonic(client) => {
@@ -237,6 +291,22 @@ fn raw(addr: SocketAddr) -> Caller {
         .build(connector);
     Caller::Raw {
         client,
+        uri: format!("http://{addr}/interop.v1.InteropService/Unary")
+            .parse()
+            .unwrap(),
+    }
+}
+
+async fn raw_conn(addr: SocketAddr) -> Caller {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (send, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    Caller::RawConn {
+        send,
         uri: format!("http://{addr}/interop.v1.InteropService/Unary")
             .parse()
             .unwrap(),
@@ -525,9 +595,33 @@ fn main() {
         });
         return;
     }
+    // BENCH_ROUTED=1: only the routed-call scenario, printed.
+    if std::env::var_os("BENCH_ROUTED").is_some() {
+        let rows = runtime.block_on(async {
+            let settings = Settings {
+                rounds: 5,
+                ..settings
+            };
+            routed(serve_ours().await, &settings).await
+        });
+        for row in rows {
+            println!(
+                "{}: {:.1} {} ({:.2} x) {}",
+                row.subject,
+                row.value,
+                row.unit,
+                row.ratio.unwrap_or(0.0),
+                row.target
+            );
+        }
+        return;
+    }
     let rows = runtime.block_on(run(&settings));
     write_results(&rows, quick);
 }
+
+/// The raw hyper h2c echo called through hyper's connection-level client (no pool).
+const UNPOOLED: &str = "raw hyper h2c, unpooled client (reference)";
 
 async fn run(settings: &Settings) -> Vec<Row> {
     let ours_addr = serve_ours().await;
@@ -553,6 +647,7 @@ async fn run(settings: &Settings) -> Vec<Row> {
                 ours(ours_addr, Codec::Proto, true),
             ),
             ("tonic (gRPC)".into(), tonic_caller(tonic_addr).await),
+            (UNPOOLED.into(), raw_conn(raw_addr).await),
         ];
         let mut subjects = subjects;
         if std::env::var_os("BENCH_CROSS").is_some() {
@@ -626,6 +721,11 @@ async fn run(settings: &Settings) -> Vec<Row> {
             (0..4).map(|_| ours(*addr, Codec::Proto, false)).collect(),
         ));
     }
+    let mut unpooled = Vec::new();
+    for _ in 0..4 {
+        unpooled.push(raw_conn(raw_addr).await);
+    }
+    subjects.push((UNPOOLED.into(), unpooled));
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
     for _ in 0..settings.rounds {
         for (i, (_, callers)) in subjects.iter().enumerate() {
@@ -732,35 +832,58 @@ async fn run(settings: &Settings) -> Vec<Row> {
         });
     }
 
-    // A plugin-to-plugin call routed through a host, against the same call made directly.
+    rows.extend(routed(ours_addr, settings).await);
+    rows
+}
+
+/// A plugin-to-plugin call routed through a host, against the same call made directly and
+/// through a raw hyper proxy (the floor of any extra HTTP/2 hop).
+async fn routed(ours_addr: SocketAddr, settings: &Settings) -> Vec<Row> {
+    const SCENARIO: &str = "routed call through the host vs direct, c=1, 64 B";
     let (direct, routed) = routed_pair(ours_addr).await;
+    let proxied = ours(serve_raw_proxy(ours_addr).await, Codec::Proto, false);
     let p = payload(64);
-    let (mut direct_us, mut routed_us) = (Vec::new(), Vec::new());
+    let (mut direct_us, mut proxied_us, mut routed_us) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..settings.rounds {
         direct_us.push(latency(&direct, &p, settings.latency_calls).await);
+        proxied_us.push(latency(&proxied, &p, settings.latency_calls).await);
         routed_us.push(latency(&routed, &p, settings.latency_calls).await);
     }
-    let (direct_us, routed_us) = (median(direct_us), median(routed_us));
+    let (direct_us, proxied_us, routed_us) =
+        (median(direct_us), median(proxied_us), median(routed_us));
     let ratio = routed_us / direct_us;
-    rows.push(Row {
-        scenario: "routed call through the host vs direct, c=1, 64 B".into(),
-        subject: "direct".into(),
-        value: direct_us,
-        unit: "us",
-        ratio: Some(1.0),
-        target: String::new(),
-        met: None,
-    });
-    rows.push(Row {
-        scenario: "routed call through the host vs direct, c=1, 64 B".into(),
-        subject: "routed via host".into(),
-        value: routed_us,
-        unit: "us",
-        ratio: Some(ratio),
-        target: "<= 1.6 x direct".into(),
-        met: Some(ratio <= 1.6),
-    });
-    rows
+    vec![
+        Row {
+            scenario: SCENARIO.into(),
+            subject: "direct".into(),
+            value: direct_us,
+            unit: "us",
+            ratio: Some(1.0),
+            target: String::new(),
+            met: None,
+        },
+        Row {
+            scenario: SCENARIO.into(),
+            subject: "through a raw hyper h2c proxy (floor of a second hop)".into(),
+            value: proxied_us,
+            unit: "us",
+            ratio: Some(proxied_us / direct_us),
+            target: String::new(),
+            met: None,
+        },
+        Row {
+            scenario: SCENARIO.into(),
+            subject: "routed via host".into(),
+            value: routed_us,
+            unit: "us",
+            ratio: Some(ratio),
+            target: format!(
+                "<= 1.6 x direct ({:.2} x the raw proxy)",
+                routed_us / proxied_us
+            ),
+            met: Some(ratio <= 1.6),
+        },
+    ]
 }
 
 /// A direct caller of our echo server and one routed to it through a host with a registry.

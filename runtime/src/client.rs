@@ -1,4 +1,5 @@
-//! The Connect client transport: [`Channel`], a pooled HTTP connection to one base URL.
+//! The Connect client transport: [`Channel`], one multiplexed HTTP/2 connection (or a pool of
+//! HTTP/1.1 connections) to one base URL.
 //!
 //! Generated clients wrap a `Channel` and call [`Channel::unary`] or
 //! [`Channel::server_streaming`] with the method's descriptor. The client is strict about
@@ -17,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{self, Body};
+use crate::connection::H2Connection;
 use crate::interceptor::Interceptor;
 use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
@@ -32,11 +34,17 @@ use crate::stream::{Direction, MessageStream, RequestStreamBody, Streaming};
 use crate::tls::ClientTls;
 use crate::{Code, Error, Request, Response};
 
-/// The HTTP client, cleartext or TLS; both return the same response future.
+type TlsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The HTTP client: one HTTP/2 connection, or a pool of HTTP/1.1 connections; cleartext, TLS
+/// or in memory.
 enum Transport {
+    H2Plain(H2Connection<HttpConnector>),
+    H2Memory(H2Connection<crate::memory::MemoryConnector>),
+    H2Tls(H2Connection<TlsConnector>),
     Plain(hyper_util::client::legacy::Client<HttpConnector, Body>),
     Memory(hyper_util::client::legacy::Client<crate::memory::MemoryConnector, Body>),
-    Tls(hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>),
+    Tls(hyper_util::client::legacy::Client<TlsConnector, Body>),
 }
 
 /// Which HTTP version a [`Channel`] speaks.
@@ -254,16 +262,26 @@ impl ChannelBuilder {
         let mut http = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         http.pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new());
+        let h2 = self.http_version == HttpVersion::Http2;
+        let target = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            parts
+        })
+        .map_err(|e| bad(&format!("{e}")))?;
         let http = match (&self.tls, scheme == Scheme::HTTPS) {
             _ if self.memory.is_some() => {
-                if self.http_version == HttpVersion::Http2 {
-                    http.http2_only(true);
-                }
                 let connector = self
                     .memory
                     .clone()
                     .ok_or_else(|| Error::internal("memory connector vanished"))?;
-                Transport::Memory(http.build(connector))
+                if h2 {
+                    Transport::H2Memory(H2Connection::new(connector, target, self.connect_timeout))
+                } else {
+                    Transport::Memory(http.build(connector))
+                }
             }
             (Some(tls), true) => {
                 connector.enforce_http(false);
@@ -271,21 +289,20 @@ impl ChannelBuilder {
                 let tls = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls.config.clone())
                     .https_only();
-                let tls = match self.http_version {
-                    HttpVersion::Http2 => tls.enable_http2().wrap_connector(connector),
-                    HttpVersion::Http1 => tls.enable_http1().wrap_connector(connector),
-                };
-                if self.http_version == HttpVersion::Http2 {
-                    http.http2_only(true);
+                if h2 {
+                    let tls = tls.enable_http2().wrap_connector(connector);
+                    Transport::H2Tls(H2Connection::new(tls, target, self.connect_timeout))
+                } else {
+                    Transport::Tls(http.build(tls.enable_http1().wrap_connector(connector)))
                 }
-                Transport::Tls(http.build(tls))
             }
             _ => {
                 connector.enforce_http(true);
-                if self.http_version == HttpVersion::Http2 {
-                    http.http2_only(true);
+                if h2 {
+                    Transport::H2Plain(H2Connection::new(connector, target, self.connect_timeout))
+                } else {
+                    Transport::Plain(http.build(connector))
                 }
-                Transport::Plain(http.build(connector))
             }
         };
         Ok(Channel {
@@ -649,15 +666,18 @@ impl Channel {
     async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Incoming>, Error> {
         // Connection failures and resets alike mean the peer is not there (now): unavailable.
         let response = match &self.inner.http {
-            Transport::Plain(client) => client.request(request),
-            Transport::Memory(client) => client.request(request),
-            Transport::Tls(client) => client.request(request),
+            Transport::H2Plain(connection) => connection.send(request).await,
+            Transport::H2Memory(connection) => connection.send(request).await,
+            Transport::H2Tls(connection) => connection.send(request).await,
+            Transport::Plain(client) => client.request(request).await.map_err(Into::into),
+            Transport::Memory(client) => client.request(request).await.map_err(Into::into),
+            Transport::Tls(client) => client.request(request).await.map_err(Into::into),
         };
-        response.await.map_err(|e| {
+        response.map_err(|e| {
             Error::unavailable(format!(
                 "calling {}: {}",
                 self.inner.base_url,
-                error_chain(&e)
+                error_chain(&*e)
             ))
         })
     }

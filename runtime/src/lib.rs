@@ -75,6 +75,7 @@ pub mod proto;
 mod body;
 pub mod broker;
 mod client;
+mod connection;
 mod deadline;
 pub mod depgraph;
 pub mod discovery;

@@ -1,0 +1,107 @@
+//! A channel's HTTP/2 connection: one connection for every call of a channel, however many run
+//! at once, and a new one after the server went away and came back on the same address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use connect_plugin::{Channel, Code, Server};
+use connect_plugin_tests::interop::{
+    InteropServer, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+fn client(addr: SocketAddr) -> InteropServiceClient {
+    connect_plugin::dispense::<InteropServicePlugin>(
+        &Channel::new(format!("http://{addr}")).unwrap(),
+    )
+}
+
+fn payload(text: &str) -> Payload {
+    Payload {
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+/// Serves the interop service on `listener` until the returned sender fires (or drops).
+fn serve(listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        Server::new()
+            .add_service(InteropServiceServer::new(InteropServer).into_service())
+            .shutdown_timeout(Duration::from_secs(2))
+            .serve_with_shutdown(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_connection() {
+    // A counting TCP forwarder in front of the server sees every connection the channel opens.
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let (_stop, _task) = serve(server);
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = front.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+
+    let client = client(front_addr);
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.unary(payload(&format!("call {i}"))).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap().text, format!("call {i}"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "64 concurrent first calls must open one HTTP/2 connection"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_reconnects_after_the_server_comes_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, task) = serve(listener);
+    let client = client(addr);
+    assert_eq!(
+        client.unary(payload("before")).await.unwrap().text,
+        "before"
+    );
+
+    // The server shuts down: its connection closes, and nothing listens on the port.
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let down = client.unary(payload("down")).await.unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down}");
+    assert!(
+        down.message().contains(&addr.to_string()),
+        "the error names the server: {down}"
+    );
+
+    // A new server on the same address: the same channel connects again by itself.
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let (_stop, _task) = serve(listener);
+    assert_eq!(client.unary(payload("after")).await.unwrap().text, "after");
+}
