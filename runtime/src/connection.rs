@@ -113,6 +113,11 @@ where
         Ok(sender)
     }
 
+    /// Whether a connection is open (not before the first call, nor after it closed).
+    pub(crate) fn is_open(&self) -> bool {
+        self.current().is_some()
+    }
+
     fn current(&self) -> Option<http2::SendRequest<Body>> {
         let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         sender.as_ref().filter(|s| !s.is_closed()).cloned()

@@ -8,15 +8,17 @@
 //! receives the checked caller id in `X-Plugin-Caller-ID` instead (any such header the caller
 //! sent is dropped first, so it cannot be forged).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use http::HeaderValue;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
+use crate::connection::H2Connection;
 use crate::identity::RUNTIME_ID_HEADER;
 use crate::registry::ServiceRegistry;
 use crate::server::{RawHandler, error_response};
@@ -31,22 +33,52 @@ pub const CALLER_ID_HEADER: &str = "x-plugin-caller-id";
 /// The registration metadata key holding a provider's base URL (as upstream's examples).
 pub const BASE_URL_KEY: &str = "base_url";
 
-type ProxyClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+/// How long the host waits to connect to a provider.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One HTTP/2 connection per provider base URL, shared by every call routed to it.
+#[derive(Default)]
+struct Upstreams {
+    connections: Mutex<HashMap<String, Arc<H2Connection<HttpConnector>>>>,
+}
+
+impl Upstreams {
+    fn get(
+        &self,
+        base: &str,
+        provider_id: &str,
+    ) -> Result<Arc<H2Connection<HttpConnector>>, Error> {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = connections.get(base) {
+            return Ok(Arc::clone(connection));
+        }
+        let target: http::Uri = base.parse().map_err(|e| {
+            Error::internal(format!(
+                "provider {provider_id:?} has a bad base_url {base:?}: {e}"
+            ))
+        })?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let connection = Arc::new(H2Connection::new(connector, target, CONNECT_TIMEOUT));
+        // Providers come and go (restarts, replacements on new ports): forget the ones whose
+        // connection has closed, so the map does not grow with every provider ever seen.
+        connections.retain(|_, c| c.is_open());
+        connections.insert(base.to_owned(), Arc::clone(&connection));
+        Ok(connection)
+    }
+}
 
 /// The `/services/` proxy of a host.
 pub(crate) fn proxy(registry: ServiceRegistry) -> RawHandler {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: ProxyClient = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .pool_timer(TokioTimer::new())
-        .build(connector);
-    let client = Arc::new(client);
+    let upstreams = Arc::new(Upstreams::default());
     Arc::new(move |request: http::Request<Incoming>| {
         let registry = registry.clone();
-        let client = Arc::clone(&client);
+        let upstreams = Arc::clone(&upstreams);
         Box::pin(async move {
-            match route(&registry, &client, request).await {
+            match route(&registry, &upstreams, request).await {
                 Ok(response) => response,
                 Err(error) => error_response(&error),
             }
@@ -56,7 +88,7 @@ pub(crate) fn proxy(registry: ServiceRegistry) -> RawHandler {
 
 async fn route(
     registry: &ServiceRegistry,
-    client: &ProxyClient,
+    upstreams: &Upstreams,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<Body>, Error> {
     let caller = registry.authenticate_caller(request.headers())?;
@@ -104,8 +136,9 @@ async fn route(
     })));
     // Counted until the response body is done, so a drain waits for streams too.
     let guard = registry.track(provider_id);
-    let response = client
-        .request(http::Request::from_parts(parts, body))
+    let response = upstreams
+        .get(&base, provider_id)?
+        .send(http::Request::from_parts(parts, body))
         .await
         .map_err(|e| {
             Error::unavailable(format!(
