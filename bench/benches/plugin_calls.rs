@@ -3,7 +3,9 @@
 //! Results are ratios against the floor, never absolute times compared across runs.
 //!
 //! `cargo bench -p connect-plugin-bench` writes `bench/RESULTS.md` and `bench/results.json`.
-//! `BENCH_PROFILE=1` runs only our unary throughput for 5 s (to run under `perf`), and
+//! `BENCH_PROFILE=1` runs only our unary throughput for 5 s (to run under `perf`);
+//! `BENCH_PROFILE=ours` and `BENCH_PROFILE=raw` run the raw client against our server or the
+//! raw one (c=1, 16 KiB, 5 s), whose profiles differ by our server's cost; and
 //! `BENCH_ROUTED=1` only the routed-call scenario (printed, not written).
 //! Set `BENCH_QUICK=1` for a short smoke run (fewer calls; numbers are rough), and
 //! `BENCH_CROSS=1` to add our client against the raw server and the raw client against ours,
@@ -585,6 +587,30 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // BENCH_PROFILE=ours|raw: the raw client calling our server or the raw one, c=1, 16 KiB,
+    // for 5 s: two profiles whose difference is our server's cost.
+    if let Some(server) = std::env::var("BENCH_PROFILE")
+        .ok()
+        .filter(|v| v == "ours" || v == "raw")
+    {
+        runtime.block_on(async {
+            let addr = if server == "ours" {
+                serve_ours().await
+            } else {
+                serve_raw().await
+            };
+            let caller = raw(addr);
+            let p = payload(16 * 1024);
+            let (start, mut calls) = (Instant::now(), 0u32);
+            while start.elapsed() < Duration::from_secs(5) {
+                caller.call(&p.0, &p.1).await;
+                calls += 1;
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
+            println!("{server}: {calls} calls, {us:.1} us each");
+        });
+        return;
+    }
     // BENCH_PROFILE=1: only our unary throughput, for 5 s, to run under a profiler.
     if std::env::var_os("BENCH_PROFILE").is_some() {
         runtime.block_on(async {

@@ -67,6 +67,11 @@ where
 {
     use http_body_util::BodyExt;
 
+    // The declared length (content-length), so that a body arriving in pieces is joined into
+    // one buffer allocated once: growing the buffer would copy every byte again.
+    let declared = usize::try_from(http_body::Body::size_hint(&body).lower())
+        .unwrap_or(usize::MAX)
+        .min(limit);
     let mut first: Option<Bytes> = None;
     let mut rest = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -87,6 +92,8 @@ where
             None if rest.is_empty() => first = Some(data),
             None => rest.extend_from_slice(&data),
             Some(prev) => {
+                // At most twice what arrived: a declared length is not trusted with memory.
+                rest.reserve(declared.min(so_far.saturating_mul(2)).max(so_far));
                 rest.extend_from_slice(&prev);
                 rest.extend_from_slice(&data);
             }

@@ -18,6 +18,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
 
+/// The largest HTTP/2 frame our side accepts (servers and clients alike): 1 MiB instead of the
+/// protocol's default 16 KiB, so that a message up to 1 MiB arrives as one frame and is decoded
+/// without first being copied together from pieces.
+pub(crate) const H2_MAX_FRAME_SIZE: u32 = 1 << 20;
+
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// A lazily opened HTTP/2 connection to one server, shared by every clone of a channel.
@@ -86,6 +91,7 @@ where
                 .map_err(Into::into)?;
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_frame_size(H2_MAX_FRAME_SIZE)
                 // Pings only while calls are open: they catch a peer that vanished without
                 // closing the connection (a network partition) during a long stream.
                 .keep_alive_interval(Duration::from_secs(30))

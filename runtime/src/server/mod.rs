@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::connection::H2_MAX_FRAME_SIZE;
 use crate::memory::{Conn, Incoming};
 use crate::tls::ServerTls;
 pub use handler::Service;
@@ -269,6 +270,7 @@ impl Protocols {
             .header_read_timeout(header_read_timeout);
         auto.http2()
             .timer(TokioTimer::new())
+            .max_frame_size(H2_MAX_FRAME_SIZE)
             .keep_alive_interval(keep_alive)
             .keep_alive_timeout(keep_alive_timeout);
         let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -278,6 +280,7 @@ impl Protocols {
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
+            .max_frame_size(H2_MAX_FRAME_SIZE)
             .keep_alive_interval(keep_alive)
             .keep_alive_timeout(keep_alive_timeout);
         Self { auto, http1, http2 }
