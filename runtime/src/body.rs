@@ -101,3 +101,64 @@ where
     }
     Ok(first.unwrap_or_else(|| rest.freeze()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A body of the given chunks that declares `declared` bytes up front.
+    struct Chunks {
+        chunks: VecDeque<Bytes>,
+        declared: u64,
+    }
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.declared)
+        }
+    }
+
+    fn chunks(parts: &[&'static [u8]], declared: u64) -> Chunks {
+        Chunks {
+            chunks: parts.iter().map(|p| Bytes::from_static(p)).collect(),
+            declared,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_in_pieces_is_joined_in_order() {
+        let joined = read_to_bytes(chunks(&[b"ab", b"c", b"def"], 6), 100)
+            .await
+            .unwrap();
+        assert_eq!(&joined[..], b"abcdef");
+        // One chunk is passed through as it is.
+        let single = read_to_bytes(chunks(&[b"whole"], 5), 100).await.unwrap();
+        assert_eq!(&single[..], b"whole");
+    }
+
+    #[tokio::test]
+    async fn a_lying_length_neither_breaks_the_join_nor_the_limit() {
+        // Declares far more than it sends: joined correctly all the same.
+        let joined = read_to_bytes(chunks(&[b"ab", b"cd"], 1 << 40), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(&joined[..], b"abcd");
+        // Declares less than it sends: the limit still holds on what arrives.
+        let error = read_to_bytes(chunks(&[b"abc", b"def"], 2), 5)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), crate::Code::ResourceExhausted, "{error}");
+    }
+}
