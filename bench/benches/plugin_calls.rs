@@ -237,6 +237,10 @@ enum Caller {
         send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
         uri: http::Uri,
     },
+    H2 {
+        send: h2::client::SendRequest<Bytes>,
+        uri: http::Uri,
+    },
 }
 
 impl Caller {
@@ -261,6 +265,20 @@ impl Caller {
                 let mut send = send.clone();
                 let response = send.send_request(request).await.expect("raw call");
                 let _ = response.into_body().collect().await.expect("raw body");
+            }
+            Caller::H2 { send, uri } => {
+                let request = http::Request::post(uri.clone())
+                    .header("content-type", "application/proto")
+                    .body(())
+                    .unwrap();
+                let mut send = send.clone().ready().await.expect("h2 ready");
+                let (response, mut stream) = send.send_request(request, false).expect("h2 send");
+                stream.send_data(encoded.clone(), true).expect("h2 data");
+                let mut body = response.await.expect("h2 response").into_body();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("h2 body");
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
             }
             Caller::Tonic(client) => {
                 let mut client = client.clone();
@@ -308,6 +326,19 @@ async fn raw_conn(addr: SocketAddr) -> Caller {
             .unwrap();
     tokio::spawn(connection);
     Caller::RawConn {
+        send,
+        uri: format!("http://{addr}/interop.v1.InteropService/Unary")
+            .parse()
+            .unwrap(),
+    }
+}
+
+async fn h2_caller(addr: SocketAddr) -> Caller {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (send, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    Caller::H2 {
         send,
         uri: format!("http://{addr}/interop.v1.InteropService/Unary")
             .parse()
@@ -674,6 +705,10 @@ async fn run(settings: &Settings) -> Vec<Row> {
             ),
             ("tonic (gRPC)".into(), tonic_caller(tonic_addr).await),
             (UNPOOLED.into(), raw_conn(raw_addr).await),
+            (
+                "h2 crate client -> raw server".into(),
+                h2_caller(raw_addr).await,
+            ),
         ];
         let mut subjects = subjects;
         if std::env::var_os("BENCH_CROSS").is_some() {
@@ -752,6 +787,11 @@ async fn run(settings: &Settings) -> Vec<Row> {
         unpooled.push(raw_conn(raw_addr).await);
     }
     subjects.push((UNPOOLED.into(), unpooled));
+    let mut h2s = Vec::new();
+    for _ in 0..4 {
+        h2s.push(h2_caller(raw_addr).await);
+    }
+    subjects.push(("h2 crate client -> raw server".into(), h2s));
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
     for _ in 0..settings.rounds {
         for (i, (_, callers)) in subjects.iter().enumerate() {

@@ -59,6 +59,109 @@ impl http_body::Body for Body {
     }
 }
 
+/// A body received from the other side: a request body on a server (hyper's), a response body
+/// on a client (hyper's over HTTP/1.1, an h2 stream over HTTP/2).
+pub(crate) enum RecvBody {
+    Hyper(hyper::body::Incoming),
+    H2(H2Body),
+}
+
+/// A boxed error of a received body (a reset, a broken connection).
+pub(crate) type RecvError = Box<dyn std::error::Error + Send + Sync>;
+
+impl From<hyper::body::Incoming> for RecvBody {
+    fn from(body: hyper::body::Incoming) -> Self {
+        RecvBody::Hyper(body)
+    }
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = RecvError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
+        match self.get_mut() {
+            RecvBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as RecvError),
+            RecvBody::H2(body) => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RecvBody::Hyper(body) => body.is_end_stream(),
+            RecvBody::H2(body) => body.done || body.recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RecvBody::Hyper(body) => body.size_hint(),
+            RecvBody::H2(body) => body.size_hint,
+        }
+    }
+}
+
+/// The data and trailers of an h2 stream, giving the flow-control window back as data is
+/// taken (without that the peer stops sending once the window is used up).
+pub(crate) struct H2Body {
+    recv: h2::RecvStream,
+    size_hint: SizeHint,
+    data_done: bool,
+    done: bool,
+}
+
+impl H2Body {
+    pub(crate) fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
+        Self {
+            recv,
+            size_hint: content_length.map_or_else(SizeHint::default, SizeHint::with_exact),
+            data_done: false,
+            done: false,
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(self.fail(error)),
+                None => self.data_done = true,
+            }
+        }
+        let trailers = std::task::ready!(self.recv.poll_trailers(cx));
+        self.done = true;
+        match trailers {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(self.fail(error)),
+        }
+    }
+
+    /// As hyper does: a stream the peer closed with NO_ERROR or CANCEL ends the body; any
+    /// other reset or a connection error fails it.
+    fn fail(&mut self, error: h2::Error) -> Option<Result<Frame<Bytes>, RecvError>> {
+        self.done = true;
+        match error.reason() {
+            Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => None,
+            _ => Some(Err(Box::new(error))),
+        }
+    }
+}
+
 /// Reads a whole body, failing with `resource_exhausted` past `limit` bytes.
 pub(crate) async fn read_to_bytes<B>(mut body: B, limit: usize) -> Result<Bytes, Error>
 where

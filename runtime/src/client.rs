@@ -13,12 +13,11 @@ use bytes::BytesMut;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, StatusCode, Uri};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{self, Body};
-use crate::connection::H2Connection;
+use crate::body::{self, Body, RecvBody};
+use crate::connection::{BoxError, H2Connection};
 use crate::interceptor::Interceptor;
 use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
@@ -663,15 +662,15 @@ impl Channel {
         Ok(request)
     }
 
-    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Incoming>, Error> {
+    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<RecvBody>, Error> {
         // Connection failures and resets alike mean the peer is not there (now): unavailable.
         let response = match &self.inner.http {
             Transport::H2Plain(connection) => connection.send(request).await,
             Transport::H2Memory(connection) => connection.send(request).await,
             Transport::H2Tls(connection) => connection.send(request).await,
-            Transport::Plain(client) => client.request(request).await.map_err(Into::into),
-            Transport::Memory(client) => client.request(request).await.map_err(Into::into),
-            Transport::Tls(client) => client.request(request).await.map_err(Into::into),
+            Transport::Plain(client) => hyper_response(client.request(request).await),
+            Transport::Memory(client) => hyper_response(client.request(request).await),
+            Transport::Tls(client) => hyper_response(client.request(request).await),
         };
         response.map_err(|e| {
             Error::unavailable(format!(
@@ -681,6 +680,12 @@ impl Channel {
             ))
         })
     }
+}
+
+fn hyper_response(
+    response: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<http::Response<RecvBody>, BoxError> {
+    Ok(response?.map(RecvBody::from))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -811,7 +816,7 @@ async fn error_from_response(
     status: StatusCode,
     headers: HeaderMap,
     trailers: HeaderMap,
-    body: Incoming,
+    body: RecvBody,
     inner: &ChannelInner,
 ) -> Error {
     let is_json = headers

@@ -16,6 +16,7 @@ use http::HeaderMap;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::body::RecvBody;
 use crate::protocol::codec::Message;
 use crate::protocol::envelope::{self, EnvelopeReader, FLAG_END_STREAM, MessageFormat};
 use crate::protocol::error_json;
@@ -337,7 +338,7 @@ pub(crate) enum Direction {
 /// client-streaming or bidi handler reads the client's requests. Yields each message, then
 /// ends cleanly or with an error; on a client the trailers are available once it has ended.
 pub struct Streaming<T> {
-    reader: EnvelopeReader<hyper::body::Incoming>,
+    reader: EnvelopeReader<RecvBody>,
     format: MessageFormat,
     direction: Direction,
     trailers: Option<HeaderMap>,
@@ -348,13 +349,13 @@ pub struct Streaming<T> {
 
 impl<T: Message> Streaming<T> {
     pub(crate) fn new(
-        body: hyper::body::Incoming,
+        body: impl Into<RecvBody>,
         format: MessageFormat,
         direction: Direction,
         deadline: Option<Instant>,
     ) -> Self {
         Self {
-            reader: EnvelopeReader::new(body, format.max_message_size),
+            reader: EnvelopeReader::new(body.into(), format.max_message_size),
             format,
             direction,
             trailers: None,
