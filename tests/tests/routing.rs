@@ -3,6 +3,7 @@
 //! and passed on, and unhealthy or unknown providers answered with `unavailable`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use connect_plugin::proto::connectplugin::v1::{HealthState, RegisterServiceRequest};
 use connect_plugin::{
@@ -177,6 +178,57 @@ async fn calls_flow_plugin_to_plugin_through_the_host() {
     );
     drop(tx);
 
+    // 12 MiB each way, more than any HTTP/2 flow-control window on the way: both hops must
+    // hand capacity back as they read, and feed the request only as capacity opens.
+    let big = Payload {
+        data: vec![7u8; 512 * 1024].into(),
+        ..Default::default()
+    };
+    let (tx, requests) = MessageStream::channel(2);
+    let opened = interop.bidi(requests);
+    let feed = async {
+        for i in 0..24 {
+            let mut payload = big.clone();
+            payload.count = i;
+            tx.send(payload).await.unwrap();
+        }
+        drop(tx);
+    };
+    let read = async {
+        let mut replies = opened.await.unwrap().into_message();
+        let mut seen = 0;
+        while let Some(reply) = replies.message().await.unwrap() {
+            assert_eq!((reply.count, reply.data.len()), (seen, 512 * 1024));
+            seen += 1;
+        }
+        seen
+    };
+    let ((), seen) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(feed, read) })
+            .await
+            .expect("12 MiB through the proxy in 30 s");
+    assert_eq!(seen, 24);
+
+    // A caller on HTTP/1.1 (with its connection headers) is relayed to the provider over
+    // HTTP/2, which forbids those headers.
+    let addr = host_url.trim_start_matches("http://").parse().unwrap();
+    let token = app.runtime_identity().unwrap().token.clone();
+    let r = raw_http1(
+        addr,
+        "POST",
+        &format!("/services/interop/{provider_id}/interop.v1.InteropService/Unary"),
+        &[
+            ("content-type", "application/json"),
+            ("x-plugin-runtime-id", &app_id),
+            ("authorization", &format!("Bearer {token}")),
+            ("keep-alive", "timeout=5"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(&app_id), "{}", r.text());
+
     // An unhealthy provider is not routed; it is again once healthy.
     provider
         .report_health(HealthState::Unhealthy, "maintenance")
@@ -191,7 +243,6 @@ async fn calls_flow_plugin_to_plugin_through_the_host() {
     interop.unary(Payload::default()).await.unwrap();
 
     // Without a valid runtime token, or to an unknown provider: refused.
-    let addr = host_url.trim_start_matches("http://").parse().unwrap();
     let path = format!("/services/interop/{provider_id}/interop.v1.InteropService/Unary");
     let r = raw_http1(
         addr,
