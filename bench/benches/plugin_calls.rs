@@ -5,7 +5,8 @@
 //! `cargo bench -p connect-plugin-bench` writes `bench/RESULTS.md` and `bench/results.json`.
 //! `BENCH_PROFILE=1` runs only our unary throughput for 5 s (to run under `perf`);
 //! `BENCH_PROFILE=ours` and `BENCH_PROFILE=raw` run the raw client against our server or the
-//! raw one (c=1, 16 KiB, 5 s), whose profiles differ by our server's cost; and
+//! raw one (c=1, 16 KiB, 5 s), whose profiles differ by our server's cost;
+//! `BENCH_PROFILE=routed` makes sequential routed calls for 5 s; and
 //! `BENCH_ROUTED=1` only the routed-call scenario (printed, not written).
 //! Set `BENCH_QUICK=1` for a short smoke run (fewer calls; numbers are rough), and
 //! `BENCH_CROSS=1` to add our client against the raw server and the raw client against ours,
@@ -639,6 +640,21 @@ fn main() {
             }
             let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
             println!("{server}: {calls} calls, {us:.1} us each");
+        });
+        return;
+    }
+    // BENCH_PROFILE=routed: sequential calls routed through a host, for 5 s.
+    if std::env::var("BENCH_PROFILE").is_ok_and(|v| v == "routed") {
+        runtime.block_on(async {
+            let (_, routed) = routed_pair(serve_ours().await).await;
+            let p = payload(64);
+            let (start, mut calls) = (Instant::now(), 0u32);
+            while start.elapsed() < Duration::from_secs(5) {
+                routed.call(&p.0, &p.1).await;
+                calls += 1;
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
+            println!("routed: {calls} calls, {us:.1} us each");
         });
         return;
     }

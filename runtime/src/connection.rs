@@ -16,7 +16,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Uri};
 use http_body::Body as _;
 use hyper_util::rt::TokioIo;
@@ -182,17 +182,31 @@ where
 }
 
 /// Headers that HTTP/2 forbids (RFC 9113 §8.2.2), which a request relayed from HTTP/1.1 may
-/// carry; `host` travels as `:authority`.
+/// carry; `host` travels as `:authority`. One pass over the names finds them; removing
+/// (a hash lookup each) happens only when there is something to remove.
 fn strip_connection_headers(headers: &mut HeaderMap) {
-    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, HOST] {
+    const FORBIDDEN: [&str; 6] = [
+        "connection",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+    ];
+    let te_other_than_trailers = headers
+        .get(http::header::TE)
+        .is_some_and(|te| te != "trailers");
+    if !te_other_than_trailers
+        && !headers
+            .keys()
+            .any(|name| FORBIDDEN.contains(&name.as_str()))
+    {
+        return;
+    }
+    for name in FORBIDDEN {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if headers
-        .get(http::header::TE)
-        .is_some_and(|te| te != "trailers")
-    {
+    if te_other_than_trailers {
         headers.remove(http::header::TE);
     }
 }
@@ -274,5 +288,36 @@ fn send_frame(
             stream.send_reset(h2::Reason::CANCEL);
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_forbidden_in_http2_are_dropped_and_the_rest_kept() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/proto"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("host", "127.0.0.1:1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("x-user", "kept"),
+        ] {
+            headers.insert(name, value.parse().unwrap());
+        }
+        strip_connection_headers(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-user"]);
+
+        // `te: trailers` is the one TE value HTTP/2 allows.
+        let mut headers = HeaderMap::new();
+        headers.insert("te", "trailers".parse().unwrap());
+        strip_connection_headers(&mut headers);
+        assert_eq!(headers.get("te").unwrap(), "trailers");
     }
 }
