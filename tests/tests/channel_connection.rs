@@ -105,3 +105,67 @@ async fn a_channel_reconnects_after_the_server_comes_back() {
     let (_stop, _task) = serve(listener);
     assert_eq!(client.unary(payload("after")).await.unwrap().text, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_concurrent_calls_than_the_server_allows_streams_wait_their_turn() {
+    // hyper's server allows 200 concurrent streams per connection; 300 slow calls on one
+    // channel must queue for a stream, not fail.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener);
+    let client = client(addr);
+    let calls: Vec<_> = (0..300)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut slow = payload(&i.to_string());
+                slow.sleep_ms = 100;
+                client.unary(slow).await
+            })
+        })
+        .collect();
+    let all = async {
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap().text, i.to_string());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), all)
+        .await
+        .expect("300 calls of 100 ms over 200 streams finish well within 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_draining_for_shutdown_finishes_the_open_call() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, task) = serve(listener);
+    let client = client(addr);
+    client.unary(payload("warm")).await.unwrap();
+
+    // A slow call is in flight when the server starts its graceful shutdown (GOAWAY).
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut slow = payload("slow");
+            slow.sleep_ms = 300;
+            client.unary(slow).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    assert_eq!(
+        slow.await.unwrap().unwrap().text,
+        "slow",
+        "the open call is finished"
+    );
+    task.await.unwrap();
+
+    // The server is gone: a new call fails fast and clearly, then works once it is back.
+    let gone = tokio::time::timeout(Duration::from_secs(5), client.unary(payload("gone")))
+        .await
+        .expect("no hang on a closed connection")
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::Unavailable, "{gone}");
+    let (_stop, _task) = serve(TcpListener::bind(addr).await.unwrap());
+    assert_eq!(client.unary(payload("back")).await.unwrap().text, "back");
+}
