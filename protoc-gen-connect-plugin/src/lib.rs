@@ -131,14 +131,21 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
     }
 
     let json = json_mapping(request, &options, &packages)?;
+    let sources: Vec<(&String, String)> = packages
+        .iter()
+        .map(|package| {
+            let module = Module::from_protobuf_package_name(package);
+            let mut source = code.remove(&module).unwrap_or_default();
+            if let Some(serde) = json.get(package.as_str()) {
+                source.push_str(serde);
+            }
+            (package, source)
+        })
+        .collect();
     let mut files = Vec::new();
-    for package in &packages {
+    for ((package, _), formatted) in sources.iter().zip(format_all(&sources)) {
         let module = Module::from_protobuf_package_name(package);
-        let mut source = code.remove(&module).unwrap_or_default();
-        if let Some(serde) = json.get(package.as_str()) {
-            source.push_str(serde);
-        }
-        let formatted = format_source(&source)
+        let formatted = formatted
             .map_err(|e| format!("generated code for package {package:?} does not parse as Rust ({e}); if you use templates=DIR, check your templates"))?;
         files.push(File {
             name: Some(module.to_file_name_or("_")),
@@ -260,6 +267,38 @@ fn json_mapping(
             .push_str(&text);
     }
     Ok(out)
+}
+
+/// Formats every package's source, spread over the machine's cores: parsing and printing
+/// is most of the generator's time on a large proto set. Results come back in order.
+fn format_all(sources: &[(&String, String)]) -> Vec<Result<String, syn::Error>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(sources.len());
+    if threads <= 1 {
+        return sources.iter().map(|(_, s)| format_source(s)).collect();
+    }
+    let chunk = sources.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = sources
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(_, s)| format_source(s))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn format_source(source: &str) -> Result<String, syn::Error> {
