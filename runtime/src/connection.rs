@@ -214,12 +214,20 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
 /// Sends what of `body` is ready now on the caller's task; a body that streams on is fed by
 /// a task of its own, which waits for flow-control capacity before each chunk.
 async fn send_body(mut body: Body, mut stream: h2::SendStream<Bytes>) {
-    // Most bodies (unary messages, a server-streaming request) are complete already.
-    loop {
+    // Most bodies (unary messages, a server-streaming request) are complete already. A body
+    // with more ready than this goes on in the task, which respects flow control.
+    const EAGER_BYTES: usize = 64 * 1024;
+    let mut sent = 0;
+    while sent < EAGER_BYTES {
         let frame = poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut body).poll_frame(cx))).await;
         match frame {
             Poll::Pending => break,
             Poll::Ready(frame) => {
+                sent += frame
+                    .as_ref()
+                    .and_then(|f| f.as_ref().ok())
+                    .and_then(http_body::Frame::data_ref)
+                    .map_or(0, Bytes::len);
                 if !send_frame(frame, &body, &mut stream) {
                     return;
                 }

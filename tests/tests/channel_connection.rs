@@ -169,3 +169,27 @@ async fn a_server_draining_for_shutdown_finishes_the_open_call() {
     let (_stop, _task) = serve(TcpListener::bind(addr).await.unwrap());
     assert_eq!(client.unary(payload("back")).await.unwrap().text, "back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stream_ready_all_at_once_is_sent_within_flow_control() {
+    // 10 MiB of messages ready before the call starts: more than the connection's window, so
+    // most of it must wait for the server to read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener);
+    let client = client(addr);
+    let messages = (0..40).map(|i| Payload {
+        text: i.to_string(),
+        data: vec![1u8; 256 * 1024].into(),
+        ..Default::default()
+    });
+    let joined = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.client_stream(messages.collect::<connect_plugin::MessageStream<_>>()),
+    )
+    .await
+    .expect("10 MiB in 30 s")
+    .unwrap();
+    assert_eq!(joined.count, 40);
+    assert!(joined.text.starts_with("0,1,2,") && joined.text.ends_with(",39"));
+}
