@@ -76,7 +76,8 @@ pub struct Channel {
 }
 
 struct ChannelInner {
-    http: Transport,
+    /// Shared with the channels [derived](Channel::derive) from this one.
+    http: Arc<Transport>,
     scheme: Scheme,
     authority: Authority,
     /// A routing prefix before `/<service>/<method>`, without a trailing slash ("" if none).
@@ -306,7 +307,7 @@ impl ChannelBuilder {
         };
         Ok(Channel {
             inner: Arc::new(ChannelInner {
-                http,
+                http: Arc::new(http),
                 scheme,
                 authority,
                 prefix,
@@ -354,6 +355,54 @@ impl Channel {
             memory: None,
             interceptors: Vec::new(),
         }
+    }
+
+    /// A channel to `path` under this channel's base URL that shares its connection and
+    /// settings (TLS, codec, timeouts, compression, interceptors), sending `metadata` on
+    /// every call on top of this channel's own. How a plugin calls other plugins and host
+    /// capabilities through its one connection to the host.
+    ///
+    /// # Errors
+    /// `invalid_argument` if `path` does not start with `/` or carries a query string.
+    pub fn derive(&self, path: &str, metadata: HeaderMap) -> Result<Channel, Error> {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            return Err(Error::invalid_argument(format!(
+                "cannot derive a channel for {path:?}: expected an absolute path such as /services/logger/logger-1a2b3c4d"
+            )));
+        }
+        let inner = &*self.inner;
+        let path = path.trim_end_matches('/');
+        // A name in `metadata` replaces this channel's values of that name.
+        let mut merged = inner.metadata.clone();
+        merged.extend(metadata);
+        Ok(Channel {
+            inner: Arc::new(ChannelInner {
+                http: Arc::clone(&inner.http),
+                scheme: inner.scheme.clone(),
+                authority: inner.authority.clone(),
+                prefix: format!("{}{path}", inner.prefix),
+                base_url: format!("{}{path}", inner.base_url.trim_end_matches('/')),
+                codec: inner.codec,
+                timeout: inner.timeout,
+                max_message_size: inner.max_message_size,
+                metadata: merged,
+                send_compression: inner.send_compression,
+                compress_min_bytes: inner.compress_min_bytes,
+                use_get: inner.use_get,
+                accept_compression: inner.accept_compression,
+                interceptors: inner.interceptors.clone(),
+            }),
+        })
+    }
+
+    /// This channel with `timeout` as its default call timeout if it has none.
+    pub(crate) fn or_timeout(mut self, timeout: Duration) -> Channel {
+        if self.inner.timeout.is_none()
+            && let Some(inner) = Arc::get_mut(&mut self.inner)
+        {
+            inner.timeout = Some(timeout);
+        }
+        self
     }
 
     /// The metadata sent with every call (set with [`ChannelBuilder::metadata`]).
@@ -664,7 +713,7 @@ impl Channel {
 
     async fn send(&self, request: http::Request<Body>) -> Result<http::Response<RecvBody>, Error> {
         // Connection failures and resets alike mean the peer is not there (now): unavailable.
-        let response = match &self.inner.http {
+        let response = match &*self.inner.http {
             Transport::H2Plain(connection) => connection.send(request).await,
             Transport::H2Memory(connection) => connection.send(request).await,
             Transport::H2Tls(connection) => connection.send(request).await,
@@ -910,5 +959,42 @@ mod tests {
         assert!(err.message().contains("ChannelBuilder::tls"), "{err}");
         assert!(Channel::new("ftp://example.com").is_err());
         assert!(Channel::new("http://127.0.0.1:1/prefix/").is_ok());
+    }
+
+    #[test]
+    fn a_derived_channel_adds_its_path_and_metadata() {
+        let mut base_metadata = HeaderMap::new();
+        base_metadata.insert("x-a", HeaderValue::from_static("base"));
+        base_metadata.insert("x-b", HeaderValue::from_static("base"));
+        let base = Channel::builder("http://127.0.0.1:1/host/")
+            .metadata(base_metadata)
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        let mut extra = HeaderMap::new();
+        extra.insert("x-b", HeaderValue::from_static("derived"));
+        let derived = base.derive("/services/logger/l-1/", extra).unwrap();
+        assert_eq!(
+            derived.base_url(),
+            "http://127.0.0.1:1/host/services/logger/l-1"
+        );
+        assert_eq!(derived.inner.prefix, "/host/services/logger/l-1");
+        assert_eq!(derived.metadata()["x-a"], "base");
+        assert_eq!(
+            derived.metadata()["x-b"],
+            "derived",
+            "the derived value wins"
+        );
+        assert_eq!(derived.inner.timeout, Some(Duration::from_secs(3)));
+        assert!(
+            Arc::ptr_eq(&base.inner.http, &derived.inner.http),
+            "one connection"
+        );
+
+        for bad in ["services/x", "/x?y=1", "/x#f"] {
+            let err = base.derive(bad, HeaderMap::new()).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert!(err.message().contains(bad), "{err}");
+        }
     }
 }

@@ -429,11 +429,10 @@ impl Client {
             token: grant.bearer_token.clone(),
         }
         .apply(&mut headers);
-        let base = self.endpoint.trim_end_matches('/');
-        let channel = Channel::builder(format!("{base}{}", grant.endpoint_url))
-            .metadata(headers)
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let channel = self
+            .channel
+            .derive(&grant.endpoint_url, headers)?
+            .or_timeout(Duration::from_secs(30));
         Ok(CapabilityGrant {
             grant_id: grant.grant_id,
             capability_type: grant.capability_type,
@@ -489,11 +488,10 @@ impl Client {
         if let Some(identity) = self.runtime_identity() {
             identity.apply(&mut headers);
         }
-        let base = self.endpoint.trim_end_matches('/');
-        let channel = Channel::builder(format!("{base}{}", endpoint.endpoint_url))
-            .metadata(headers)
-            .build()?;
-        Ok(P::client(channel))
+        // Over this client's connection to the host, with its settings (TLS included).
+        Ok(P::client(
+            self.channel.derive(&endpoint.endpoint_url, headers)?,
+        ))
     }
 
     /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).

@@ -3,6 +3,8 @@
 //! and passed on, and unhealthy or unknown providers answered with `unavailable`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use connect_plugin::proto::connectplugin::v1::{HealthState, RegisterServiceRequest};
@@ -79,8 +81,9 @@ async fn listen() -> (tokio::net::TcpListener, String) {
     (listener, url)
 }
 
-#[tokio::test]
-async fn calls_flow_plugin_to_plugin_through_the_host() {
+/// A host with a registry, and a provider plugin of "interop" registered with it: the host's
+/// URL, and the provider's client and runtime id.
+async fn host_with_provider() -> (String, Client, String) {
     let registry = ServiceRegistry::new();
     let (host_listener, host_url) = listen().await;
     tokio::spawn(connect_plugin::serve(
@@ -114,6 +117,49 @@ async fn calls_flow_plugin_to_plugin_through_the_host() {
         .await
         .unwrap();
     let provider_id = provider.runtime_identity().unwrap().runtime_id.clone();
+    (host_url, provider, provider_id)
+}
+
+#[tokio::test]
+async fn a_plugin_reaches_the_host_and_other_plugins_over_one_connection() {
+    let (host_url, _provider, _) = host_with_provider().await;
+    // A counting TCP forwarder in front of the host sees every connection the app opens.
+    let host_addr: std::net::SocketAddr = host_url.trim_start_matches("http://").parse().unwrap();
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_url = format!("http://{}", front.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = front.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(host_addr).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+
+    // Handshake, discovery and routed calls through two typed clients.
+    let app = Client::new(ClientConfig::new(&front_url).self_id("app", "1.0.0")).unwrap();
+    for _ in 0..2 {
+        let interop = app.provider::<InteropServicePlugin>("1.0.0").await.unwrap();
+        let app_id = app.runtime_identity().unwrap().runtime_id.clone();
+        let echoed = interop.unary(Payload::default()).await.unwrap();
+        assert_eq!(
+            echoed.text, app_id,
+            "the routed call carries the app's identity"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the app's calls to the host and through it share one connection"
+    );
+}
+
+#[tokio::test]
+async fn calls_flow_plugin_to_plugin_through_the_host() {
+    let (host_url, provider, provider_id) = host_with_provider().await;
 
     // The consumer: a typed client of "a provider of interop", routed through the host.
     let app = Client::new(ClientConfig::new(&host_url).self_id("app", "1.0.0")).unwrap();
