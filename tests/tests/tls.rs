@@ -142,3 +142,58 @@ async fn connect_node_client_over_tls_with_both_http_versions() {
     }
     let _ = std::fs::remove_file(ca);
 }
+
+#[tokio::test]
+async fn plugins_call_each_other_through_a_tls_host() {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+    use connect_plugin::{Client, ClientConfig, ServeConfig, ServiceRegistry};
+
+    let (cert, key) = certificate();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new()
+            .registry(ServiceRegistry::new())
+            .tls(ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap())
+            .listener(listener),
+    ));
+    let trusting = |config: ClientConfig| {
+        let tls = ClientTls::with_root_certificates_pem(cert.as_bytes()).unwrap();
+        config.channel(move |c| c.tls(tls))
+    };
+
+    // The provider serves in the clear on loopback and registers with the host over TLS.
+    let provider_url = connect_plugin_tests::interop::serve_interop().await;
+    let provider = Client::new(trusting(
+        ClientConfig::new(&host_url)
+            .self_id("echo", "1.0.0")
+            .provides(["interop"]),
+    ))
+    .unwrap();
+    let registration = RegisterServiceRequest {
+        service_type: "interop".into(),
+        version: "1.0.0".into(),
+        endpoint_path: "/interop.v1.InteropService/".into(),
+        metadata: [("base_url".to_owned(), provider_url)].into(),
+    };
+    provider
+        .registry()
+        .register_service(provider.authenticated(registration).await.unwrap())
+        .await
+        .unwrap();
+
+    // The app finds it and calls it through the host, over its TLS connection to the host.
+    let app = Client::new(trusting(
+        ClientConfig::new(&host_url).self_id("app", "1.0.0"),
+    ))
+    .unwrap();
+    let interop = app.provider::<InteropServicePlugin>("").await.unwrap();
+    let echoed = interop
+        .unary(Payload {
+            text: "through TLS".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(echoed.text, "through TLS");
+}
