@@ -107,21 +107,29 @@ impl http_body::Body for RecvBody {
 }
 
 /// The data and trailers of an h2 stream, giving the flow-control window back as data is
-/// taken (without that the peer stops sending once the window is used up).
+/// taken (without that the peer stops sending once the window is used up). Dropping it
+/// before the end resets the stream (h2 does, once every handle is gone).
 pub(crate) struct H2Body {
     recv: h2::RecvStream,
     size_hint: SizeHint,
     data_done: bool,
     done: bool,
+    /// Keeps the task feeding the request going while the response is read.
+    _feed: Option<crate::connection::FeedGuard>,
 }
 
 impl H2Body {
-    pub(crate) fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
+    pub(crate) fn new(
+        recv: h2::RecvStream,
+        content_length: Option<u64>,
+        feed: Option<crate::connection::FeedGuard>,
+    ) -> Self {
         Self {
             recv,
             size_hint: content_length.map_or_else(SizeHint::default, SizeHint::with_exact),
             data_done: false,
             done: false,
+            _feed: feed,
         }
     }
 
@@ -151,14 +159,12 @@ impl H2Body {
         }
     }
 
-    /// As hyper does: a stream the peer closed with NO_ERROR or CANCEL ends the body; any
-    /// other reset or a connection error fails it.
+    /// Any reset reaching here cut the body short (h2 does not report a reset that follows
+    /// the end of the stream), so it fails the body: a truncated message must not pass for a
+    /// complete one.
     fn fail(&mut self, error: h2::Error) -> Option<Result<Frame<Bytes>, RecvError>> {
         self.done = true;
-        match error.reason() {
-            Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => None,
-            _ => Some(Err(Box::new(error))),
-        }
+        Some(Err(Box::new(error)))
     }
 }
 

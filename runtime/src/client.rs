@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{self, Body, RecvBody};
-use crate::connection::{BoxError, H2Connection};
+use crate::connection::{BoxError, H2Connection, error_chain};
 use crate::interceptor::Interceptor;
 use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
@@ -561,10 +561,13 @@ impl Channel {
     ) -> Result<Response<Res>, Error> {
         let (requests, metadata, timeout) = request.into_parts();
         let body = RequestStreamBody::new(requests, self.format(self.inner.send_compression));
+        let failure = body.failure();
         let response = self
             .open_stream::<Res>(method, metadata, timeout, Body::Stream(Box::pin(body)))
-            .await?;
-        let (mut stream, headers, _) = response.into_parts();
+            .await
+            .map_err(|e| failure.or(e))?;
+        let (stream, headers, _) = response.into_parts();
+        let mut stream = stream.with_request_failure(failure);
         let read = async {
             // S9: exactly one response message.
             let Some(message) = stream.message().await? else {
@@ -597,8 +600,17 @@ impl Channel {
     ) -> Result<Response<Streaming<Res>>, Error> {
         let (requests, metadata, timeout) = request.into_parts();
         let body = RequestStreamBody::new(requests, self.format(self.inner.send_compression));
-        self.open_stream(method, metadata, timeout, Body::Stream(Box::pin(body)))
+        let failure = body.failure();
+        let response = self
+            .open_stream(method, metadata, timeout, Body::Stream(Box::pin(body)))
             .await
+            .map_err(|e| failure.or(e))?;
+        let (stream, headers, trailers) = response.into_parts();
+        Ok(Response::from_parts(
+            stream.with_request_failure(failure),
+            headers,
+            trailers,
+        ))
     }
 
     /// Sends a streaming request and checks the response headers (C3-C5); the body becomes a
@@ -735,17 +747,6 @@ fn hyper_response(
     response: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
 ) -> Result<http::Response<RecvBody>, BoxError> {
     Ok(response?.map(RecvBody::from))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn with_timeout<T>(

@@ -13,7 +13,7 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -31,6 +31,9 @@ pub(crate) const H2_MAX_FRAME_SIZE: u32 = 1 << 20;
 /// Flow-control windows of a client (as hyper's client): 2 MiB per stream, 5 MiB in all.
 const STREAM_WINDOW: u32 = 2 << 20;
 const CONNECTION_WINDOW: u32 = 5 << 20;
+
+/// The largest response head accepted (as hyper's default): 16 KiB.
+const MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -50,8 +53,10 @@ pub(crate) struct H2Connection<C> {
     connect_timeout: Duration,
     /// The open connection, if any. Held only to clone the handle.
     open: Mutex<Option<Open>>,
-    /// Serializes (re)connecting, so a burst of calls opens one connection, not one each.
-    connecting: tokio::sync::Mutex<()>,
+    /// Serializes (re)connecting, so a burst of calls opens one connection, not one each;
+    /// holds the last failed attempt (when it ended, and why), which the calls that waited
+    /// for it share instead of each trying again in turn.
+    connecting: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl<C> H2Connection<C>
@@ -67,7 +72,7 @@ where
             target,
             connect_timeout,
             open: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -82,13 +87,16 @@ where
         strip_connection_headers(&mut parts.headers);
         parts.version = http::Version::HTTP_2;
         let end_of_stream = body.is_end_stream();
-        let (mut sender, closed) = self.ready().await?;
-        let (response, stream) = sender
-            .send_request(http::Request::from_parts(parts, ()), end_of_stream)
-            .inspect_err(|_| closed.store(true, Ordering::Release))?;
-        if !end_of_stream {
-            send_body(body, stream).await;
-        }
+        let mut sender = self.ready().await?;
+        // An error here is this request's (malformed headers) or a connection that just went
+        // away, which the next call's `ready` notices; the connection stays as it is.
+        let (response, stream) =
+            sender.send_request(http::Request::from_parts(parts, ()), end_of_stream)?;
+        let guard = if end_of_stream {
+            None
+        } else {
+            send_body(body, stream).await
+        };
         let response = response.await?;
         let (parts, recv) = response.into_parts();
         let length = parts
@@ -97,21 +105,21 @@ where
             .and_then(|v| v.to_str().ok()?.parse().ok());
         Ok(http::Response::from_parts(
             parts,
-            RecvBody::H2(H2Body::new(recv, length)),
+            RecvBody::H2(H2Body::new(recv, length, guard)),
         ))
     }
 
-    /// A handle ready to start a stream, and the flag to mark its connection closed with.
-    async fn ready(&self) -> Result<(h2::client::SendRequest<Bytes>, Arc<AtomicBool>), BoxError> {
+    /// A handle ready to start a stream (within the server's limit of concurrent streams).
+    async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
         let open = self.open().await?;
         match open.sender.clone().ready().await {
-            Ok(sender) => Ok((sender, open.closed)),
+            Ok(sender) => Ok(sender),
             Err(_) => {
-                // The connection died under us: mark it, and connect again (once).
+                // The connection died under us (closed, GOAWAY): mark it, connect again, once.
                 open.closed.store(true, Ordering::Release);
                 let open = self.open().await?;
                 match open.sender.clone().ready().await {
-                    Ok(sender) => Ok((sender, open.closed)),
+                    Ok(sender) => Ok(sender),
                     Err(error) => {
                         open.closed.store(true, Ordering::Release);
                         Err(error.into())
@@ -126,16 +134,27 @@ where
         if let Some(open) = self.current() {
             return Ok(open);
         }
-        let _connecting = self.connecting.lock().await;
-        // Another call may have connected while this one waited.
+        let waiting_since = Instant::now();
+        let mut last_failure = self.connecting.lock().await;
+        // Another call may have connected, or failed to, while this one waited.
         if let Some(open) = self.current() {
             return Ok(open);
+        }
+        if let Some((at, why)) = last_failure.as_ref()
+            && *at >= waiting_since
+        {
+            return Err(why.clone().into());
         }
         let connect = async {
             let io = tower_service::Service::call(&mut self.connector.clone(), self.target.clone())
                 .await
                 .map_err(Into::into)?;
             let (sender, connection) = h2::client::Builder::new()
+                // Until the server's SETTINGS arrive, assume a modest stream limit (as hyper
+                // does) rather than none, so a burst on a new connection is not refused.
+                .initial_max_send_streams(100)
+                .enable_push(false)
+                .max_header_list_size(MAX_HEADER_LIST_SIZE)
                 .max_frame_size(H2_MAX_FRAME_SIZE)
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
@@ -143,7 +162,7 @@ where
                 .await?;
             Ok::<_, BoxError>((sender, connection))
         };
-        let (sender, connection) = tokio::time::timeout(self.connect_timeout, connect)
+        let connected = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| -> BoxError {
                 format!(
@@ -151,7 +170,18 @@ where
                     self.connect_timeout.as_millis()
                 )
                 .into()
-            })??;
+            })
+            .and_then(|connected| connected);
+        let (sender, connection) = match connected {
+            Ok(connected) => {
+                *last_failure = None;
+                connected
+            }
+            Err(error) => {
+                *last_failure = Some((Instant::now(), error_chain(&*error)));
+                return Err(error);
+            }
+        };
         let closed = Arc::new(AtomicBool::new(false));
         let target = self.target.clone();
         let flag = Arc::clone(&closed);
@@ -181,6 +211,18 @@ where
     }
 }
 
+/// An error and its causes, as one line.
+pub(crate) fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Headers that HTTP/2 forbids (RFC 9113 §8.2.2), which a request relayed from HTTP/1.1 may
 /// carry; `host` travels as `:authority`. One pass over the names finds them; removing
 /// (a hash lookup each) happens only when there is something to remove.
@@ -203,6 +245,18 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
     {
         return;
     }
+    // Headers that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
     for name in FORBIDDEN {
         headers.remove(name);
     }
@@ -211,9 +265,17 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// Held by a call whose request body is fed by a task: dropping it (the call was abandoned:
+/// a timeout, or its response dropped) stops the task and resets the stream, so the server
+/// learns of it and the stream's slot is freed.
+pub(crate) struct FeedGuard {
+    _cancel: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Sends what of `body` is ready now on the caller's task; a body that streams on is fed by
-/// a task of its own, which waits for flow-control capacity before each chunk.
-async fn send_body(mut body: Body, mut stream: h2::SendStream<Bytes>) {
+/// a task of its own, which sends each chunk as flow-control capacity opens, for as long as
+/// the returned guard lives.
+async fn send_body(mut body: Body, mut stream: h2::SendStream<Bytes>) -> Option<FeedGuard> {
     // Most bodies (unary messages, a server-streaming request) are complete already. A body
     // with more ready than this goes on in the task, which respects flow control.
     const EAGER_BYTES: usize = 64 * 1024;
@@ -229,43 +291,63 @@ async fn send_body(mut body: Body, mut stream: h2::SendStream<Bytes>) {
                     .and_then(http_body::Frame::data_ref)
                     .map_or(0, Bytes::len);
                 if !send_frame(frame, &body, &mut stream) {
-                    return;
+                    return None;
                 }
             }
         }
     }
+    let (cancel, mut cancelled) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        loop {
-            // Wait for room in the window (and notice a reset) before taking more of the body.
-            stream.reserve_capacity(1);
-            let room = poll_fn(|cx| match stream.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(false),
-                Poll::Pending if stream.capacity() > 0 => Poll::Ready(true),
-                Poll::Pending => match stream.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(_))) => Poll::Ready(true),
-                    Poll::Ready(_) => Poll::Ready(false),
-                    Poll::Pending => Poll::Pending,
-                },
-            })
-            .await;
-            if !room {
-                return;
+        // Stops at a reset by the server or when the call is abandoned (its guard dropped).
+        let mut stopped = |stream: &mut h2::SendStream<Bytes>, cx: &mut std::task::Context<'_>| {
+            if std::pin::Pin::new(&mut cancelled).poll(cx).is_ready() {
+                stream.send_reset(h2::Reason::CANCEL);
+                return true;
             }
-            let frame = poll_fn(|cx| match stream.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => std::pin::Pin::new(&mut body).poll_frame(cx).map(Some),
+            stream.poll_reset(cx).is_ready()
+        };
+        loop {
+            let frame = poll_fn(|cx| {
+                if stopped(&mut stream, cx) {
+                    return Poll::Ready(None);
+                }
+                std::pin::Pin::new(&mut body).poll_frame(cx).map(Some)
             })
             .await;
-            match frame {
-                None => return,
-                Some(frame) => {
-                    if !send_frame(frame, &body, &mut stream) {
-                        return;
+            let Some(frame) = frame else { return };
+            // Data waits for room in the window before it is handed to h2 (which would buffer
+            // it without limit otherwise). As hyper does: room is claimed only once there is
+            // data (a claim pins connection window), and only a byte of it (h2 raises the
+            // claim to the buffered length when the data is sent).
+            let chunk = match &frame {
+                Some(Ok(frame)) => frame.data_ref().map(Bytes::len),
+                _ => None,
+            };
+            if chunk.is_some_and(|len| len > 0) {
+                stream.reserve_capacity(1);
+                let room = poll_fn(|cx| {
+                    while stream.capacity() == 0 {
+                        if stopped(&mut stream, cx) {
+                            return Poll::Ready(false);
+                        }
+                        match std::task::ready!(stream.poll_capacity(cx)) {
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => return Poll::Ready(false),
+                        }
                     }
+                    Poll::Ready(true)
+                })
+                .await;
+                if !room {
+                    return;
                 }
+            }
+            if !send_frame(frame, &body, &mut stream) {
+                return;
             }
         }
     });
+    Some(FeedGuard { _cancel: cancel })
 }
 
 /// Sends one frame of a request body; false once the stream is finished (or failed).
@@ -286,12 +368,16 @@ fn send_frame(
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
+                    // No more data: give back any claimed window.
+                    stream.reserve_capacity(0);
                     let _ = stream.send_trailers(trailers);
                 }
                 false
             }
         },
         Some(Err(error)) => {
+            // The call reports this error itself (see `RequestFailure`); the server learns of
+            // it as a reset.
             tracing::debug!(%error, "request body failed; resetting the stream");
             stream.send_reset(h2::Reason::CANCEL);
             false

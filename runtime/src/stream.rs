@@ -8,6 +8,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -267,12 +268,31 @@ impl<T: Message> http_body::Body for ResponseStreamBody<T> {
     }
 }
 
+/// Where a request stream's own error is kept, so that the call it aborts fails with that
+/// error rather than with whatever the transport made of the abort (a reset stream).
+#[derive(Clone, Default)]
+pub(crate) struct RequestFailure(Arc<Mutex<Option<Error>>>);
+
+impl RequestFailure {
+    fn set(&self, error: &Error) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert_with(|| error.clone());
+    }
+
+    /// The request stream's error, if it failed: the one to report instead of `error`.
+    pub(crate) fn or(&self, error: Error) -> Error {
+        let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.clone().unwrap_or(error)
+    }
+}
+
 /// The HTTP body of a streaming request: one envelope per message and no end-stream message
 /// (S5: requests never set 0x02); the body simply ends. An `Err` item aborts the request.
 pub(crate) struct RequestStreamBody<T> {
     stream: Option<MessageStream<T>>,
     format: MessageFormat,
     buf: BytesMut,
+    failure: RequestFailure,
 }
 
 impl<T: Message> RequestStreamBody<T> {
@@ -281,7 +301,13 @@ impl<T: Message> RequestStreamBody<T> {
             stream: Some(stream),
             format,
             buf: BytesMut::new(),
+            failure: RequestFailure::default(),
         }
+    }
+
+    /// Where this body's own error will be, once it fails.
+    pub(crate) fn failure(&self) -> RequestFailure {
+        self.failure.clone()
     }
 }
 
@@ -299,6 +325,7 @@ impl<T: Message> http_body::Body for RequestStreamBody<T> {
                 Poll::Ready(Some(Ok(message))) => {
                     if let Err(err) = this.format.encode(&message, &mut this.buf) {
                         this.stream = None;
+                        this.failure.set(&err);
                         return Poll::Ready(Some(Err(err)));
                     }
                     if this.buf.len() >= BATCH_BYTES {
@@ -307,6 +334,7 @@ impl<T: Message> http_body::Body for RequestStreamBody<T> {
                 }
                 Poll::Ready(Some(Err(err))) => {
                     this.stream = None;
+                    this.failure.set(&err);
                     return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Ready(None) => this.stream = None,
@@ -344,6 +372,8 @@ pub struct Streaming<T> {
     trailers: Option<HeaderMap>,
     deadline: Option<Pin<Box<Sleep>>>,
     done: bool,
+    /// On a client: the request stream's own error, which wins over what it caused here.
+    request_failure: Option<RequestFailure>,
     _message: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -361,8 +391,15 @@ impl<T: Message> Streaming<T> {
             trailers: None,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             done: false,
+            request_failure: None,
             _message: std::marker::PhantomData,
         }
+    }
+
+    /// Reports `failure`, once the request stream has failed, instead of the error it causes.
+    pub(crate) fn with_request_failure(mut self, failure: RequestFailure) -> Self {
+        self.request_failure = Some(failure);
+        self
     }
 
     /// The next message; `Ok(None)` once the stream ended successfully.
@@ -380,6 +417,10 @@ impl<T: Message> Streaming<T> {
 
     fn fail(&mut self, error: Error) -> Poll<Option<Result<T, Error>>> {
         self.done = true;
+        let error = match &self.request_failure {
+            Some(failure) => failure.or(error),
+            None => error,
+        };
         Poll::Ready(Some(Err(error)))
     }
 

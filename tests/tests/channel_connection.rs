@@ -193,3 +193,99 @@ async fn a_client_stream_ready_all_at_once_is_sent_within_flow_control() {
     assert_eq!(joined.count, 40);
     assert!(joined.text.starts_with("0,1,2,") && joined.text.ends_with(",39"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_stream_aborts_the_call_with_its_own_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener);
+    let client = client(addr);
+    let failing = || {
+        let (tx, requests) = connect_plugin::MessageStream::channel(4);
+        tokio::spawn(async move {
+            tx.send(payload("one")).await.unwrap();
+            tx.fail(connect_plugin::Error::invalid_argument(
+                "the producer gave up",
+            ))
+            .await;
+        });
+        requests
+    };
+
+    let error = client.client_stream(failing()).await.unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (Code::InvalidArgument, "the producer gave up")
+    );
+
+    let outcome = async {
+        let mut replies = client.bidi(failing()).await?.into_message();
+        while replies.message().await?.is_some() {}
+        Ok::<_, connect_plugin::Error>(())
+    };
+    let error = tokio::time::timeout(Duration::from_secs(5), outcome)
+        .await
+        .expect("the aborted bidi call ends")
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (Code::InvalidArgument, "the producer gave up")
+    );
+}
+
+/// Reports how each bidi call's request stream ended, as the server saw it.
+struct Observer(tokio::sync::mpsc::UnboundedSender<Result<usize, Code>>);
+
+impl connect_plugin_tests::interop::InteropService for Observer {
+    async fn bidi(
+        &self,
+        request: connect_plugin::Request<connect_plugin::Streaming<Payload>>,
+    ) -> Result<
+        connect_plugin::Response<connect_plugin::ServerStream<Payload>>,
+        connect_plugin::Error,
+    > {
+        let mut requests = request.into_message();
+        let (tx, replies) = connect_plugin::MessageStream::channel(4);
+        let report = self.0.clone();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            let end = loop {
+                match requests.message().await {
+                    Ok(Some(p)) => {
+                        seen += 1;
+                        let _ = tx.send(p).await;
+                    }
+                    Ok(None) => break Ok(seen),
+                    Err(e) => break Err(e.code()),
+                }
+            };
+            let _ = report.send(end);
+        });
+        Ok(connect_plugin::Response::new(replies))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_bidi_call_is_cancelled_on_the_server() {
+    let (report, mut ends) = tokio::sync::mpsc::unbounded_channel();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::new()
+            .add_service(InteropServiceServer::new(Observer(report)).into_service())
+            .serve(listener),
+    );
+    let client = client(addr);
+    // The caller keeps its sender open but stops caring about the call.
+    let (tx, requests) = connect_plugin::MessageStream::channel(4);
+    tx.send(payload("hello")).await.unwrap();
+    let mut replies = client.bidi(requests).await.unwrap().into_message();
+    assert_eq!(replies.message().await.unwrap().unwrap().text, "hello");
+    drop(replies);
+    let end = tokio::time::timeout(Duration::from_secs(5), ends.recv())
+        .await
+        .expect("the server learns that the call was abandoned")
+        .unwrap();
+    assert!(end.is_err(), "a cancelled stream, not a clean end: {end:?}");
+    drop(tx); // kept open until here
+}
