@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{self, Body, RecvBody};
-use crate::connection::{BoxError, H2Connection, error_chain};
+use crate::connection::{BoxError, H2Connection, KeepAlive, error_chain};
 use crate::interceptor::Interceptor;
 use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
@@ -110,6 +110,7 @@ pub struct ChannelBuilder {
     http_version: HttpVersion,
     timeout: Option<Duration>,
     connect_timeout: Duration,
+    keep_alive: KeepAlive,
     max_message_size: usize,
     metadata: HeaderMap,
     send_compression: Option<Compression>,
@@ -215,6 +216,17 @@ impl ChannelBuilder {
         self
     }
 
+    /// How the HTTP/2 connection notices a server that vanished without closing it (a
+    /// network partition, a frozen machine): a PING every `interval`, and the connection is
+    /// given up when no answer comes within `timeout` (default: every 30 s, 20 s to answer).
+    /// Its calls then fail with `unavailable` instead of waiting forever, and the next call
+    /// connects again. Both must be above zero.
+    #[must_use]
+    pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = KeepAlive { interval, timeout };
+        self
+    }
+
     /// The largest response message accepted (default 4 MiB).
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
@@ -241,6 +253,12 @@ impl ChannelBuilder {
             ))
         };
         let uri: Uri = self.base_url.parse().map_err(|_| bad("not a URL"))?;
+        if self.keep_alive.interval.is_zero() || self.keep_alive.timeout.is_zero() {
+            return Err(Error::invalid_argument(format!(
+                "keep_alive needs an interval and a timeout above zero, got {:?} and {:?}",
+                self.keep_alive.interval, self.keep_alive.timeout
+            )));
+        }
         let scheme = uri.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
         if scheme == Scheme::HTTPS && self.tls.is_none() {
             return Err(bad(
@@ -278,7 +296,10 @@ impl ChannelBuilder {
                     .clone()
                     .ok_or_else(|| Error::internal("memory connector vanished"))?;
                 if h2 {
-                    Transport::H2Memory(H2Connection::new(connector, target, self.connect_timeout))
+                    Transport::H2Memory(
+                        H2Connection::new(connector, target, self.connect_timeout)
+                            .with_keep_alive(self.keep_alive),
+                    )
                 } else {
                     Transport::Memory(http.build(connector))
                 }
@@ -291,7 +312,10 @@ impl ChannelBuilder {
                     .https_only();
                 if h2 {
                     let tls = tls.enable_http2().wrap_connector(connector);
-                    Transport::H2Tls(H2Connection::new(tls, target, self.connect_timeout))
+                    Transport::H2Tls(
+                        H2Connection::new(tls, target, self.connect_timeout)
+                            .with_keep_alive(self.keep_alive),
+                    )
                 } else {
                     Transport::Tls(http.build(tls.enable_http1().wrap_connector(connector)))
                 }
@@ -299,7 +323,10 @@ impl ChannelBuilder {
             _ => {
                 connector.enforce_http(true);
                 if h2 {
-                    Transport::H2Plain(H2Connection::new(connector, target, self.connect_timeout))
+                    Transport::H2Plain(
+                        H2Connection::new(connector, target, self.connect_timeout)
+                            .with_keep_alive(self.keep_alive),
+                    )
                 } else {
                     Transport::Plain(http.build(connector))
                 }
@@ -345,6 +372,7 @@ impl Channel {
             http_version: HttpVersion::Http2,
             timeout: None,
             connect_timeout: Duration::from_secs(5),
+            keep_alive: KeepAlive::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             metadata: HeaderMap::new(),
             send_compression: None,

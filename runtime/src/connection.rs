@@ -37,6 +37,79 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// How a connection finds out that its server vanished without closing it (a network
+/// partition, a frozen host): a PING every `interval`, and the connection is given up when
+/// no answer comes within `timeout`. Its calls then fail with `unavailable`, and the next
+/// call connects again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeepAlive {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl Default for KeepAlive {
+    /// As the server's: every 30 s, 20 s to answer.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Runs a connection until it ends, pinging the server as `keep_alive` says.
+async fn drive<T>(
+    mut connection: h2::client::Connection<T, Bytes>,
+    keep_alive: KeepAlive,
+) -> Result<(), BoxError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::future::Future as _;
+
+    let Some(mut pings) = connection.ping_pong() else {
+        return Ok(connection.await?);
+    };
+    let timer = tokio::time::sleep(keep_alive.interval);
+    tokio::pin!(timer);
+    let mut awaiting_pong = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = std::pin::Pin::new(&mut connection).poll(cx) {
+            return Poll::Ready(result.map_err(BoxError::from));
+        }
+        if awaiting_pong {
+            match pings.poll_pong(cx) {
+                Poll::Ready(Ok(_)) => {
+                    awaiting_pong = false;
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + keep_alive.interval);
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {}
+            }
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if awaiting_pong {
+                return Poll::Ready(Err(format!(
+                    "the server did not answer a ping within {} ms; giving the connection up",
+                    keep_alive.timeout.as_millis()
+                )
+                .into()));
+            }
+            pings.send_ping(h2::Ping::opaque())?;
+            awaiting_pong = true;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + keep_alive.timeout);
+            // The connection writes the ping when polled next.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// An open connection: the handle to start streams on, and whether it has ended.
 #[derive(Clone)]
 struct Open {
@@ -51,6 +124,7 @@ pub(crate) struct H2Connection<C> {
     target: Uri,
     /// How long connecting (TCP, TLS and the HTTP/2 preface) may take.
     connect_timeout: Duration,
+    keep_alive: KeepAlive,
     /// The open connection, if any. Held only to clone the handle.
     open: Mutex<Option<Open>>,
     /// Serializes (re)connecting, so a burst of calls opens one connection, not one each;
@@ -71,9 +145,16 @@ where
             connector,
             target,
             connect_timeout,
+            keep_alive: KeepAlive::default(),
             open: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Pings the server with these settings instead of the defaults.
+    pub(crate) fn with_keep_alive(mut self, keep_alive: KeepAlive) -> Self {
+        self.keep_alive = keep_alive;
+        self
     }
 
     /// Sends `request` as a new stream and waits for the response head. If the connection
@@ -187,8 +268,9 @@ where
         let flag = Arc::clone(&closed);
         // The connection runs until the server closes it, it breaks, or every handle to it
         // (this channel's and its calls') is gone.
+        let keep_alive = self.keep_alive;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = drive(connection, keep_alive).await {
                 tracing::debug!(%target, %error, "HTTP/2 connection closed with an error");
             }
             flag.store(true, Ordering::Release);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use connect_plugin::{Channel, Code, Server};
@@ -288,4 +288,97 @@ async fn an_abandoned_bidi_call_is_cancelled_on_the_server() {
         .unwrap();
     assert!(end.is_err(), "a cancelled stream, not a clean end: {end:?}");
     drop(tx); // kept open until here
+}
+
+/// A TCP forwarder whose current connections can be frozen: they stay open but carry nothing
+/// more, as when a network partition cuts a connection without closing it.
+async fn freezable_forwarder(
+    target: SocketAddr,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<AtomicBool>,
+    ) {
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.load(Ordering::SeqCst) {
+                // Keep both sockets open and silent, forever.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let switches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let registered = Arc::clone(&switches);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = front.accept().await {
+            let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+            let frozen = Arc::new(AtomicBool::new(false));
+            registered.lock().unwrap().push(Arc::clone(&frozen));
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(pipe(in_read, out_write, Arc::clone(&frozen)));
+            tokio::spawn(pipe(out_read, in_write, frozen));
+        }
+    });
+    (addr, switches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_silent_is_given_up_by_its_pings() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener);
+    let (front, switches) = freezable_forwarder(server).await;
+    let channel = Channel::builder(format!("http://{front}"))
+        .keep_alive(Duration::from_millis(200), Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
+    assert_eq!(client.unary(payload("warm")).await.unwrap().text, "warm");
+
+    // A long call is under way when the connection goes silent.
+    let long = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut slow = payload("long");
+            slow.sleep_ms = 60_000;
+            client.unary(slow).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for frozen in switches.lock().unwrap().iter() {
+        frozen.store(true, Ordering::SeqCst);
+    }
+    let error = tokio::time::timeout(Duration::from_secs(5), long)
+        .await
+        .expect("the silent connection is given up within a few pings")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error}");
+
+    // The next call opens a new connection (the forwarder's new ones are not frozen).
+    assert_eq!(client.unary(payload("again")).await.unwrap().text, "again");
+}
+
+#[test]
+fn keep_alive_must_be_above_zero() {
+    let error = Channel::builder("http://127.0.0.1:1")
+        .keep_alive(Duration::ZERO, Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("keep_alive"), "{error}");
 }
