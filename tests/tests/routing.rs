@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use connect_plugin::proto::connectplugin::v1::{HealthState, RegisterServiceRequest};
 use connect_plugin::{
-    Client, ClientConfig, Code, Error, MessageStream, Request, Response, ServeConfig, ServerStream,
-    ServiceRegistry, Streaming,
+    Client, ClientConfig, Code, Error, MessageStream, Request, Response, SelectionStrategy,
+    ServeConfig, ServerStream, ServiceRegistry, Streaming,
 };
 use connect_plugin_tests::interop::{
     InteropService, InteropServicePlugin, InteropServiceServer, Payload,
@@ -81,27 +81,33 @@ async fn listen() -> (tokio::net::TcpListener, String) {
     (listener, url)
 }
 
-/// A host with a registry, and a provider plugin of "interop" registered with it: the host's
-/// URL, and the provider's client and runtime id.
-async fn host_with_provider() -> (String, Client, String) {
-    let registry = ServiceRegistry::new();
+/// A host serving `registry`; its URL.
+async fn serve_host(registry: ServiceRegistry) -> String {
     let (host_listener, host_url) = listen().await;
     tokio::spawn(connect_plugin::serve(
         ServeConfig::new()
-            .registry(registry.clone())
+            .registry(registry)
             .listener(host_listener),
     ));
+    host_url
+}
 
-    // The provider plugin: serves, introduces itself, registers with its base URL.
+/// A provider plugin named `name` serving `service`, registered with the host as a provider
+/// of "interop" at its own base URL: its client and runtime id.
+async fn register_provider(
+    host_url: &str,
+    name: &str,
+    service: connect_plugin::Service,
+) -> (Client, String) {
     let (provider_listener, provider_url) = listen().await;
     tokio::spawn(connect_plugin::serve(
         ServeConfig::new()
-            .service(InteropServiceServer::new(WhoCalls).into_service())
+            .service(service)
             .listener(provider_listener),
     ));
     let provider = Client::new(
-        ClientConfig::new(&host_url)
-            .self_id("echo", "1.0.0")
+        ClientConfig::new(host_url)
+            .self_id(name, "1.0.0")
             .provides(["interop"]),
     )
     .unwrap();
@@ -109,7 +115,7 @@ async fn host_with_provider() -> (String, Client, String) {
         service_type: "interop".into(),
         version: "1.0.0".into(),
         endpoint_path: "/interop.v1.InteropService/".into(),
-        metadata: HashMap::from([("base_url".to_owned(), provider_url.clone())]),
+        metadata: HashMap::from([("base_url".to_owned(), provider_url)]),
     };
     provider
         .registry()
@@ -117,7 +123,54 @@ async fn host_with_provider() -> (String, Client, String) {
         .await
         .unwrap();
     let provider_id = provider.runtime_identity().unwrap().runtime_id.clone();
+    (provider, provider_id)
+}
+
+/// A host with a registry, and a provider plugin of "interop" registered with it: the host's
+/// URL, and the provider's client and runtime id.
+async fn host_with_provider() -> (String, Client, String) {
+    let host_url = serve_host(ServiceRegistry::new()).await;
+    let service = InteropServiceServer::new(WhoCalls).into_service();
+    let (provider, provider_id) = register_provider(&host_url, "echo", service).await;
     (host_url, provider, provider_id)
+}
+
+/// Answers every unary call with its own name.
+struct Named(&'static str);
+
+impl InteropService for Named {
+    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
+        Ok(Response::new(Payload {
+            text: self.0.into(),
+            ..Default::default()
+        }))
+    }
+}
+
+#[tokio::test]
+async fn routed_calls_take_turns_between_providers_with_round_robin() {
+    let registry = ServiceRegistry::new();
+    registry.set_strategy("interop", SelectionStrategy::RoundRobin);
+    let host_url = serve_host(registry).await;
+    let mut providers = Vec::new();
+    for name in ["a", "b"] {
+        let service = InteropServiceServer::new(Named(name)).into_service();
+        providers.push(register_provider(&host_url, name, service).await);
+    }
+    let app = Client::new(ClientConfig::new(&host_url).self_id("app", "1.0.0")).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let interop = app.provider::<InteropServicePlugin>("").await.unwrap();
+        answers.push(
+            interop
+                .unary(Payload::default())
+                .await
+                .unwrap()
+                .into_message()
+                .text,
+        );
+    }
+    assert_eq!(answers, ["a", "b", "a", "b"]);
 }
 
 #[tokio::test]
