@@ -969,7 +969,6 @@ async fn routed(ours_addr: SocketAddr, settings: &Settings) -> Vec<Row> {
 
 /// A direct caller of our echo server and one routed to it through a host with a registry.
 async fn routed_pair(provider: SocketAddr) -> (Caller, Caller) {
-    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
     let registry = connect_plugin::ServiceRegistry::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = format!("http://{}", listener.local_addr().unwrap());
@@ -984,17 +983,7 @@ async fn routed_pair(provider: SocketAddr) -> (Caller, Caller) {
             .provides(["interop"]),
     )
     .unwrap();
-    let registration = RegisterServiceRequest {
-        service_type: "interop".into(),
-        version: "1.0.0".into(),
-        endpoint_path: "/interop.v1.InteropService/".into(),
-        metadata: [("base_url".to_owned(), format!("http://{provider}"))].into(),
-    };
-    plugin
-        .registry()
-        .register_service(plugin.authenticated(registration).await.unwrap())
-        .await
-        .unwrap();
+    connect_plugin_tests::register_interop(&plugin, format!("http://{provider}")).await;
     let app = connect_plugin::Client::new(
         connect_plugin::ClientConfig::new(&host).self_id("app", "1.0.0"),
     )

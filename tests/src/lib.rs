@@ -187,3 +187,55 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[start + size + 2..];
     }
 }
+
+/// A TCP forwarder to `target` that counts the connections it accepts: its address, and the
+/// count (how many connections a client really opened).
+pub async fn counting_forwarder(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = front.local_addr().expect("local addr");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = front.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Registers `provider` with its host as a provider of "interop" served at `base_url`.
+pub async fn register_interop(provider: &connect_plugin::Client, base_url: String) {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+
+    let registration = RegisterServiceRequest {
+        service_type: "interop".into(),
+        version: "1.0.0".into(),
+        endpoint_path: "/interop.v1.InteropService/".into(),
+        metadata: [("base_url".to_owned(), base_url)].into(),
+    };
+    provider
+        .registry()
+        .register_service(
+            provider
+                .authenticated(registration)
+                .await
+                .expect("identity"),
+        )
+        .await
+        .expect("registered");
+}

@@ -2,12 +2,10 @@
 //! `/services/{type}/{provider}/...` for every RPC shape, with the caller's identity checked
 //! and passed on, and unhealthy or unknown providers answered with `unavailable`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use connect_plugin::proto::connectplugin::v1::{HealthState, RegisterServiceRequest};
+use connect_plugin::proto::connectplugin::v1::HealthState;
 use connect_plugin::{
     Client, ClientConfig, Code, Error, MessageStream, Request, Response, SelectionStrategy,
     ServeConfig, ServerStream, ServiceRegistry, Streaming,
@@ -111,17 +109,7 @@ async fn register_provider(
             .provides(["interop"]),
     )
     .unwrap();
-    let registration = RegisterServiceRequest {
-        service_type: "interop".into(),
-        version: "1.0.0".into(),
-        endpoint_path: "/interop.v1.InteropService/".into(),
-        metadata: HashMap::from([("base_url".to_owned(), provider_url)]),
-    };
-    provider
-        .registry()
-        .register_service(provider.authenticated(registration).await.unwrap())
-        .await
-        .unwrap();
+    connect_plugin_tests::register_interop(&provider, provider_url).await;
     let provider_id = provider.runtime_identity().unwrap().runtime_id.clone();
     (provider, provider_id)
 }
@@ -178,19 +166,8 @@ async fn a_plugin_reaches_the_host_and_other_plugins_over_one_connection() {
     let (host_url, _provider, _) = host_with_provider().await;
     // A counting TCP forwarder in front of the host sees every connection the app opens.
     let host_addr: std::net::SocketAddr = host_url.trim_start_matches("http://").parse().unwrap();
-    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front_url = format!("http://{}", front.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = front.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut outbound = tokio::net::TcpStream::connect(host_addr).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            });
-        }
-    });
+    let (front, accepted) = connect_plugin_tests::counting_forwarder(host_addr).await;
+    let front_url = format!("http://{front}");
 
     // Handshake, discovery and routed calls through two typed clients.
     let app = Client::new(ClientConfig::new(&front_url).self_id("app", "1.0.0")).unwrap();

@@ -145,7 +145,6 @@ async fn connect_node_client_over_tls_with_both_http_versions() {
 
 #[tokio::test]
 async fn plugins_call_each_other_through_a_tls_host() {
-    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
     use connect_plugin::{Client, ClientConfig, ServeConfig, ServiceRegistry};
 
     let (cert, key) = certificate();
@@ -170,17 +169,7 @@ async fn plugins_call_each_other_through_a_tls_host() {
             .provides(["interop"]),
     ))
     .unwrap();
-    let registration = RegisterServiceRequest {
-        service_type: "interop".into(),
-        version: "1.0.0".into(),
-        endpoint_path: "/interop.v1.InteropService/".into(),
-        metadata: [("base_url".to_owned(), provider_url)].into(),
-    };
-    provider
-        .registry()
-        .register_service(provider.authenticated(registration).await.unwrap())
-        .await
-        .unwrap();
+    connect_plugin_tests::register_interop(&provider, provider_url).await;
 
     // The app finds it and calls it through the host, over its TLS connection to the host.
     let app = Client::new(trusting(
