@@ -192,18 +192,17 @@ where
 
     /// A handle ready to start a stream (within the server's limit of concurrent streams).
     async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
-        let open = self.open().await?;
-        match open.sender.clone().ready().await {
-            Ok(sender) => Ok(sender),
-            Err(_) => {
-                // The connection died under us (closed, GOAWAY): mark it, connect again, once.
-                open.closed.store(true, Ordering::Release);
-                let open = self.open().await?;
-                match open.sender.clone().ready().await {
-                    Ok(sender) => Ok(sender),
-                    Err(error) => {
-                        open.closed.store(true, Ordering::Release);
-                        Err(error.into())
+        // A connection that died under us (closed, GOAWAY) is marked, and one new one tried.
+        let mut attempts = 2;
+        loop {
+            let open = self.open().await?;
+            match open.sender.clone().ready().await {
+                Ok(sender) => return Ok(sender),
+                Err(error) => {
+                    open.closed.store(true, Ordering::Release);
+                    attempts -= 1;
+                    if attempts == 0 {
+                        return Err(error.into());
                     }
                 }
             }
