@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use connect_plugin::{Channel, Codec, Compression, Error, Request, Response, Server, ServerStream};
+use connect_plugin::{
+    Channel, Error, Request, Response, ServerStream, rpc::Codec, rpc::Compression, rpc::Server,
+};
 use connect_plugin_tests::interop::{
     InteropService, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload,
 };

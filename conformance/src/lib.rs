@@ -17,7 +17,7 @@ pub mod service;
 
 use std::io::{Read, Write};
 
-use connect_plugin::{Code, Error, ErrorDetail};
+use connect_plugin_rpc::{Code, Error, ErrorDetail};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message;
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use connect_plugin::{
+use connect_plugin_rpc::{
     Error, ErrorDetail, MessageStream, Request, Response, ServerStream, Streaming,
 };
 use http::HeaderMap;

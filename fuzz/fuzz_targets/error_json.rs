@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| connect_plugin::fuzzing::error_json(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| connect_plugin_rpc::fuzzing::error_json(data));

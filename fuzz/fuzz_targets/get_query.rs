@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| connect_plugin::fuzzing::get_query(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| connect_plugin_rpc::fuzzing::get_query(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| connect_plugin::fuzzing::timeout_header(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| connect_plugin_rpc::fuzzing::timeout_header(data));

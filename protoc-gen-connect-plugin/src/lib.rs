@@ -115,6 +115,7 @@ pub fn generate(request: &CodeGeneratorRequest) -> Result<Vec<File>, String> {
             templates,
             messages: Rc::new(all_messages(request)),
             delegate: options.delegate,
+            plugin: options.plugin,
             runtime_crate: options.runtime_crate.clone(),
             plugin_version: options.plugin_version.clone(),
             errors: Rc::clone(&errors),
@@ -193,7 +194,7 @@ fn all_messages(
 /// `google.protobuf.Timestamp` comes from the runtime, whose JSON form is canonical (`Z`);
 /// every other well-known type from pbjson-types.
 fn timestamp_path(options: &Options) -> String {
-    format!("{}::wkt::Timestamp", options.runtime_crate)
+    format!("{}::__codegen::wkt::Timestamp", options.runtime_crate)
 }
 
 fn load_templates(options: &Options) -> Result<Handlebars<'static>, String> {

@@ -19,6 +19,9 @@ pub struct Options {
     pub plugin_version: String,
     /// Whether to emit the flattened `<Name>Delegate` clients (default on; `no_delegate`).
     pub delegate: bool,
+    /// Whether to emit the `<Name>Plugin` bindings (default on; `no_plugin` leaves them out,
+    /// for code that uses the Connect crate alone: `runtime_crate=::connect_plugin_rpc`).
+    pub plugin: bool,
 }
 
 impl Default for Options {
@@ -30,12 +33,13 @@ impl Default for Options {
             runtime_crate: "::connect_plugin".to_owned(),
             plugin_version: "1.0.0".to_owned(),
             delegate: true,
+            plugin: true,
         }
     }
 }
 
 const KEYS: &str = "include_file=NAME, no_include, extern_path=.proto.path=::rust::path, \
-                    templates=DIR, runtime_crate=PATH, plugin_version=SEMVER, no_delegate";
+                    templates=DIR, runtime_crate=PATH, plugin_version=SEMVER, no_delegate, no_plugin";
 
 impl Options {
     /// Parses protoc's parameter string.
@@ -62,6 +66,7 @@ impl Options {
                 "include_file" => options.include_file = Some(need(value)?),
                 "no_include" => options.include_file = None,
                 "no_delegate" => options.delegate = false,
+                "no_plugin" => options.plugin = false,
                 "templates" => options.templates = Some(PathBuf::from(need(value)?)),
                 "runtime_crate" => options.runtime_crate = need(value)?,
                 "plugin_version" => {

@@ -16,7 +16,7 @@ use serde::Serialize;
 /// Everything the service template sees. Field names are the template's variable names.
 #[derive(Debug, Serialize)]
 pub(crate) struct ServiceData {
-    /// Path of the runtime crate, e.g. `::connect_plugin`.
+    /// Path of the runtime's module for generated code, e.g. `::connect_plugin::__codegen`.
     pub rt: String,
     pub docs: String,
     pub proto_name: String,
@@ -26,6 +26,8 @@ pub(crate) struct ServiceData {
     pub delegate_name: String,
     /// Whether to emit the flattened client.
     pub delegate: bool,
+    /// Whether to emit the plugin binding.
+    pub plugin: bool,
     pub trait_name: String,
     pub server_name: String,
     pub client_name: String,
@@ -75,6 +77,7 @@ pub(crate) struct TemplateServiceGenerator {
     /// Every message of the request by fully qualified name (`.kv.v1.GetRequest`).
     pub(crate) messages: Rc<HashMap<String, DescriptorProto>>,
     pub(crate) delegate: bool,
+    pub(crate) plugin: bool,
     pub(crate) runtime_crate: String,
     pub(crate) plugin_version: String,
     pub(crate) errors: ErrorSink,
@@ -117,7 +120,8 @@ impl TemplateServiceGenerator {
             }
         }
         Ok(ServiceData {
-            rt: self.runtime_crate.clone(),
+            // Generated code names the runtime through its `__codegen` module only.
+            rt: format!("{}::__codegen", self.runtime_crate),
             docs: doc_comments(&service.comments),
             proto_name: service.proto_name.clone(),
             full_name,
@@ -132,6 +136,7 @@ impl TemplateServiceGenerator {
                     .to_upper_camel_case()
             ),
             delegate: self.delegate,
+            plugin: self.plugin,
             trait_name: sanitize(&upper),
             server_name: format!("{upper}Server"),
             client_name: format!("{upper}Client"),

@@ -25,7 +25,7 @@ fn targets() -> Vec<(PathBuf, PathBuf, &'static str)> {
     let root = workspace();
     let fixtures = root.join("protoc-gen-connect-plugin/tests");
     let mut targets = vec![
-        (root.join("proto"), root.join("runtime/src/gen"), ""),
+        (root.join("proto"), root.join("runtime/plugin/src/gen"), ""),
         // Golden output of the fixtures; it is compiled and served by tests/tests/golden.rs.
         (fixtures.join("fixtures/proto"), fixtures.join("golden"), ""),
         // The interop test service, served and called by tests/tests/interop_*.rs.
@@ -34,7 +34,8 @@ fn targets() -> Vec<(PathBuf, PathBuf, &'static str)> {
         (
             root.join("conformance/proto"),
             root.join("conformance/src/gen"),
-            "",
+            // The conformance crate depends on the Connect crate alone.
+            "runtime_crate=::connect_plugin_rpc,no_plugin",
         ),
     ];
     let mut examples: Vec<_> = std::fs::read_dir(root.join("examples"))

@@ -270,7 +270,7 @@ pbjson = "0.9"
 pbjson-types = "0.9"
 serde = "1"
 "#,
-            runtime = repo().join("runtime").display()
+            runtime = repo().join("runtime/plugin").display()
         ),
     )
     .unwrap();

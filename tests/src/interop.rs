@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use connect_plugin::{
-    Code, Error, ErrorDetail, MessageStream, Request, Response, ServerStream, Streaming,
+    Code, Error, MessageStream, Request, Response, ServerStream, Streaming, rpc::ErrorDetail,
 };
 use http::HeaderValue;
 
@@ -121,12 +121,12 @@ impl InteropService for InteropServer {
 
 /// Serves the interop service on an ephemeral port; returns the base URL.
 pub async fn serve_interop() -> String {
-    serve_interop_with(connect_plugin::Server::new()).await
+    serve_interop_with(connect_plugin::rpc::Server::new()).await
 }
 
 /// Serves the interop service with `server`'s settings; returns the base URL (`https://` when
 /// the server has TLS).
-pub async fn serve_interop_with(server: connect_plugin::Server) -> String {
+pub async fn serve_interop_with(server: connect_plugin::rpc::Server) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

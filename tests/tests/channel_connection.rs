@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use connect_plugin::{Channel, Code, Server};
+use connect_plugin::{Channel, Code, rpc::Server};
 use connect_plugin_tests::interop::{
     InteropServer, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload,
 };

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use connect_plugin::{Channel, Code, Error, Request, Response, Server};
+use connect_plugin::{Channel, Code, Error, Request, Response, rpc::Server};
 use connect_plugin_tests::interop::{
     InteropService, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload,
     serve_interop,
@@ -21,7 +21,7 @@ struct Proxy {
 
 impl InteropService for Proxy {
     async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
-        let had_deadline = connect_plugin::current_deadline().is_some();
+        let had_deadline = connect_plugin::rpc::current_deadline().is_some();
         // No explicit timeout here: the inherited deadline bounds the call.
         let outcome = self.downstream.unary(request.into_message()).await;
         self.seen
@@ -83,5 +83,5 @@ async fn a_handlers_calls_inherit_its_deadline() {
 
 #[tokio::test]
 async fn without_a_deadline_nothing_is_inherited() {
-    assert!(connect_plugin::current_deadline().is_none());
+    assert!(connect_plugin::rpc::current_deadline().is_none());
 }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use connect_plugin::wkt::Timestamp;
+use connect_plugin::rpc::wkt::Timestamp;
 use connect_plugin::{
-    Channel, Code, Codec, Compression, Error, HttpVersion, MessageStream, Request, Response,
-    Server, ServerStream, Streaming,
+    Channel, Code, Error, MessageStream, Request, Response, ServerStream, Streaming, rpc::Codec,
+    rpc::Compression, rpc::HttpVersion, rpc::Server,
 };
 use connect_plugin_tests::fixtures::golden::common::v1::Page;
 use connect_plugin_tests::fixtures::golden::v1::{
@@ -301,7 +301,7 @@ async fn golden_delegate_flattens_simple_requests_and_takes_the_message_otherwis
 
 #[test]
 fn golden_descriptors_and_bindings() {
-    use connect_plugin::{Idempotency, Plugin, StreamKind};
+    use connect_plugin::{Plugin, rpc::Idempotency, rpc::StreamKind};
     use connect_plugin_tests::fixtures::golden::v1 as g;
     assert_eq!(
         g::EVERYTHING_SERVICE_TYPE.path,

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use connect_plugin::{Channel, Code, Error, Interceptor, MethodDescriptor};
+use connect_plugin::{Channel, Code, Error, rpc::Interceptor, rpc::MethodDescriptor};
 use connect_plugin_tests::interop::{InteropServicePlugin, Payload, serve_interop};
 use http::HeaderMap;
 

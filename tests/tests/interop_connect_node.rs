@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use connect_plugin::{Channel, Code, Codec, HttpVersion};
+use connect_plugin::{Channel, Code, rpc::Codec, rpc::HttpVersion};
 use connect_plugin_tests::{launch_kv_plugin, node, repo_root, start_node_server};
 use kv::v1::{DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 
@@ -154,13 +154,14 @@ async fn our_client_calls_a_connect_node_server() {
             assert_eq!(decoded.key, "", "{context}");
 
             // An unknown procedure: connect-node answers 404, which is `unimplemented`.
-            static NOPE: connect_plugin::MethodDescriptor = connect_plugin::MethodDescriptor {
-                service: "kv.v1.KVService",
-                method: "Nope",
-                path: "/kv.v1.KVService/Nope",
-                kind: connect_plugin::StreamKind::Unary,
-                idempotency: connect_plugin::Idempotency::Unknown,
-            };
+            static NOPE: connect_plugin::rpc::MethodDescriptor =
+                connect_plugin::rpc::MethodDescriptor {
+                    service: "kv.v1.KVService",
+                    method: "Nope",
+                    path: "/kv.v1.KVService/Nope",
+                    kind: connect_plugin::rpc::StreamKind::Unary,
+                    idempotency: connect_plugin::rpc::Idempotency::Unknown,
+                };
             let err = channel
                 .unary::<GetRequest, kv::v1::GetResponse>(
                     &NOPE,

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use connect_plugin::{Channel, Code, Codec, Compression, HttpVersion, MessageStream, Request};
+use connect_plugin::{
+    Channel, Code, MessageStream, Request, rpc::Codec, rpc::Compression, rpc::HttpVersion,
+};
 use connect_plugin_tests::interop::{InteropServicePlugin, Payload, serve_interop};
 use connect_plugin_tests::{node, repo_root, start_node_server};
 use http::HeaderValue;

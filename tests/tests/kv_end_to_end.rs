@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use connect_plugin::{Channel, Code, HttpVersion, Request};
+use connect_plugin::{Channel, Code, Request, rpc::HttpVersion};
 use connect_plugin_tests::{launch_kv_plugin, raw_http1};
 use kv::v1::{GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 
@@ -66,7 +66,10 @@ async fn kv_host_uses_plugin_endpoint_when_set() {
 async fn typed_client_over_both_http_versions_and_codecs() {
     let plugin = launch_kv_plugin(KV_PLUGIN).await;
     for version in [HttpVersion::Http1, HttpVersion::Http2] {
-        for codec in [connect_plugin::Codec::Proto, connect_plugin::Codec::Json] {
+        for codec in [
+            connect_plugin::rpc::Codec::Proto,
+            connect_plugin::rpc::Codec::Json,
+        ] {
             let channel = Channel::builder(plugin.endpoint())
                 .http_version(version)
                 .codec(codec)
@@ -264,7 +267,7 @@ async fn plugin_exits_when_its_host_closes_stdin() {
         .env("PORT", "0")
         .env(
             "CONNECT_PLUGIN_LAUNCHED",
-            connect_plugin::MAGIC_COOKIE_VALUE,
+            connect_plugin::plugin::MAGIC_COOKIE_VALUE,
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -276,7 +279,7 @@ async fn plugin_exits_when_its_host_closes_stdin() {
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let line = lines.next_line().await.unwrap().unwrap();
     assert!(
-        connect_plugin::launch::parse_ready_line(&line).is_some(),
+        connect_plugin::serve::readiness::parse_ready_line(&line).is_some(),
         "{line}"
     );
     drop(child.stdin.take());

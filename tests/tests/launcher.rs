@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connect_plugin::{
-    Channel, Client, Code, InMemoryPlugin, LaunchConfig, ManagedPlugin, PluginProcess, PluginState,
-    RestartPolicy, ServeConfig,
+    Channel, Client, Code, InMemoryPlugin, LaunchConfig, PluginProcess, ServeConfig,
+    SupervisedPlugin, process::PluginState, process::RestartPolicy,
 };
 use kv::MemoryStore;
 use kv::v1::{DeleteRequest, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
@@ -36,7 +36,7 @@ fn kill9(pid: u32) {
 async fn kill_9_is_noticed_within_a_second_and_the_plugin_comes_back() {
     let crashes = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&crashes);
-    let plugin = ManagedPlugin::launch(
+    let plugin = SupervisedPlugin::launch(
         LaunchConfig::new("kv", KV_PLUGIN)
             .restart(RestartPolicy::with_backoff(
                 3,
@@ -106,7 +106,7 @@ async fn kill_9_is_noticed_within_a_second_and_the_plugin_comes_back() {
 
 #[tokio::test]
 async fn without_a_restart_policy_a_crash_is_final() {
-    let plugin = ManagedPlugin::launch(LaunchConfig::new("kv", KV_PLUGIN))
+    let plugin = SupervisedPlugin::launch(LaunchConfig::new("kv", KV_PLUGIN))
         .await
         .unwrap();
     let PluginState::Running { pid, .. } = plugin.state() else {

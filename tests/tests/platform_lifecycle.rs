@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use connect_plugin::platform::{Platform, PluginSpec};
+use connect_plugin::host::platform::{Platform, PluginSpec};
 use connect_plugin::{
-    Client, ClientConfig, Code, LaunchConfig, ServeConfig, ServiceDependency, ServiceRegistry,
+    Client, ClientConfig, Code, LaunchConfig, ServeConfig, ServiceRegistry,
+    plugin::ServiceDependency,
 };
 use platform::cache::{CacheServicePlugin, GetRequest, SetRequest};
 

@@ -13,8 +13,8 @@ use connect_plugin::proto::connectplugin::health::v1::{
     HealthCheckRequest, HealthServicePlugin, ServingStatus,
 };
 use connect_plugin::{
-    CapabilityBroker, CapabilityDefinition, Client, ClientConfig, Code, Error, HealthServer,
-    Request, Response, ServeConfig,
+    CapabilityBroker, Client, ClientConfig, Code, Error, HealthServer, Request, Response,
+    ServeConfig, host::broker::CapabilityDefinition,
 };
 use connect_plugin_tests::interop::{
     InteropServer, InteropServicePlugin, InteropServiceServer, Payload,
@@ -199,27 +199,27 @@ async fn health_monitor_reports_changes() {
     let (url, _stop, _task) = start(kv_config().health(health.clone())).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let recorder = Arc::clone(&seen);
-    let mut monitor = connect_plugin::HealthMonitor::start(
+    let mut monitor = connect_plugin::health::HealthMonitor::start(
         &connect_plugin::Channel::new(&url).unwrap(),
         "",
         Duration::from_millis(20),
         move |status| recorder.lock().unwrap().push(status),
     );
     monitor
-        .wait_for(connect_plugin::HealthStatus::Serving)
+        .wait_for(connect_plugin::health::HealthStatus::Serving)
         .await;
     health.set_status("", ServingStatus::NotServing);
     tokio::time::timeout(
         Duration::from_secs(5),
-        monitor.wait_for(connect_plugin::HealthStatus::NotServing),
+        monitor.wait_for(connect_plugin::health::HealthStatus::NotServing),
     )
     .await
     .expect("the monitor notices within 5 s");
     assert_eq!(
         *seen.lock().unwrap(),
         [
-            connect_plugin::HealthStatus::Serving,
-            connect_plugin::HealthStatus::NotServing
+            connect_plugin::health::HealthStatus::Serving,
+            connect_plugin::health::HealthStatus::NotServing
         ]
     );
 }
@@ -258,7 +258,10 @@ fn broker(logger: &RecordingLogger, ttl: Duration) -> CapabilityBroker {
         .unwrap()
 }
 
-async fn log_via(grant: &connect_plugin::CapabilityGrant, message: &str) -> Result<(), Error> {
+async fn log_via(
+    grant: &connect_plugin::client::CapabilityGrant,
+    message: &str,
+) -> Result<(), Error> {
     connect_plugin::dispense::<LoggerPlugin>(grant.channel())
         .log(LogRequest {
             level: "info".into(),

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use connect_plugin::{Channel, Code, HttpVersion, MessageStream};
+use connect_plugin::{Channel, Code, MessageStream, rpc::HttpVersion};
 use connect_plugin_tests::interop::{InteropServicePlugin, Payload, serve_interop};
 use connect_plugin_tests::{RawResponse, raw_http1};
 use http_body_util::Full;

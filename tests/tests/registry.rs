@@ -10,7 +10,8 @@ use connect_plugin::proto::connectplugin::v1::{
     UnregisterServiceRequest, WatchServiceRequest,
 };
 use connect_plugin::{
-    Client, ClientConfig, Code, Request, SelectionStrategy, ServeConfig, ServiceRegistry,
+    Client, ClientConfig, Code, Request, ServeConfig, ServiceRegistry,
+    host::registry::SelectionStrategy,
 };
 
 async fn host(registry: &ServiceRegistry) -> String {
@@ -304,7 +305,7 @@ async fn a_plugin_that_stops_heartbeating_expires_and_watchers_hear_it() {
         )
         .await
         .unwrap();
-    let heartbeat = logger.keep_alive(Duration::from_millis(50));
+    let heartbeat = logger.heartbeat(Duration::from_millis(50));
     let watcher = plugin(&url, "watcher", &[]);
     let mut watch = watcher
         .registry()
@@ -346,7 +347,9 @@ async fn a_plugin_that_stops_heartbeating_expires_and_watchers_hear_it() {
 
 #[tokio::test]
 async fn a_self_registering_plugin_registers_again_when_its_host_restarts() {
-    use connect_plugin::registration::{RegistrationConfig, RegistrationState, SelfRegistration};
+    use connect_plugin::deploy::self_registration::{
+        RegistrationConfig, RegistrationState, SelfRegistration,
+    };
     // Host A on some port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use connect_plugin::proto::connectplugin::v1::HealthState;
 use connect_plugin::{
-    Client, ClientConfig, Code, Error, MessageStream, Request, Response, SelectionStrategy,
-    ServeConfig, ServerStream, ServiceRegistry, Streaming,
+    Client, ClientConfig, Code, Error, MessageStream, Request, Response, ServeConfig, ServerStream,
+    ServiceRegistry, Streaming, host::registry::SelectionStrategy,
 };
 use connect_plugin_tests::interop::{
     InteropService, InteropServicePlugin, InteropServiceServer, Payload,
@@ -95,7 +95,7 @@ async fn serve_host(registry: ServiceRegistry) -> String {
 async fn register_provider(
     host_url: &str,
     name: &str,
-    service: connect_plugin::Service,
+    service: connect_plugin::rpc::Service,
 ) -> (Client, String) {
     let (provider_listener, provider_url) = listen().await;
     tokio::spawn(connect_plugin::serve(

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use connect_plugin::tls::{ClientTls, ServerTls};
-use connect_plugin::{Channel, Code, HttpVersion, MessageStream, Server};
+use connect_plugin::rpc::tls::{ClientTls, ServerTls};
+use connect_plugin::{Channel, Code, MessageStream, rpc::HttpVersion, rpc::Server};
 use connect_plugin_tests::interop::{InteropServicePlugin, Payload, serve_interop_with};
 
 fn certificate() -> (String, String) {

@@ -6,15 +6,15 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use connect_plugin::tls::ClientTls;
-use connect_plugin::{
-    Channel, Codec, Compression, Error, HttpVersion, MessageStream, Request, Streaming,
-};
 use connect_plugin_conformance::proto::client_compat_request::cancel::CancelTiming;
 use connect_plugin_conformance::proto::client_compat_response::Result as Outcome;
 use connect_plugin_conformance::proto::{self as p, ConformanceServiceClient};
 use connect_plugin_conformance::{
     error_to_proto, from_any, headers_from_proto, headers_to_proto, read_delimited, write_delimited,
+};
+use connect_plugin_rpc::tls::ClientTls;
+use connect_plugin_rpc::{
+    Channel, Codec, Compression, Error, HttpVersion, MessageStream, Request, Streaming,
 };
 
 fn main() -> ExitCode {
@@ -279,7 +279,7 @@ fn cancel_after(cancel: &Option<CancelTiming>) -> Option<usize> {
 }
 
 fn split<T>(
-    response: connect_plugin::Response<T>,
+    response: connect_plugin_rpc::Response<T>,
     payload: impl FnOnce(T) -> Option<p::ConformancePayload>,
 ) -> (
     http::HeaderMap,
@@ -319,7 +319,7 @@ fn sender<T: Send + 'static>(
         if cancel {
             return tx
                 .fail(Error::new(
-                    connect_plugin::Code::Canceled,
+                    connect_plugin_rpc::Code::Canceled,
                     "canceled before close-send",
                 ))
                 .await;
@@ -337,7 +337,7 @@ fn sender<T: Send + 'static>(
     (stream, unsent)
 }
 
-async fn read_stream<T: connect_plugin::Message>(
+async fn read_stream<T: connect_plugin_rpc::Message>(
     mut stream: Streaming<T>,
     observed: &mut Observed,
     cancel_after: Option<usize>,
@@ -346,7 +346,7 @@ async fn read_stream<T: connect_plugin::Message>(
     loop {
         if cancel_after == Some(observed.payloads.len()) {
             observed.error = Some(Error::new(
-                connect_plugin::Code::Canceled,
+                connect_plugin_rpc::Code::Canceled,
                 "canceled by the client",
             ));
             return;

@@ -4,13 +4,13 @@
 
 use std::process::ExitCode;
 
-use connect_plugin::Server;
-use connect_plugin::tls::ServerTls;
 use connect_plugin_conformance::proto::{
     ConformanceServiceServer, Protocol, ServerCompatRequest, ServerCompatResponse,
 };
 use connect_plugin_conformance::service::Conformance;
 use connect_plugin_conformance::{read_delimited, write_delimited};
+use connect_plugin_rpc::Server;
+use connect_plugin_rpc::tls::ServerTls;
 
 #[tokio::main]
 async fn main() -> ExitCode {

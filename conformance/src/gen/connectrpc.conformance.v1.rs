@@ -1049,52 +1049,52 @@ impl ::prost::Name for RawHttpResponse {
 /// Fully qualified name of the `connectrpc.conformance.v1.ConformanceService` service.
 pub const CONFORMANCE_SERVICE_NAME: &str = "connectrpc.conformance.v1.ConformanceService";
 /// Descriptor of `connectrpc.conformance.v1.ConformanceService.Unary`.
-pub const CONFORMANCE_SERVICE_UNARY: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CONFORMANCE_SERVICE_UNARY: ::connect_plugin_rpc::__codegen::MethodDescriptor = ::connect_plugin_rpc::__codegen::MethodDescriptor {
     service: "connectrpc.conformance.v1.ConformanceService",
     method: "Unary",
     path: "/connectrpc.conformance.v1.ConformanceService/Unary",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin_rpc::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin_rpc::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `connectrpc.conformance.v1.ConformanceService.ServerStream`.
-pub const CONFORMANCE_SERVICE_SERVER_STREAM: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CONFORMANCE_SERVICE_SERVER_STREAM: ::connect_plugin_rpc::__codegen::MethodDescriptor = ::connect_plugin_rpc::__codegen::MethodDescriptor {
     service: "connectrpc.conformance.v1.ConformanceService",
     method: "ServerStream",
     path: "/connectrpc.conformance.v1.ConformanceService/ServerStream",
-    kind: ::connect_plugin::StreamKind::ServerStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin_rpc::__codegen::StreamKind::ServerStreaming,
+    idempotency: ::connect_plugin_rpc::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `connectrpc.conformance.v1.ConformanceService.ClientStream`.
-pub const CONFORMANCE_SERVICE_CLIENT_STREAM: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CONFORMANCE_SERVICE_CLIENT_STREAM: ::connect_plugin_rpc::__codegen::MethodDescriptor = ::connect_plugin_rpc::__codegen::MethodDescriptor {
     service: "connectrpc.conformance.v1.ConformanceService",
     method: "ClientStream",
     path: "/connectrpc.conformance.v1.ConformanceService/ClientStream",
-    kind: ::connect_plugin::StreamKind::ClientStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin_rpc::__codegen::StreamKind::ClientStreaming,
+    idempotency: ::connect_plugin_rpc::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `connectrpc.conformance.v1.ConformanceService.BidiStream`.
-pub const CONFORMANCE_SERVICE_BIDI_STREAM: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CONFORMANCE_SERVICE_BIDI_STREAM: ::connect_plugin_rpc::__codegen::MethodDescriptor = ::connect_plugin_rpc::__codegen::MethodDescriptor {
     service: "connectrpc.conformance.v1.ConformanceService",
     method: "BidiStream",
     path: "/connectrpc.conformance.v1.ConformanceService/BidiStream",
-    kind: ::connect_plugin::StreamKind::BidiStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin_rpc::__codegen::StreamKind::BidiStreaming,
+    idempotency: ::connect_plugin_rpc::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `connectrpc.conformance.v1.ConformanceService.Unimplemented`.
-pub const CONFORMANCE_SERVICE_UNIMPLEMENTED: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CONFORMANCE_SERVICE_UNIMPLEMENTED: ::connect_plugin_rpc::__codegen::MethodDescriptor = ::connect_plugin_rpc::__codegen::MethodDescriptor {
     service: "connectrpc.conformance.v1.ConformanceService",
     method: "Unimplemented",
     path: "/connectrpc.conformance.v1.ConformanceService/Unimplemented",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin_rpc::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin_rpc::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `connectrpc.conformance.v1.ConformanceService.IdempotentUnary`.
-pub const CONFORMANCE_SERVICE_IDEMPOTENT_UNARY: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CONFORMANCE_SERVICE_IDEMPOTENT_UNARY: ::connect_plugin_rpc::__codegen::MethodDescriptor = ::connect_plugin_rpc::__codegen::MethodDescriptor {
     service: "connectrpc.conformance.v1.ConformanceService",
     method: "IdempotentUnary",
     path: "/connectrpc.conformance.v1.ConformanceService/IdempotentUnary",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::NoSideEffects,
+    kind: ::connect_plugin_rpc::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin_rpc::__codegen::Idempotency::NoSideEffects,
 };
 /// The service implemented by conformance test servers. This is implemented by
 /// the reference servers, used to test clients, and is expected to be implemented
@@ -1103,7 +1103,7 @@ pub const CONFORMANCE_SERVICE_IDEMPOTENT_UNARY: ::connect_plugin::MethodDescript
 /// Test servers must implement the service as described.
 ///
 /// Implement this trait to serve `connectrpc.conformance.v1.ConformanceService`, then serve it with
-/// [`ConformanceServicePlugin::server`] or [`ConformanceServiceServer`]. A method left unimplemented answers
+/// [`ConformanceServiceServer`]. A method left unimplemented answers
 /// `unimplemented`, so adding an RPC to the proto never breaks existing implementations.
 pub trait ConformanceService: Send + Sync + 'static {
     /// A unary operation. The request indicates the response headers and trailers
@@ -1122,17 +1122,17 @@ pub trait ConformanceService: Send + Sync + 'static {
     /// The returned payload should only contain the request info.
     fn unary(
         &self,
-        request: ::connect_plugin::Request<UnaryRequest>,
+        request: ::connect_plugin_rpc::__codegen::Request<UnaryRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<UnaryResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin_rpc::__codegen::Response<UnaryResponse>,
+            ::connect_plugin_rpc::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin_rpc::__codegen::Error::unimplemented(
                     "connectrpc.conformance.v1.ConformanceService.Unary is not implemented by this server",
                 ),
             )
@@ -1160,19 +1160,19 @@ pub trait ConformanceService: Send + Sync + 'static {
     /// sent or an error is thrown.
     fn server_stream(
         &self,
-        request: ::connect_plugin::Request<ServerStreamRequest>,
+        request: ::connect_plugin_rpc::__codegen::Request<ServerStreamRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<
-                ::connect_plugin::ServerStream<ServerStreamResponse>,
+            ::connect_plugin_rpc::__codegen::Response<
+                ::connect_plugin_rpc::__codegen::ServerStream<ServerStreamResponse>,
             >,
-            ::connect_plugin::Error,
+            ::connect_plugin_rpc::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin_rpc::__codegen::Error::unimplemented(
                     "connectrpc.conformance.v1.ConformanceService.ServerStream is not implemented by this server",
                 ),
             )
@@ -1198,19 +1198,19 @@ pub trait ConformanceService: Send + Sync + 'static {
     /// The returned payload should only contain the request info.
     fn client_stream(
         &self,
-        request: ::connect_plugin::Request<
-            ::connect_plugin::Streaming<ClientStreamRequest>,
+        request: ::connect_plugin_rpc::__codegen::Request<
+            ::connect_plugin_rpc::__codegen::Streaming<ClientStreamRequest>,
         >,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<ClientStreamResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin_rpc::__codegen::Response<ClientStreamResponse>,
+            ::connect_plugin_rpc::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin_rpc::__codegen::Error::unimplemented(
                     "connectrpc.conformance.v1.ConformanceService.ClientStream is not implemented by this server",
                 ),
             )
@@ -1266,21 +1266,21 @@ pub trait ConformanceService: Send + Sync + 'static {
     ///
     fn bidi_stream(
         &self,
-        request: ::connect_plugin::Request<
-            ::connect_plugin::Streaming<BidiStreamRequest>,
+        request: ::connect_plugin_rpc::__codegen::Request<
+            ::connect_plugin_rpc::__codegen::Streaming<BidiStreamRequest>,
         >,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<
-                ::connect_plugin::ServerStream<BidiStreamResponse>,
+            ::connect_plugin_rpc::__codegen::Response<
+                ::connect_plugin_rpc::__codegen::ServerStream<BidiStreamResponse>,
             >,
-            ::connect_plugin::Error,
+            ::connect_plugin_rpc::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin_rpc::__codegen::Error::unimplemented(
                     "connectrpc.conformance.v1.ConformanceService.BidiStream is not implemented by this server",
                 ),
             )
@@ -1290,17 +1290,17 @@ pub trait ConformanceService: Send + Sync + 'static {
     /// return an unimplemented error when invoked.
     fn unimplemented(
         &self,
-        request: ::connect_plugin::Request<UnimplementedRequest>,
+        request: ::connect_plugin_rpc::__codegen::Request<UnimplementedRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<UnimplementedResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin_rpc::__codegen::Response<UnimplementedResponse>,
+            ::connect_plugin_rpc::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin_rpc::__codegen::Error::unimplemented(
                     "connectrpc.conformance.v1.ConformanceService.Unimplemented is not implemented by this server",
                 ),
             )
@@ -1311,17 +1311,17 @@ pub trait ConformanceService: Send + Sync + 'static {
     /// leverage query parameters to send data.
     fn idempotent_unary(
         &self,
-        request: ::connect_plugin::Request<IdempotentUnaryRequest>,
+        request: ::connect_plugin_rpc::__codegen::Request<IdempotentUnaryRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<IdempotentUnaryResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin_rpc::__codegen::Response<IdempotentUnaryResponse>,
+            ::connect_plugin_rpc::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin_rpc::__codegen::Error::unimplemented(
                     "connectrpc.conformance.v1.ConformanceService.IdempotentUnary is not implemented by this server",
                 ),
             )
@@ -1343,8 +1343,10 @@ impl<T: ConformanceService> ConformanceServiceServer<T> {
         Self { inner }
     }
     /// The Connect service with one route per RPC, ready for a server.
-    pub fn into_service(self) -> ::connect_plugin::Service {
-        let service = ::connect_plugin::Service::new(CONFORMANCE_SERVICE_NAME);
+    pub fn into_service(self) -> ::connect_plugin_rpc::__codegen::Service {
+        let service = ::connect_plugin_rpc::__codegen::Service::new(
+            CONFORMANCE_SERVICE_NAME,
+        );
         let inner = ::std::sync::Arc::clone(&self.inner);
         let service = service
             .unary(
@@ -1411,15 +1413,15 @@ impl<T: ConformanceService> ConformanceServiceServer<T> {
 /// Typed client of `connectrpc.conformance.v1.ConformanceService`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConformanceServiceClient {
-    channel: ::connect_plugin::Channel,
+    channel: ::connect_plugin_rpc::__codegen::Channel,
 }
 impl ConformanceServiceClient {
     /// A client calling over `channel`.
-    pub fn new(channel: ::connect_plugin::Channel) -> Self {
+    pub fn new(channel: ::connect_plugin_rpc::__codegen::Channel) -> Self {
         Self { channel }
     }
     /// The channel calls go through.
-    pub fn channel(&self) -> &::connect_plugin::Channel {
+    pub fn channel(&self) -> &::connect_plugin_rpc::__codegen::Channel {
         &self.channel
     }
     /// A unary operation. The request indicates the response headers and trailers
@@ -1438,10 +1440,10 @@ impl ConformanceServiceClient {
     /// The returned payload should only contain the request info.
     pub async fn unary(
         &self,
-        request: impl ::connect_plugin::IntoRequest<UnaryRequest>,
+        request: impl ::connect_plugin_rpc::__codegen::IntoRequest<UnaryRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<UnaryResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin_rpc::__codegen::Response<UnaryResponse>,
+        ::connect_plugin_rpc::__codegen::Error,
     > {
         self.channel.unary(&CONFORMANCE_SERVICE_UNARY, request.into_request()).await
     }
@@ -1467,10 +1469,12 @@ impl ConformanceServiceClient {
     /// sent or an error is thrown.
     pub async fn server_stream(
         &self,
-        request: impl ::connect_plugin::IntoRequest<ServerStreamRequest>,
+        request: impl ::connect_plugin_rpc::__codegen::IntoRequest<ServerStreamRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::connect_plugin::Streaming<ServerStreamResponse>>,
-        ::connect_plugin::Error,
+        ::connect_plugin_rpc::__codegen::Response<
+            ::connect_plugin_rpc::__codegen::Streaming<ServerStreamResponse>,
+        >,
+        ::connect_plugin_rpc::__codegen::Error,
     > {
         self.channel
             .server_streaming(&CONFORMANCE_SERVICE_SERVER_STREAM, request.into_request())
@@ -1496,12 +1500,12 @@ impl ConformanceServiceClient {
     /// The returned payload should only contain the request info.
     pub async fn client_stream(
         &self,
-        request: impl ::connect_plugin::IntoRequest<
-            ::connect_plugin::MessageStream<ClientStreamRequest>,
+        request: impl ::connect_plugin_rpc::__codegen::IntoRequest<
+            ::connect_plugin_rpc::__codegen::MessageStream<ClientStreamRequest>,
         >,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<ClientStreamResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin_rpc::__codegen::Response<ClientStreamResponse>,
+        ::connect_plugin_rpc::__codegen::Error,
     > {
         self.channel
             .client_streaming(&CONFORMANCE_SERVICE_CLIENT_STREAM, request.into_request())
@@ -1557,12 +1561,14 @@ impl ConformanceServiceClient {
     ///
     pub async fn bidi_stream(
         &self,
-        request: impl ::connect_plugin::IntoRequest<
-            ::connect_plugin::MessageStream<BidiStreamRequest>,
+        request: impl ::connect_plugin_rpc::__codegen::IntoRequest<
+            ::connect_plugin_rpc::__codegen::MessageStream<BidiStreamRequest>,
         >,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::connect_plugin::Streaming<BidiStreamResponse>>,
-        ::connect_plugin::Error,
+        ::connect_plugin_rpc::__codegen::Response<
+            ::connect_plugin_rpc::__codegen::Streaming<BidiStreamResponse>,
+        >,
+        ::connect_plugin_rpc::__codegen::Error,
     > {
         self.channel
             .bidi_streaming(&CONFORMANCE_SERVICE_BIDI_STREAM, request.into_request())
@@ -1572,10 +1578,10 @@ impl ConformanceServiceClient {
     /// return an unimplemented error when invoked.
     pub async fn unimplemented(
         &self,
-        request: impl ::connect_plugin::IntoRequest<UnimplementedRequest>,
+        request: impl ::connect_plugin_rpc::__codegen::IntoRequest<UnimplementedRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<UnimplementedResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin_rpc::__codegen::Response<UnimplementedResponse>,
+        ::connect_plugin_rpc::__codegen::Error,
     > {
         self.channel
             .unary(&CONFORMANCE_SERVICE_UNIMPLEMENTED, request.into_request())
@@ -1586,39 +1592,16 @@ impl ConformanceServiceClient {
     /// leverage query parameters to send data.
     pub async fn idempotent_unary(
         &self,
-        request: impl ::connect_plugin::IntoRequest<IdempotentUnaryRequest>,
+        request: impl ::connect_plugin_rpc::__codegen::IntoRequest<
+            IdempotentUnaryRequest,
+        >,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<IdempotentUnaryResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin_rpc::__codegen::Response<IdempotentUnaryResponse>,
+        ::connect_plugin_rpc::__codegen::Error,
     > {
         self.channel
             .unary(&CONFORMANCE_SERVICE_IDEMPOTENT_UNARY, request.into_request())
             .await
-    }
-}
-/// Plugin binding of `connectrpc.conformance.v1.ConformanceService`: plugin name `conformance`, version `1.0.0`.
-///
-/// Serve an implementation with [`ConformanceServicePlugin::server`]; get a typed client with
-/// `connect_plugin::dispense::<ConformanceServicePlugin>(&channel)`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConformanceServicePlugin;
-impl ConformanceServicePlugin {
-    /// Serves `service` as this plugin.
-    pub fn server<T: ConformanceService>(service: T) -> ::connect_plugin::PluginServer {
-        ::connect_plugin::PluginServer::new(
-            <Self as ::connect_plugin::Plugin>::NAME,
-            <Self as ::connect_plugin::Plugin>::VERSION,
-            ConformanceServiceServer::new(service).into_service(),
-        )
-    }
-}
-impl ::connect_plugin::Plugin for ConformanceServicePlugin {
-    const NAME: &'static str = "conformance";
-    const VERSION: &'static str = "1.0.0";
-    const SERVICE_NAME: &'static str = CONFORMANCE_SERVICE_NAME;
-    type Client = ConformanceServiceClient;
-    fn client(channel: ::connect_plugin::Channel) -> ConformanceServiceClient {
-        ConformanceServiceClient::new(channel)
     }
 }
 /// Flattened client of `connectrpc.conformance.v1.ConformanceService` (connect-plugin-go's "delegate"): one method per unary
@@ -1634,7 +1617,7 @@ impl ConformanceDelegate {
         Self { client }
     }
     /// A flattened client calling over `channel`.
-    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+    pub fn from_channel(channel: ::connect_plugin_rpc::__codegen::Channel) -> Self {
         Self::new(ConformanceServiceClient::new(channel))
     }
     /// The typed client underneath, for metadata, timeouts and streaming.
@@ -1658,19 +1641,25 @@ impl ConformanceDelegate {
     pub async fn unary(
         &self,
         request: UnaryRequest,
-    ) -> ::core::result::Result<UnaryResponse, ::connect_plugin::Error> {
-        self.client.unary(request).await.map(::connect_plugin::Response::into_message)
+    ) -> ::core::result::Result<UnaryResponse, ::connect_plugin_rpc::__codegen::Error> {
+        self.client
+            .unary(request)
+            .await
+            .map(::connect_plugin_rpc::__codegen::Response::into_message)
     }
     /// A unary endpoint that the server should not implement and should instead
     /// return an unimplemented error when invoked.
     pub async fn unimplemented(
         &self,
         request: UnimplementedRequest,
-    ) -> ::core::result::Result<UnimplementedResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<
+        UnimplementedResponse,
+        ::connect_plugin_rpc::__codegen::Error,
+    > {
         self.client
             .unimplemented(request)
             .await
-            .map(::connect_plugin::Response::into_message)
+            .map(::connect_plugin_rpc::__codegen::Response::into_message)
     }
     /// A unary endpoint denoted as having no side effects (i.e. idempotent).
     /// Implementations should use an HTTP GET when invoking this endpoint and
@@ -1678,11 +1667,14 @@ impl ConformanceDelegate {
     pub async fn idempotent_unary(
         &self,
         request: IdempotentUnaryRequest,
-    ) -> ::core::result::Result<IdempotentUnaryResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<
+        IdempotentUnaryResponse,
+        ::connect_plugin_rpc::__codegen::Error,
+    > {
         self.client
             .idempotent_unary(request)
             .await
-            .map(::connect_plugin::Response::into_message)
+            .map(::connect_plugin_rpc::__codegen::Response::into_message)
     }
 }
 /// Describes one call the client should make. The client reads

@@ -14,7 +14,7 @@ mod generated;
 
 use std::collections::HashMap;
 
-use connect_plugin::managed::ManagedIdentity;
+use connect_plugin::deploy::assigned::AssignedIdentity;
 use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
 use connect_plugin::{Client, ClientConfig, Error, ServeConfig};
 
@@ -54,7 +54,7 @@ pub fn host_url() -> Result<String, Error> {
 pub async fn serve_plugin(
     config: ServeConfig,
 ) -> Result<(String, tokio::task::JoinHandle<Result<(), Error>>), Error> {
-    let addr = connect_plugin::addr_from_env()?;
+    let addr = connect_plugin::serve::addr_from_env()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
@@ -90,7 +90,7 @@ pub fn join_host(name: &str, provides: &[(&str, &str)]) -> Result<Client, Error>
 pub async fn connect_host(
     name: &str,
     provides: &[(&str, &str)],
-    managed: &ManagedIdentity,
+    managed: &AssignedIdentity,
 ) -> Result<Client, Error> {
     if std::env::var_os("HOST_URL").is_some() {
         return join_host(name, provides);

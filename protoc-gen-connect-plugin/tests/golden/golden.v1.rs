@@ -88,7 +88,7 @@ impl ::prost::Name for TypeRequest {
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TypeResponse {
     #[prost(message, optional, tag = "1")]
-    pub at: ::core::option::Option<::connect_plugin::wkt::Timestamp>,
+    pub at: ::core::option::Option<::connect_plugin::__codegen::wkt::Timestamp>,
     #[prost(message, optional, tag = "2")]
     pub page: ::core::option::Option<super::common::v1::Page>,
 }
@@ -137,7 +137,7 @@ impl ::prost::Name for LookupResponse {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Tock {
     #[prost(message, optional, tag = "1")]
-    pub at: ::core::option::Option<::connect_plugin::wkt::Timestamp>,
+    pub at: ::core::option::Option<::connect_plugin::__codegen::wkt::Timestamp>,
 }
 impl ::prost::Name for Tock {
     const NAME: &'static str = "Tock";
@@ -152,52 +152,52 @@ impl ::prost::Name for Tock {
 /// Fully qualified name of the `golden.v1.EverythingService` service.
 pub const EVERYTHING_SERVICE_NAME: &str = "golden.v1.EverythingService";
 /// Descriptor of `golden.v1.EverythingService.Type`.
-pub const EVERYTHING_SERVICE_TYPE: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const EVERYTHING_SERVICE_TYPE: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "golden.v1.EverythingService",
     method: "Type",
     path: "/golden.v1.EverythingService/Type",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `golden.v1.EverythingService.Lookup`.
-pub const EVERYTHING_SERVICE_LOOKUP: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const EVERYTHING_SERVICE_LOOKUP: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "golden.v1.EverythingService",
     method: "Lookup",
     path: "/golden.v1.EverythingService/Lookup",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::NoSideEffects,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::NoSideEffects,
 };
 /// Descriptor of `golden.v1.EverythingService.Tick`.
-pub const EVERYTHING_SERVICE_TICK: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const EVERYTHING_SERVICE_TICK: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "golden.v1.EverythingService",
     method: "Tick",
     path: "/golden.v1.EverythingService/Tick",
-    kind: ::connect_plugin::StreamKind::ServerStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::ServerStreaming,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `golden.v1.EverythingService.Paged`.
-pub const EVERYTHING_SERVICE_PAGED: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const EVERYTHING_SERVICE_PAGED: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "golden.v1.EverythingService",
     method: "Paged",
     path: "/golden.v1.EverythingService/Paged",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Idempotent,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Idempotent,
 };
 /// Descriptor of `golden.v1.EverythingService.Upload`.
-pub const EVERYTHING_SERVICE_UPLOAD: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const EVERYTHING_SERVICE_UPLOAD: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "golden.v1.EverythingService",
     method: "Upload",
     path: "/golden.v1.EverythingService/Upload",
-    kind: ::connect_plugin::StreamKind::ClientStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::ClientStreaming,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `golden.v1.EverythingService.Chat`.
-pub const EVERYTHING_SERVICE_CHAT: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const EVERYTHING_SERVICE_CHAT: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "golden.v1.EverythingService",
     method: "Chat",
     path: "/golden.v1.EverythingService/Chat",
-    kind: ::connect_plugin::StreamKind::BidiStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::BidiStreaming,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Everything covers keywords, streaming, idempotency, imports and well-known types.
 ///
@@ -211,17 +211,17 @@ pub trait EverythingService: Send + Sync + 'static {
     /// Type has a name that is a Rust keyword once snake-cased.
     fn r#type(
         &self,
-        request: ::connect_plugin::Request<TypeRequest>,
+        request: ::connect_plugin::__codegen::Request<TypeRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<TypeResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<TypeResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "golden.v1.EverythingService.Type is not implemented by this server",
                 ),
             )
@@ -230,17 +230,17 @@ pub trait EverythingService: Send + Sync + 'static {
     /// Lookup has no side effects, so it may be called with GET.
     fn lookup(
         &self,
-        request: ::connect_plugin::Request<LookupRequest>,
+        request: ::connect_plugin::__codegen::Request<LookupRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<LookupResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<LookupResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "golden.v1.EverythingService.Lookup is not implemented by this server",
                 ),
             )
@@ -249,17 +249,19 @@ pub trait EverythingService: Send + Sync + 'static {
     /// Tick streams timestamps.
     fn tick(
         &self,
-        request: ::connect_plugin::Request<::pbjson_types::Empty>,
+        request: ::connect_plugin::__codegen::Request<::pbjson_types::Empty>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<::connect_plugin::ServerStream<Tock>>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<
+                ::connect_plugin::__codegen::ServerStream<Tock>,
+            >,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "golden.v1.EverythingService.Tick is not implemented by this server",
                 ),
             )
@@ -267,17 +269,17 @@ pub trait EverythingService: Send + Sync + 'static {
     }
     fn paged(
         &self,
-        request: ::connect_plugin::Request<super::common::v1::Page>,
+        request: ::connect_plugin::__codegen::Request<super::common::v1::Page>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<::pbjson_types::Empty>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<::pbjson_types::Empty>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "golden.v1.EverythingService.Paged is not implemented by this server",
                 ),
             )
@@ -286,19 +288,19 @@ pub trait EverythingService: Send + Sync + 'static {
     /// Upload is client streaming.
     fn upload(
         &self,
-        request: ::connect_plugin::Request<
-            ::connect_plugin::Streaming<type_request::Nested>,
+        request: ::connect_plugin::__codegen::Request<
+            ::connect_plugin::__codegen::Streaming<type_request::Nested>,
         >,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<LookupResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<LookupResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "golden.v1.EverythingService.Upload is not implemented by this server",
                 ),
             )
@@ -307,17 +309,21 @@ pub trait EverythingService: Send + Sync + 'static {
     /// Chat is bidirectional streaming.
     fn chat(
         &self,
-        request: ::connect_plugin::Request<::connect_plugin::Streaming<LookupRequest>>,
+        request: ::connect_plugin::__codegen::Request<
+            ::connect_plugin::__codegen::Streaming<LookupRequest>,
+        >,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<::connect_plugin::ServerStream<LookupResponse>>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<
+                ::connect_plugin::__codegen::ServerStream<LookupResponse>,
+            >,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "golden.v1.EverythingService.Chat is not implemented by this server",
                 ),
             )
@@ -339,8 +345,8 @@ impl<T: EverythingService> EverythingServiceServer<T> {
         Self { inner }
     }
     /// The Connect service with one route per RPC, ready for a server.
-    pub fn into_service(self) -> ::connect_plugin::Service {
-        let service = ::connect_plugin::Service::new(EVERYTHING_SERVICE_NAME);
+    pub fn into_service(self) -> ::connect_plugin::__codegen::Service {
+        let service = ::connect_plugin::__codegen::Service::new(EVERYTHING_SERVICE_NAME);
         let inner = ::std::sync::Arc::clone(&self.inner);
         let service = service
             .unary(
@@ -406,44 +412,46 @@ impl<T: EverythingService> EverythingServiceServer<T> {
 /// Typed client of `golden.v1.EverythingService`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EverythingServiceClient {
-    channel: ::connect_plugin::Channel,
+    channel: ::connect_plugin::__codegen::Channel,
 }
 impl EverythingServiceClient {
     /// A client calling over `channel`.
-    pub fn new(channel: ::connect_plugin::Channel) -> Self {
+    pub fn new(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self { channel }
     }
     /// The channel calls go through.
-    pub fn channel(&self) -> &::connect_plugin::Channel {
+    pub fn channel(&self) -> &::connect_plugin::__codegen::Channel {
         &self.channel
     }
     /// Type has a name that is a Rust keyword once snake-cased.
     pub async fn r#type(
         &self,
-        request: impl ::connect_plugin::IntoRequest<TypeRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<TypeRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<TypeResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<TypeResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&EVERYTHING_SERVICE_TYPE, request.into_request()).await
     }
     /// Lookup has no side effects, so it may be called with GET.
     pub async fn lookup(
         &self,
-        request: impl ::connect_plugin::IntoRequest<LookupRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<LookupRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<LookupResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<LookupResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&EVERYTHING_SERVICE_LOOKUP, request.into_request()).await
     }
     /// Tick streams timestamps.
     pub async fn tick(
         &self,
-        request: impl ::connect_plugin::IntoRequest<::pbjson_types::Empty>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<::pbjson_types::Empty>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::connect_plugin::Streaming<Tock>>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<
+            ::connect_plugin::__codegen::Streaming<Tock>,
+        >,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel
             .server_streaming(&EVERYTHING_SERVICE_TICK, request.into_request())
@@ -451,22 +459,22 @@ impl EverythingServiceClient {
     }
     pub async fn paged(
         &self,
-        request: impl ::connect_plugin::IntoRequest<super::common::v1::Page>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<super::common::v1::Page>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::pbjson_types::Empty>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<::pbjson_types::Empty>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&EVERYTHING_SERVICE_PAGED, request.into_request()).await
     }
     /// Upload is client streaming.
     pub async fn upload(
         &self,
-        request: impl ::connect_plugin::IntoRequest<
-            ::connect_plugin::MessageStream<type_request::Nested>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<
+            ::connect_plugin::__codegen::MessageStream<type_request::Nested>,
         >,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<LookupResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<LookupResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel
             .client_streaming(&EVERYTHING_SERVICE_UPLOAD, request.into_request())
@@ -475,12 +483,14 @@ impl EverythingServiceClient {
     /// Chat is bidirectional streaming.
     pub async fn chat(
         &self,
-        request: impl ::connect_plugin::IntoRequest<
-            ::connect_plugin::MessageStream<LookupRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<
+            ::connect_plugin::__codegen::MessageStream<LookupRequest>,
         >,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::connect_plugin::Streaming<LookupResponse>>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<
+            ::connect_plugin::__codegen::Streaming<LookupResponse>,
+        >,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel
             .bidi_streaming(&EVERYTHING_SERVICE_CHAT, request.into_request())
@@ -495,20 +505,22 @@ impl EverythingServiceClient {
 pub struct EverythingServicePlugin;
 impl EverythingServicePlugin {
     /// Serves `service` as this plugin.
-    pub fn server<T: EverythingService>(service: T) -> ::connect_plugin::PluginServer {
-        ::connect_plugin::PluginServer::new(
-            <Self as ::connect_plugin::Plugin>::NAME,
-            <Self as ::connect_plugin::Plugin>::VERSION,
+    pub fn server<T: EverythingService>(
+        service: T,
+    ) -> ::connect_plugin::__codegen::PluginServer {
+        ::connect_plugin::__codegen::PluginServer::new(
+            <Self as ::connect_plugin::__codegen::Plugin>::NAME,
+            <Self as ::connect_plugin::__codegen::Plugin>::VERSION,
             EverythingServiceServer::new(service).into_service(),
         )
     }
 }
-impl ::connect_plugin::Plugin for EverythingServicePlugin {
+impl ::connect_plugin::__codegen::Plugin for EverythingServicePlugin {
     const NAME: &'static str = "everything";
     const VERSION: &'static str = "1.0.0";
     const SERVICE_NAME: &'static str = EVERYTHING_SERVICE_NAME;
     type Client = EverythingServiceClient;
-    fn client(channel: ::connect_plugin::Channel) -> EverythingServiceClient {
+    fn client(channel: ::connect_plugin::__codegen::Channel) -> EverythingServiceClient {
         EverythingServiceClient::new(channel)
     }
 }
@@ -525,7 +537,7 @@ impl EverythingDelegate {
         Self { client }
     }
     /// A flattened client calling over `channel`.
-    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+    pub fn from_channel(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self::new(EverythingServiceClient::new(channel))
     }
     /// The typed client underneath, for metadata, timeouts and streaming.
@@ -536,38 +548,50 @@ impl EverythingDelegate {
     pub async fn r#type(
         &self,
         request: TypeRequest,
-    ) -> ::core::result::Result<TypeResponse, ::connect_plugin::Error> {
-        self.client.r#type(request).await.map(::connect_plugin::Response::into_message)
+    ) -> ::core::result::Result<TypeResponse, ::connect_plugin::__codegen::Error> {
+        self.client
+            .r#type(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
     /// Lookup has no side effects, so it may be called with GET.
     pub async fn lookup(
         &self,
         id: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<LookupResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<LookupResponse, ::connect_plugin::__codegen::Error> {
         let request = LookupRequest { id: id.into() };
-        self.client.lookup(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .lookup(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
     pub async fn paged(
         &self,
         size: i32,
         token: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<::pbjson_types::Empty, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<
+        ::pbjson_types::Empty,
+        ::connect_plugin::__codegen::Error,
+    > {
         let request = super::common::v1::Page {
             size: size,
             token: token.into(),
         };
-        self.client.paged(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .paged(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
 }
 /// Fully qualified name of the `golden.v1.Admin` service.
 pub const ADMIN_NAME: &str = "golden.v1.Admin";
 /// Descriptor of `golden.v1.Admin.Reset`.
-pub const ADMIN_RESET: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const ADMIN_RESET: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "golden.v1.Admin",
     method: "Reset",
     path: "/golden.v1.Admin/Reset",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// A second service in the same file.
 ///
@@ -577,17 +601,17 @@ pub const ADMIN_RESET: ::connect_plugin::MethodDescriptor = ::connect_plugin::Me
 pub trait Admin: Send + Sync + 'static {
     fn reset(
         &self,
-        request: ::connect_plugin::Request<::pbjson_types::Empty>,
+        request: ::connect_plugin::__codegen::Request<::pbjson_types::Empty>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<::pbjson_types::Empty>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<::pbjson_types::Empty>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "golden.v1.Admin.Reset is not implemented by this server",
                 ),
             )
@@ -609,8 +633,8 @@ impl<T: Admin> AdminServer<T> {
         Self { inner }
     }
     /// The Connect service with one route per RPC, ready for a server.
-    pub fn into_service(self) -> ::connect_plugin::Service {
-        let service = ::connect_plugin::Service::new(ADMIN_NAME);
+    pub fn into_service(self) -> ::connect_plugin::__codegen::Service {
+        let service = ::connect_plugin::__codegen::Service::new(ADMIN_NAME);
         let inner = ::std::sync::Arc::clone(&self.inner);
         let service = service
             .unary(
@@ -628,23 +652,23 @@ impl<T: Admin> AdminServer<T> {
 /// Typed client of `golden.v1.Admin`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
-    channel: ::connect_plugin::Channel,
+    channel: ::connect_plugin::__codegen::Channel,
 }
 impl AdminClient {
     /// A client calling over `channel`.
-    pub fn new(channel: ::connect_plugin::Channel) -> Self {
+    pub fn new(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self { channel }
     }
     /// The channel calls go through.
-    pub fn channel(&self) -> &::connect_plugin::Channel {
+    pub fn channel(&self) -> &::connect_plugin::__codegen::Channel {
         &self.channel
     }
     pub async fn reset(
         &self,
-        request: impl ::connect_plugin::IntoRequest<::pbjson_types::Empty>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<::pbjson_types::Empty>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::pbjson_types::Empty>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<::pbjson_types::Empty>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&ADMIN_RESET, request.into_request()).await
     }
@@ -657,20 +681,20 @@ impl AdminClient {
 pub struct AdminPlugin;
 impl AdminPlugin {
     /// Serves `service` as this plugin.
-    pub fn server<T: Admin>(service: T) -> ::connect_plugin::PluginServer {
-        ::connect_plugin::PluginServer::new(
-            <Self as ::connect_plugin::Plugin>::NAME,
-            <Self as ::connect_plugin::Plugin>::VERSION,
+    pub fn server<T: Admin>(service: T) -> ::connect_plugin::__codegen::PluginServer {
+        ::connect_plugin::__codegen::PluginServer::new(
+            <Self as ::connect_plugin::__codegen::Plugin>::NAME,
+            <Self as ::connect_plugin::__codegen::Plugin>::VERSION,
             AdminServer::new(service).into_service(),
         )
     }
 }
-impl ::connect_plugin::Plugin for AdminPlugin {
+impl ::connect_plugin::__codegen::Plugin for AdminPlugin {
     const NAME: &'static str = "admin";
     const VERSION: &'static str = "1.0.0";
     const SERVICE_NAME: &'static str = ADMIN_NAME;
     type Client = AdminClient;
-    fn client(channel: ::connect_plugin::Channel) -> AdminClient {
+    fn client(channel: ::connect_plugin::__codegen::Channel) -> AdminClient {
         AdminClient::new(channel)
     }
 }
@@ -687,7 +711,7 @@ impl AdminDelegate {
         Self { client }
     }
     /// A flattened client calling over `channel`.
-    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+    pub fn from_channel(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self::new(AdminClient::new(channel))
     }
     /// The typed client underneath, for metadata, timeouts and streaming.
@@ -697,8 +721,14 @@ impl AdminDelegate {
     pub async fn reset(
         &self,
         request: ::pbjson_types::Empty,
-    ) -> ::core::result::Result<::pbjson_types::Empty, ::connect_plugin::Error> {
-        self.client.reset(request).await.map(::connect_plugin::Response::into_message)
+    ) -> ::core::result::Result<
+        ::pbjson_types::Empty,
+        ::connect_plugin::__codegen::Error,
+    > {
+        self.client
+            .reset(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
 }
 impl serde::Serialize for LookupRequest {

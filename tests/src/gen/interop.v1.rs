@@ -30,44 +30,44 @@ impl ::prost::Name for Payload {
 /// Fully qualified name of the `interop.v1.InteropService` service.
 pub const INTEROP_SERVICE_NAME: &str = "interop.v1.InteropService";
 /// Descriptor of `interop.v1.InteropService.Unary`.
-pub const INTEROP_SERVICE_UNARY: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const INTEROP_SERVICE_UNARY: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "interop.v1.InteropService",
     method: "Unary",
     path: "/interop.v1.InteropService/Unary",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `interop.v1.InteropService.Lookup`.
-pub const INTEROP_SERVICE_LOOKUP: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const INTEROP_SERVICE_LOOKUP: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "interop.v1.InteropService",
     method: "Lookup",
     path: "/interop.v1.InteropService/Lookup",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::NoSideEffects,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::NoSideEffects,
 };
 /// Descriptor of `interop.v1.InteropService.ServerStream`.
-pub const INTEROP_SERVICE_SERVER_STREAM: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const INTEROP_SERVICE_SERVER_STREAM: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "interop.v1.InteropService",
     method: "ServerStream",
     path: "/interop.v1.InteropService/ServerStream",
-    kind: ::connect_plugin::StreamKind::ServerStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::ServerStreaming,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `interop.v1.InteropService.ClientStream`.
-pub const INTEROP_SERVICE_CLIENT_STREAM: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const INTEROP_SERVICE_CLIENT_STREAM: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "interop.v1.InteropService",
     method: "ClientStream",
     path: "/interop.v1.InteropService/ClientStream",
-    kind: ::connect_plugin::StreamKind::ClientStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::ClientStreaming,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `interop.v1.InteropService.Bidi`.
-pub const INTEROP_SERVICE_BIDI: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const INTEROP_SERVICE_BIDI: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "interop.v1.InteropService",
     method: "Bidi",
     path: "/interop.v1.InteropService/Bidi",
-    kind: ::connect_plugin::StreamKind::BidiStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::BidiStreaming,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 ///
 /// Implement this trait to serve `interop.v1.InteropService`, then serve it with
@@ -77,17 +77,17 @@ pub trait InteropService: Send + Sync + 'static {
     /// Unary echoes the payload; see Payload for the behaviours it triggers.
     fn unary(
         &self,
-        request: ::connect_plugin::Request<Payload>,
+        request: ::connect_plugin::__codegen::Request<Payload>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<Payload>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<Payload>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "interop.v1.InteropService.Unary is not implemented by this server",
                 ),
             )
@@ -96,17 +96,17 @@ pub trait InteropService: Send + Sync + 'static {
     /// Lookup behaves like Unary but has no side effects, so it may be called with GET.
     fn lookup(
         &self,
-        request: ::connect_plugin::Request<Payload>,
+        request: ::connect_plugin::__codegen::Request<Payload>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<Payload>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<Payload>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "interop.v1.InteropService.Lookup is not implemented by this server",
                 ),
             )
@@ -115,17 +115,19 @@ pub trait InteropService: Send + Sync + 'static {
     /// ServerStream sends `count` copies of the payload.
     fn server_stream(
         &self,
-        request: ::connect_plugin::Request<Payload>,
+        request: ::connect_plugin::__codegen::Request<Payload>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<::connect_plugin::ServerStream<Payload>>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<
+                ::connect_plugin::__codegen::ServerStream<Payload>,
+            >,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "interop.v1.InteropService.ServerStream is not implemented by this server",
                 ),
             )
@@ -134,17 +136,19 @@ pub trait InteropService: Send + Sync + 'static {
     /// ClientStream answers with the texts received joined by "," and `count` = how many.
     fn client_stream(
         &self,
-        request: ::connect_plugin::Request<::connect_plugin::Streaming<Payload>>,
+        request: ::connect_plugin::__codegen::Request<
+            ::connect_plugin::__codegen::Streaming<Payload>,
+        >,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<Payload>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<Payload>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "interop.v1.InteropService.ClientStream is not implemented by this server",
                 ),
             )
@@ -153,17 +157,21 @@ pub trait InteropService: Send + Sync + 'static {
     /// Bidi echoes each payload as soon as it arrives.
     fn bidi(
         &self,
-        request: ::connect_plugin::Request<::connect_plugin::Streaming<Payload>>,
+        request: ::connect_plugin::__codegen::Request<
+            ::connect_plugin::__codegen::Streaming<Payload>,
+        >,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<::connect_plugin::ServerStream<Payload>>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<
+                ::connect_plugin::__codegen::ServerStream<Payload>,
+            >,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "interop.v1.InteropService.Bidi is not implemented by this server",
                 ),
             )
@@ -185,8 +193,8 @@ impl<T: InteropService> InteropServiceServer<T> {
         Self { inner }
     }
     /// The Connect service with one route per RPC, ready for a server.
-    pub fn into_service(self) -> ::connect_plugin::Service {
-        let service = ::connect_plugin::Service::new(INTEROP_SERVICE_NAME);
+    pub fn into_service(self) -> ::connect_plugin::__codegen::Service {
+        let service = ::connect_plugin::__codegen::Service::new(INTEROP_SERVICE_NAME);
         let inner = ::std::sync::Arc::clone(&self.inner);
         let service = service
             .unary(
@@ -239,44 +247,46 @@ impl<T: InteropService> InteropServiceServer<T> {
 /// Typed client of `interop.v1.InteropService`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct InteropServiceClient {
-    channel: ::connect_plugin::Channel,
+    channel: ::connect_plugin::__codegen::Channel,
 }
 impl InteropServiceClient {
     /// A client calling over `channel`.
-    pub fn new(channel: ::connect_plugin::Channel) -> Self {
+    pub fn new(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self { channel }
     }
     /// The channel calls go through.
-    pub fn channel(&self) -> &::connect_plugin::Channel {
+    pub fn channel(&self) -> &::connect_plugin::__codegen::Channel {
         &self.channel
     }
     /// Unary echoes the payload; see Payload for the behaviours it triggers.
     pub async fn unary(
         &self,
-        request: impl ::connect_plugin::IntoRequest<Payload>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<Payload>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<Payload>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<Payload>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&INTEROP_SERVICE_UNARY, request.into_request()).await
     }
     /// Lookup behaves like Unary but has no side effects, so it may be called with GET.
     pub async fn lookup(
         &self,
-        request: impl ::connect_plugin::IntoRequest<Payload>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<Payload>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<Payload>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<Payload>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&INTEROP_SERVICE_LOOKUP, request.into_request()).await
     }
     /// ServerStream sends `count` copies of the payload.
     pub async fn server_stream(
         &self,
-        request: impl ::connect_plugin::IntoRequest<Payload>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<Payload>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::connect_plugin::Streaming<Payload>>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<
+            ::connect_plugin::__codegen::Streaming<Payload>,
+        >,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel
             .server_streaming(&INTEROP_SERVICE_SERVER_STREAM, request.into_request())
@@ -285,12 +295,12 @@ impl InteropServiceClient {
     /// ClientStream answers with the texts received joined by "," and `count` = how many.
     pub async fn client_stream(
         &self,
-        request: impl ::connect_plugin::IntoRequest<
-            ::connect_plugin::MessageStream<Payload>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<
+            ::connect_plugin::__codegen::MessageStream<Payload>,
         >,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<Payload>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<Payload>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel
             .client_streaming(&INTEROP_SERVICE_CLIENT_STREAM, request.into_request())
@@ -299,12 +309,14 @@ impl InteropServiceClient {
     /// Bidi echoes each payload as soon as it arrives.
     pub async fn bidi(
         &self,
-        request: impl ::connect_plugin::IntoRequest<
-            ::connect_plugin::MessageStream<Payload>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<
+            ::connect_plugin::__codegen::MessageStream<Payload>,
         >,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::connect_plugin::Streaming<Payload>>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<
+            ::connect_plugin::__codegen::Streaming<Payload>,
+        >,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.bidi_streaming(&INTEROP_SERVICE_BIDI, request.into_request()).await
     }
@@ -317,20 +329,22 @@ impl InteropServiceClient {
 pub struct InteropServicePlugin;
 impl InteropServicePlugin {
     /// Serves `service` as this plugin.
-    pub fn server<T: InteropService>(service: T) -> ::connect_plugin::PluginServer {
-        ::connect_plugin::PluginServer::new(
-            <Self as ::connect_plugin::Plugin>::NAME,
-            <Self as ::connect_plugin::Plugin>::VERSION,
+    pub fn server<T: InteropService>(
+        service: T,
+    ) -> ::connect_plugin::__codegen::PluginServer {
+        ::connect_plugin::__codegen::PluginServer::new(
+            <Self as ::connect_plugin::__codegen::Plugin>::NAME,
+            <Self as ::connect_plugin::__codegen::Plugin>::VERSION,
             InteropServiceServer::new(service).into_service(),
         )
     }
 }
-impl ::connect_plugin::Plugin for InteropServicePlugin {
+impl ::connect_plugin::__codegen::Plugin for InteropServicePlugin {
     const NAME: &'static str = "interop";
     const VERSION: &'static str = "1.0.0";
     const SERVICE_NAME: &'static str = INTEROP_SERVICE_NAME;
     type Client = InteropServiceClient;
-    fn client(channel: ::connect_plugin::Channel) -> InteropServiceClient {
+    fn client(channel: ::connect_plugin::__codegen::Channel) -> InteropServiceClient {
         InteropServiceClient::new(channel)
     }
 }
@@ -347,7 +361,7 @@ impl InteropDelegate {
         Self { client }
     }
     /// A flattened client calling over `channel`.
-    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+    pub fn from_channel(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self::new(InteropServiceClient::new(channel))
     }
     /// The typed client underneath, for metadata, timeouts and streaming.
@@ -363,7 +377,7 @@ impl InteropDelegate {
         sleep_ms: i32,
         fail_code: impl ::core::convert::Into<::prost::alloc::string::String>,
         echoed_header: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<Payload, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<Payload, ::connect_plugin::__codegen::Error> {
         let request = Payload {
             text: text.into(),
             data: data.into(),
@@ -372,7 +386,10 @@ impl InteropDelegate {
             fail_code: fail_code.into(),
             echoed_header: echoed_header.into(),
         };
-        self.client.unary(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .unary(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
     /// Lookup behaves like Unary but has no side effects, so it may be called with GET.
     pub async fn lookup(
@@ -383,7 +400,7 @@ impl InteropDelegate {
         sleep_ms: i32,
         fail_code: impl ::core::convert::Into<::prost::alloc::string::String>,
         echoed_header: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<Payload, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<Payload, ::connect_plugin::__codegen::Error> {
         let request = Payload {
             text: text.into(),
             data: data.into(),
@@ -392,7 +409,10 @@ impl InteropDelegate {
             fail_code: fail_code.into(),
             echoed_header: echoed_header.into(),
         };
-        self.client.lookup(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .lookup(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
 }
 impl serde::Serialize for Payload {

@@ -11,7 +11,7 @@ use connect_plugin::proto::connectplugin::health::v1::{
 };
 use connect_plugin::{
     CapabilityBroker, Client, ClientConfig, Code, LaunchConfig, PluginProcess, ServeConfig,
-    TracingLogger,
+    host::broker::TracingLogger,
 };
 use kv::v1::{DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 
@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
         .with_env_filter(
             // Lines the plugin logs through the logger capability show at info.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,connect_plugin::broker=info".into()),
+                .unwrap_or_else(|_| "warn,connect_plugin::host::broker=info".into()),
         )
         .init();
     match run().await {

@@ -158,36 +158,36 @@ impl EventType {
 /// Fully qualified name of the `kv.v1.KVService` service.
 pub const KV_SERVICE_NAME: &str = "kv.v1.KVService";
 /// Descriptor of `kv.v1.KVService.Get`.
-pub const KV_SERVICE_GET: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const KV_SERVICE_GET: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "kv.v1.KVService",
     method: "Get",
     path: "/kv.v1.KVService/Get",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `kv.v1.KVService.Put`.
-pub const KV_SERVICE_PUT: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const KV_SERVICE_PUT: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "kv.v1.KVService",
     method: "Put",
     path: "/kv.v1.KVService/Put",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `kv.v1.KVService.Delete`.
-pub const KV_SERVICE_DELETE: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const KV_SERVICE_DELETE: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "kv.v1.KVService",
     method: "Delete",
     path: "/kv.v1.KVService/Delete",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `kv.v1.KVService.Watch`.
-pub const KV_SERVICE_WATCH: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const KV_SERVICE_WATCH: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "kv.v1.KVService",
     method: "Watch",
     path: "/kv.v1.KVService/Watch",
-    kind: ::connect_plugin::StreamKind::ServerStreaming,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::ServerStreaming,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// KVService stores byte values under string keys and streams changes.
 ///
@@ -198,17 +198,17 @@ pub trait KvService: Send + Sync + 'static {
     /// Get returns the value stored under a key; a missing key is `found = false`, not an error.
     fn get(
         &self,
-        request: ::connect_plugin::Request<GetRequest>,
+        request: ::connect_plugin::__codegen::Request<GetRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<GetResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<GetResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "kv.v1.KVService.Get is not implemented by this server",
                 ),
             )
@@ -217,17 +217,17 @@ pub trait KvService: Send + Sync + 'static {
     /// Put stores a value under a key, replacing any previous value.
     fn put(
         &self,
-        request: ::connect_plugin::Request<PutRequest>,
+        request: ::connect_plugin::__codegen::Request<PutRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<PutResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<PutResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "kv.v1.KVService.Put is not implemented by this server",
                 ),
             )
@@ -236,17 +236,17 @@ pub trait KvService: Send + Sync + 'static {
     /// Delete removes a key; `found` tells whether it existed.
     fn delete(
         &self,
-        request: ::connect_plugin::Request<DeleteRequest>,
+        request: ::connect_plugin::__codegen::Request<DeleteRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<DeleteResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<DeleteResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "kv.v1.KVService.Delete is not implemented by this server",
                 ),
             )
@@ -255,17 +255,19 @@ pub trait KvService: Send + Sync + 'static {
     /// Watch streams every change to keys that start with a prefix (all keys if empty).
     fn watch(
         &self,
-        request: ::connect_plugin::Request<WatchRequest>,
+        request: ::connect_plugin::__codegen::Request<WatchRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<::connect_plugin::ServerStream<WatchEvent>>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<
+                ::connect_plugin::__codegen::ServerStream<WatchEvent>,
+            >,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "kv.v1.KVService.Watch is not implemented by this server",
                 ),
             )
@@ -287,8 +289,8 @@ impl<T: KvService> KvServiceServer<T> {
         Self { inner }
     }
     /// The Connect service with one route per RPC, ready for a server.
-    pub fn into_service(self) -> ::connect_plugin::Service {
-        let service = ::connect_plugin::Service::new(KV_SERVICE_NAME);
+    pub fn into_service(self) -> ::connect_plugin::__codegen::Service {
+        let service = ::connect_plugin::__codegen::Service::new(KV_SERVICE_NAME);
         let inner = ::std::sync::Arc::clone(&self.inner);
         let service = service
             .unary(
@@ -333,54 +335,56 @@ impl<T: KvService> KvServiceServer<T> {
 /// Typed client of `kv.v1.KVService`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KvServiceClient {
-    channel: ::connect_plugin::Channel,
+    channel: ::connect_plugin::__codegen::Channel,
 }
 impl KvServiceClient {
     /// A client calling over `channel`.
-    pub fn new(channel: ::connect_plugin::Channel) -> Self {
+    pub fn new(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self { channel }
     }
     /// The channel calls go through.
-    pub fn channel(&self) -> &::connect_plugin::Channel {
+    pub fn channel(&self) -> &::connect_plugin::__codegen::Channel {
         &self.channel
     }
     /// Get returns the value stored under a key; a missing key is `found = false`, not an error.
     pub async fn get(
         &self,
-        request: impl ::connect_plugin::IntoRequest<GetRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<GetRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<GetResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<GetResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&KV_SERVICE_GET, request.into_request()).await
     }
     /// Put stores a value under a key, replacing any previous value.
     pub async fn put(
         &self,
-        request: impl ::connect_plugin::IntoRequest<PutRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<PutRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<PutResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<PutResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&KV_SERVICE_PUT, request.into_request()).await
     }
     /// Delete removes a key; `found` tells whether it existed.
     pub async fn delete(
         &self,
-        request: impl ::connect_plugin::IntoRequest<DeleteRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<DeleteRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<DeleteResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<DeleteResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&KV_SERVICE_DELETE, request.into_request()).await
     }
     /// Watch streams every change to keys that start with a prefix (all keys if empty).
     pub async fn watch(
         &self,
-        request: impl ::connect_plugin::IntoRequest<WatchRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<WatchRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<::connect_plugin::Streaming<WatchEvent>>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<
+            ::connect_plugin::__codegen::Streaming<WatchEvent>,
+        >,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.server_streaming(&KV_SERVICE_WATCH, request.into_request()).await
     }
@@ -393,20 +397,22 @@ impl KvServiceClient {
 pub struct KvServicePlugin;
 impl KvServicePlugin {
     /// Serves `service` as this plugin.
-    pub fn server<T: KvService>(service: T) -> ::connect_plugin::PluginServer {
-        ::connect_plugin::PluginServer::new(
-            <Self as ::connect_plugin::Plugin>::NAME,
-            <Self as ::connect_plugin::Plugin>::VERSION,
+    pub fn server<T: KvService>(
+        service: T,
+    ) -> ::connect_plugin::__codegen::PluginServer {
+        ::connect_plugin::__codegen::PluginServer::new(
+            <Self as ::connect_plugin::__codegen::Plugin>::NAME,
+            <Self as ::connect_plugin::__codegen::Plugin>::VERSION,
             KvServiceServer::new(service).into_service(),
         )
     }
 }
-impl ::connect_plugin::Plugin for KvServicePlugin {
+impl ::connect_plugin::__codegen::Plugin for KvServicePlugin {
     const NAME: &'static str = "kv";
     const VERSION: &'static str = "1.0.0";
     const SERVICE_NAME: &'static str = KV_SERVICE_NAME;
     type Client = KvServiceClient;
-    fn client(channel: ::connect_plugin::Channel) -> KvServiceClient {
+    fn client(channel: ::connect_plugin::__codegen::Channel) -> KvServiceClient {
         KvServiceClient::new(channel)
     }
 }
@@ -423,7 +429,7 @@ impl KvDelegate {
         Self { client }
     }
     /// A flattened client calling over `channel`.
-    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+    pub fn from_channel(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self::new(KvServiceClient::new(channel))
     }
     /// The typed client underneath, for metadata, timeouts and streaming.
@@ -434,29 +440,38 @@ impl KvDelegate {
     pub async fn get(
         &self,
         key: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<GetResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<GetResponse, ::connect_plugin::__codegen::Error> {
         let request = GetRequest { key: key.into() };
-        self.client.get(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .get(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
     /// Put stores a value under a key, replacing any previous value.
     pub async fn put(
         &self,
         key: impl ::core::convert::Into<::prost::alloc::string::String>,
         value: impl ::core::convert::Into<::prost::bytes::Bytes>,
-    ) -> ::core::result::Result<PutResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<PutResponse, ::connect_plugin::__codegen::Error> {
         let request = PutRequest {
             key: key.into(),
             value: value.into(),
         };
-        self.client.put(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .put(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
     /// Delete removes a key; `found` tells whether it existed.
     pub async fn delete(
         &self,
         key: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<DeleteResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<DeleteResponse, ::connect_plugin::__codegen::Error> {
         let request = DeleteRequest { key: key.into() };
-        self.client.delete(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .delete(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
 }
 impl serde::Serialize for DeleteRequest {

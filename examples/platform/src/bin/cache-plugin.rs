@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use connect_plugin::managed::ManagedIdentity;
+use connect_plugin::deploy::assigned::AssignedIdentity;
 use connect_plugin::proto::capability::logger::v1::{LogRequest, LoggerClient, LoggerPlugin};
 use connect_plugin::proto::connectplugin::v1::{HealthState, ServiceState, WatchServiceRequest};
-use connect_plugin::{Client, Error, Request, Response, ServeConfig, ServiceDependency};
+use connect_plugin::{Client, Error, Request, Response, ServeConfig, plugin::ServiceDependency};
 use platform::cache::{
     CacheService, CacheServiceServer, GetRequest, GetResponse, SetRequest, SetResponse,
 };
@@ -77,7 +77,7 @@ async fn wait_for_logger(host: &Client) -> Result<(), Error> {
 async fn main() -> ExitCode {
     platform::init_tracing();
     let cache = Cache::default();
-    let managed = ManagedIdentity::new(
+    let managed = AssignedIdentity::new(
         "cache-plugin",
         env!("CARGO_PKG_VERSION"),
         &[("cache", env!("CARGO_PKG_VERSION"), "cache.v1.CacheService")],
@@ -117,7 +117,7 @@ async fn main() -> ExitCode {
         }
         // Keep the registration's lease on hosts that have one.
         let host = std::sync::Arc::new(host);
-        let _heartbeat = host.keep_alive(std::time::Duration::from_secs(5));
+        let _heartbeat = host.heartbeat(std::time::Duration::from_secs(5));
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };
     match run.await {

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use connect_plugin::depgraph::{DependencyGraph, PluginNode};
 use connect_plugin::host::Host;
-use connect_plugin::platform::PluginSpec;
-use connect_plugin::{CapabilityBroker, LaunchConfig, ServiceDependency, TracingLogger};
+use connect_plugin::host::depgraph::{DependencyGraph, PluginNode};
+use connect_plugin::host::platform::PluginSpec;
+use connect_plugin::{
+    CapabilityBroker, LaunchConfig, host::broker::TracingLogger, plugin::ServiceDependency,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use connect_plugin::managed::ManagedIdentity;
+use connect_plugin::deploy::assigned::AssignedIdentity;
 use connect_plugin::proto::capability::logger::v1::{
     LogRequest, LogResponse, Logger, LoggerServer,
 };
@@ -31,7 +31,7 @@ impl Logger for StderrLogger {
 async fn main() -> ExitCode {
     platform::init_tracing();
     let provides = [("logger", "/capability.logger.v1.Logger/")];
-    let managed = ManagedIdentity::new(
+    let managed = AssignedIdentity::new(
         "logger-plugin",
         env!("CARGO_PKG_VERSION"),
         &[(
@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
         host.report_health(HealthState::Healthy, "").await?;
         // Keep the registration's lease on hosts that have one.
         let host = std::sync::Arc::new(host);
-        let _heartbeat = host.keep_alive(std::time::Duration::from_secs(5));
+        let _heartbeat = host.heartbeat(std::time::Duration::from_secs(5));
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };
     match run.await {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use connect_plugin::depgraph::{DependencyGraph, PluginNode};
+use connect_plugin::host::depgraph::{DependencyGraph, PluginNode};
 use connect_plugin::{
-    LaunchConfig, PluginProcess, ServeConfig, ServiceDependency, ServiceRegistry,
+    LaunchConfig, PluginProcess, ServeConfig, ServiceRegistry, plugin::ServiceDependency,
 };
 
 fn dependency(service_type: &str) -> ServiceDependency {

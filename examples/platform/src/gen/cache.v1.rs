@@ -63,20 +63,20 @@ impl ::prost::Name for SetResponse {
 /// Fully qualified name of the `cache.v1.CacheService` service.
 pub const CACHE_SERVICE_NAME: &str = "cache.v1.CacheService";
 /// Descriptor of `cache.v1.CacheService.Get`.
-pub const CACHE_SERVICE_GET: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CACHE_SERVICE_GET: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "cache.v1.CacheService",
     method: "Get",
     path: "/cache.v1.CacheService/Get",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// Descriptor of `cache.v1.CacheService.Set`.
-pub const CACHE_SERVICE_SET: ::connect_plugin::MethodDescriptor = ::connect_plugin::MethodDescriptor {
+pub const CACHE_SERVICE_SET: ::connect_plugin::__codegen::MethodDescriptor = ::connect_plugin::__codegen::MethodDescriptor {
     service: "cache.v1.CacheService",
     method: "Set",
     path: "/cache.v1.CacheService/Set",
-    kind: ::connect_plugin::StreamKind::Unary,
-    idempotency: ::connect_plugin::Idempotency::Unknown,
+    kind: ::connect_plugin::__codegen::StreamKind::Unary,
+    idempotency: ::connect_plugin::__codegen::Idempotency::Unknown,
 };
 /// CacheService stores values under keys.
 ///
@@ -87,17 +87,17 @@ pub trait CacheService: Send + Sync + 'static {
     /// Get returns the value under a key; `found` is false when there is none.
     fn get(
         &self,
-        request: ::connect_plugin::Request<GetRequest>,
+        request: ::connect_plugin::__codegen::Request<GetRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<GetResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<GetResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "cache.v1.CacheService.Get is not implemented by this server",
                 ),
             )
@@ -106,17 +106,17 @@ pub trait CacheService: Send + Sync + 'static {
     /// Set stores a value under a key.
     fn set(
         &self,
-        request: ::connect_plugin::Request<SetRequest>,
+        request: ::connect_plugin::__codegen::Request<SetRequest>,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<
-            ::connect_plugin::Response<SetResponse>,
-            ::connect_plugin::Error,
+            ::connect_plugin::__codegen::Response<SetResponse>,
+            ::connect_plugin::__codegen::Error,
         >,
     > + Send {
         let _ = request;
         async {
             ::core::result::Result::Err(
-                ::connect_plugin::Error::unimplemented(
+                ::connect_plugin::__codegen::Error::unimplemented(
                     "cache.v1.CacheService.Set is not implemented by this server",
                 ),
             )
@@ -138,8 +138,8 @@ impl<T: CacheService> CacheServiceServer<T> {
         Self { inner }
     }
     /// The Connect service with one route per RPC, ready for a server.
-    pub fn into_service(self) -> ::connect_plugin::Service {
-        let service = ::connect_plugin::Service::new(CACHE_SERVICE_NAME);
+    pub fn into_service(self) -> ::connect_plugin::__codegen::Service {
+        let service = ::connect_plugin::__codegen::Service::new(CACHE_SERVICE_NAME);
         let inner = ::std::sync::Arc::clone(&self.inner);
         let service = service
             .unary(
@@ -166,34 +166,34 @@ impl<T: CacheService> CacheServiceServer<T> {
 /// Typed client of `cache.v1.CacheService`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CacheServiceClient {
-    channel: ::connect_plugin::Channel,
+    channel: ::connect_plugin::__codegen::Channel,
 }
 impl CacheServiceClient {
     /// A client calling over `channel`.
-    pub fn new(channel: ::connect_plugin::Channel) -> Self {
+    pub fn new(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self { channel }
     }
     /// The channel calls go through.
-    pub fn channel(&self) -> &::connect_plugin::Channel {
+    pub fn channel(&self) -> &::connect_plugin::__codegen::Channel {
         &self.channel
     }
     /// Get returns the value under a key; `found` is false when there is none.
     pub async fn get(
         &self,
-        request: impl ::connect_plugin::IntoRequest<GetRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<GetRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<GetResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<GetResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&CACHE_SERVICE_GET, request.into_request()).await
     }
     /// Set stores a value under a key.
     pub async fn set(
         &self,
-        request: impl ::connect_plugin::IntoRequest<SetRequest>,
+        request: impl ::connect_plugin::__codegen::IntoRequest<SetRequest>,
     ) -> ::core::result::Result<
-        ::connect_plugin::Response<SetResponse>,
-        ::connect_plugin::Error,
+        ::connect_plugin::__codegen::Response<SetResponse>,
+        ::connect_plugin::__codegen::Error,
     > {
         self.channel.unary(&CACHE_SERVICE_SET, request.into_request()).await
     }
@@ -206,20 +206,22 @@ impl CacheServiceClient {
 pub struct CacheServicePlugin;
 impl CacheServicePlugin {
     /// Serves `service` as this plugin.
-    pub fn server<T: CacheService>(service: T) -> ::connect_plugin::PluginServer {
-        ::connect_plugin::PluginServer::new(
-            <Self as ::connect_plugin::Plugin>::NAME,
-            <Self as ::connect_plugin::Plugin>::VERSION,
+    pub fn server<T: CacheService>(
+        service: T,
+    ) -> ::connect_plugin::__codegen::PluginServer {
+        ::connect_plugin::__codegen::PluginServer::new(
+            <Self as ::connect_plugin::__codegen::Plugin>::NAME,
+            <Self as ::connect_plugin::__codegen::Plugin>::VERSION,
             CacheServiceServer::new(service).into_service(),
         )
     }
 }
-impl ::connect_plugin::Plugin for CacheServicePlugin {
+impl ::connect_plugin::__codegen::Plugin for CacheServicePlugin {
     const NAME: &'static str = "cache";
     const VERSION: &'static str = "1.0.0";
     const SERVICE_NAME: &'static str = CACHE_SERVICE_NAME;
     type Client = CacheServiceClient;
-    fn client(channel: ::connect_plugin::Channel) -> CacheServiceClient {
+    fn client(channel: ::connect_plugin::__codegen::Channel) -> CacheServiceClient {
         CacheServiceClient::new(channel)
     }
 }
@@ -236,7 +238,7 @@ impl CacheDelegate {
         Self { client }
     }
     /// A flattened client calling over `channel`.
-    pub fn from_channel(channel: ::connect_plugin::Channel) -> Self {
+    pub fn from_channel(channel: ::connect_plugin::__codegen::Channel) -> Self {
         Self::new(CacheServiceClient::new(channel))
     }
     /// The typed client underneath, for metadata, timeouts and streaming.
@@ -247,21 +249,27 @@ impl CacheDelegate {
     pub async fn get(
         &self,
         key: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<GetResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<GetResponse, ::connect_plugin::__codegen::Error> {
         let request = GetRequest { key: key.into() };
-        self.client.get(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .get(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
     /// Set stores a value under a key.
     pub async fn set(
         &self,
         key: impl ::core::convert::Into<::prost::alloc::string::String>,
         value: impl ::core::convert::Into<::prost::alloc::string::String>,
-    ) -> ::core::result::Result<SetResponse, ::connect_plugin::Error> {
+    ) -> ::core::result::Result<SetResponse, ::connect_plugin::__codegen::Error> {
         let request = SetRequest {
             key: key.into(),
             value: value.into(),
         };
-        self.client.set(request).await.map(::connect_plugin::Response::into_message)
+        self.client
+            .set(request)
+            .await
+            .map(::connect_plugin::__codegen::Response::into_message)
     }
 }
 impl serde::Serialize for GetRequest {

@@ -1,0 +1,546 @@
+//! [`Client`]: the host's (or a plugin's) side of a plugin connection. It connects lazily,
+//! performs the handshake once, dispenses typed clients of the plugins the server confirmed,
+//! and, for a client that introduced itself with a `self_id`, holds the runtime identity it
+//! was issued and requests host capabilities with it.
+//!
+//! ```no_run
+//! # mod kv { pub struct KvServicePlugin; }
+//! # async fn demo() -> Result<(), connect_plugin::Error> {
+//! use connect_plugin::{Client, ClientConfig};
+//! # use connect_plugin::Plugin;
+//! # struct KvServicePlugin;
+//! # impl Plugin for KvServicePlugin { const NAME: &'static str = "kv"; const VERSION: &'static str = "1.0.0";
+//! #   const SERVICE_NAME: &'static str = "kv.v1.KVService"; type Client = connect_plugin::Channel;
+//! #   fn client(c: connect_plugin::Channel) -> connect_plugin::Channel { c } }
+//! let client = Client::new(ClientConfig::new("http://127.0.0.1:8080").plugin::<KvServicePlugin>())?;
+//! let kv = client.dispense::<KvServicePlugin>().await?; // handshakes on first use
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::handshake::{APP_VERSIONS_KEY, CORE_PROTOCOL_VERSION};
+use crate::identity::RuntimeIdentity;
+use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
+use crate::proto::connectplugin::v1 as wire;
+use crate::rpc::ChannelBuilder;
+use crate::{Channel, Code, Error, Plugin, Request};
+
+/// How to reach and greet a plugin server.
+pub struct ClientConfig {
+    endpoint: String,
+    plugins: Vec<&'static str>,
+    app_protocol_versions: Vec<i32>,
+    cookie: (String, String),
+    self_id: Option<(String, String)>,
+    metadata: HashMap<String, String>,
+    channel: Box<dyn FnOnce(ChannelBuilder) -> ChannelBuilder + Send>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("plugins", &self.plugins)
+            .field("app_protocol_versions", &self.app_protocol_versions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// A configuration for the server at `endpoint` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            plugins: Vec::new(),
+            app_protocol_versions: vec![1],
+            cookie: (MAGIC_COOKIE_KEY.to_owned(), MAGIC_COOKIE_VALUE.to_owned()),
+            self_id: None,
+            metadata: HashMap::new(),
+            channel: Box::new(|b| b),
+        }
+    }
+
+    /// Replaces the endpoint.
+    #[must_use]
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = endpoint.into();
+        self
+    }
+
+    /// Requests plugin `P`; the handshake fails if the server does not serve it.
+    #[must_use]
+    pub fn plugin<P: Plugin>(mut self) -> Self {
+        if !self.plugins.contains(&P::NAME) {
+            self.plugins.push(P::NAME);
+        }
+        self
+    }
+
+    /// The application protocol version (default 1).
+    #[must_use]
+    pub fn app_protocol_version(self, version: i32) -> Self {
+        self.app_protocol_versions(vec![version])
+    }
+
+    /// Every application protocol version this client speaks; the highest one the server
+    /// speaks too is used ([`Client::app_protocol_version`] tells which).
+    #[must_use]
+    pub fn app_protocol_versions(mut self, versions: Vec<i32>) -> Self {
+        self.app_protocol_versions = versions;
+        self
+    }
+
+    /// The magic cookie to present (default: connect-plugin-go's).
+    #[must_use]
+    pub fn magic_cookie(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cookie = (key.into(), value.into());
+        self
+    }
+
+    /// Introduces this client as a plugin called `self_id`, so the server issues it a runtime
+    /// identity (deployment model B, capability requests).
+    #[must_use]
+    pub fn self_id(mut self, self_id: impl Into<String>, self_version: impl Into<String>) -> Self {
+        self.self_id = Some((self_id.into(), self_version.into()));
+        self
+    }
+
+    /// Declares the service types this plugin provides, so a host with a registry lets it
+    /// register them (sent as the `provides` client metadata).
+    #[must_use]
+    pub fn provides<I, S>(mut self, service_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let list: Vec<String> = service_types
+            .into_iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
+        self.metadata
+            .insert(crate::handshake::PROVIDES_KEY.to_owned(), list.join(","));
+        self
+    }
+
+    /// Client metadata sent in the handshake.
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adjusts the channel: timeouts, codec, compression, TLS and the like.
+    #[must_use]
+    pub fn channel(
+        mut self,
+        configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder + Send + 'static,
+    ) -> Self {
+        self.channel = Box::new(configure);
+        self
+    }
+}
+
+/// What the handshake established.
+#[derive(Debug, Clone)]
+pub struct HandshakeInfo {
+    /// The negotiated application protocol version.
+    pub app_protocol_version: i32,
+    /// The requested plugins the server serves.
+    pub plugins: Vec<wire::PluginInfo>,
+    /// The server's metadata.
+    pub server_metadata: HashMap<String, String>,
+    /// The capabilities the host offers.
+    pub host_capabilities: Vec<wire::Capability>,
+    /// The runtime identity issued to this client, if it gave a `self_id`.
+    pub identity: Option<RuntimeIdentity>,
+}
+
+/// A connection to a plugin server: lazy, handshakes once, dispenses typed clients.
+pub struct Client {
+    channel: Channel,
+    endpoint: String,
+    plugins: Vec<&'static str>,
+    app_protocol_versions: Vec<i32>,
+    cookie: (String, String),
+    self_id: Option<(String, String)>,
+    metadata: HashMap<String, String>,
+    handshake: OnceCell<HandshakeInfo>,
+    closed: AtomicBool,
+    /// The health last reported, re-sent by heartbeats.
+    last_health: std::sync::Mutex<(wire::HealthState, String)>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .field("connected", &self.handshake.initialized())
+            .finish()
+    }
+}
+
+/// Heartbeats started by [`Client::heartbeat`]; dropping it stops them.
+#[derive(Debug)]
+pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A capability grant with a channel that calls the capability.
+#[derive(Debug, Clone)]
+pub struct CapabilityGrant {
+    /// The grant's id.
+    pub grant_id: String,
+    /// The capability type, e.g. `logger`.
+    pub capability_type: String,
+    /// The capability's version.
+    pub version: String,
+    channel: Channel,
+}
+
+impl CapabilityGrant {
+    /// The channel to the capability (its path prefix and bearer token included); dispense a
+    /// typed client on it: `connect_plugin::dispense::<LoggerPlugin>(grant.channel())`.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+impl Client {
+    /// A client for the configured server; nothing is sent until the first use.
+    ///
+    /// # Errors
+    /// `invalid_argument` for a bad endpoint or an empty version list.
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        if config.app_protocol_versions.is_empty() {
+            return Err(Error::invalid_argument(
+                "app_protocol_versions must not be empty",
+            ));
+        }
+        let channel = (config.channel)(Channel::builder(config.endpoint.clone())).build()?;
+        Ok(Self {
+            channel,
+            endpoint: config.endpoint,
+            plugins: config.plugins,
+            app_protocol_versions: config.app_protocol_versions,
+            cookie: config.cookie,
+            self_id: config.self_id,
+            metadata: config.metadata,
+            handshake: OnceCell::new(),
+            closed: AtomicBool::new(false),
+            last_health: std::sync::Mutex::new((wire::HealthState::Healthy, String::new())),
+        })
+    }
+
+    /// A client that already holds the identity a host assigned (deployment model A): it
+    /// sends no handshake, and calls the host's registry and lifecycle with that identity.
+    ///
+    /// # Errors
+    /// As for [`Client::new`].
+    pub fn with_identity(config: ClientConfig, identity: RuntimeIdentity) -> Result<Self, Error> {
+        let client = Self::new(config)?;
+        let _ = client.handshake.set(HandshakeInfo {
+            app_protocol_version: client
+                .app_protocol_versions
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(1),
+            plugins: Vec::new(),
+            server_metadata: HashMap::new(),
+            host_capabilities: Vec::new(),
+            identity: Some(identity),
+        });
+        Ok(client)
+    }
+
+    /// Connects (handshakes) if not done yet; safe to call any number of times.
+    ///
+    /// # Errors
+    /// `failed_precondition` after [`Client::close`] or when versions or plugins do not
+    /// match; the server's handshake error otherwise, prefixed with `handshake failed`.
+    pub async fn connect(&self) -> Result<&HandshakeInfo, Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(Code::FailedPrecondition, "the client is closed"));
+        }
+        self.handshake.get_or_try_init(|| self.handshake()).await
+    }
+
+    async fn handshake(&self) -> Result<HandshakeInfo, Error> {
+        let mut client_metadata = self.metadata.clone();
+        client_metadata.insert("client_version".into(), env!("CARGO_PKG_VERSION").into());
+        let versions: Vec<String> = self
+            .app_protocol_versions
+            .iter()
+            .map(i32::to_string)
+            .collect();
+        client_metadata.insert(APP_VERSIONS_KEY.into(), versions.join(","));
+        let (self_id, self_version) = self.self_id.clone().unwrap_or_default();
+        let request = wire::HandshakeRequest {
+            core_protocol_version: CORE_PROTOCOL_VERSION,
+            app_protocol_version: self
+                .app_protocol_versions
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(1),
+            magic_cookie_key: self.cookie.0.clone(),
+            magic_cookie_value: self.cookie.1.clone(),
+            requested_plugins: self.plugins.iter().map(|p| (*p).to_owned()).collect(),
+            client_metadata,
+            self_id,
+            self_version,
+        };
+        let response = wire::HandshakeServiceClient::new(self.channel.clone())
+            .handshake(request)
+            .await
+            .map_err(|e| {
+                let mut out = Error::new(
+                    e.code(),
+                    format!("handshake failed with {}: {}", self.endpoint, e.message()),
+                );
+                *out.metadata_mut() = e.metadata().clone();
+                out
+            })?
+            .into_message();
+        if response.core_protocol_version != CORE_PROTOCOL_VERSION {
+            return Err(Error::new(
+                Code::FailedPrecondition,
+                format!(
+                    "the server speaks core protocol version {}, not {CORE_PROTOCOL_VERSION}",
+                    response.core_protocol_version
+                ),
+            ));
+        }
+        if !self
+            .app_protocol_versions
+            .contains(&response.app_protocol_version)
+        {
+            return Err(Error::new(
+                Code::FailedPrecondition,
+                format!(
+                    "version mismatch: the server chose app protocol version {}, this client speaks {:?}",
+                    response.app_protocol_version, self.app_protocol_versions
+                ),
+            ));
+        }
+        for wanted in &self.plugins {
+            if !response.plugins.iter().any(|p| p.name == *wanted) {
+                return Err(Error::new(
+                    Code::FailedPrecondition,
+                    format!(
+                        "requested plugin {wanted:?} not available on server {}",
+                        self.endpoint
+                    ),
+                ));
+            }
+        }
+        let identity = (!response.runtime_id.is_empty()).then_some(RuntimeIdentity {
+            runtime_id: response.runtime_id,
+            token: response.runtime_token,
+        });
+        Ok(HandshakeInfo {
+            app_protocol_version: response.app_protocol_version,
+            plugins: response.plugins,
+            server_metadata: response.server_metadata,
+            host_capabilities: response.host_capabilities,
+            identity,
+        })
+    }
+
+    /// A typed client of plugin `P`, after making sure the server serves it.
+    ///
+    /// # Errors
+    /// `not_found` if `P` was not requested in the [`ClientConfig`] or the server does not
+    /// serve it; connection and handshake errors.
+    pub async fn dispense<P: Plugin>(&self) -> Result<P::Client, Error> {
+        let handshake = self.connect().await?;
+        if !handshake.plugins.iter().any(|p| p.name == P::NAME) {
+            return Err(Error::not_found(format!(
+                "plugin {:?} is not available: request it with ClientConfig::plugin::<{}>() (the server confirmed {:?})",
+                P::NAME,
+                std::any::type_name::<P>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or_default(),
+                handshake
+                    .plugins
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+            )));
+        }
+        Ok(P::client(self.channel.clone()))
+    }
+
+    /// The channel to the server.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The handshake's outcome, once connected.
+    pub fn handshake_info(&self) -> Option<&HandshakeInfo> {
+        self.handshake.get()
+    }
+
+    /// The runtime identity issued to this client, once connected with a `self_id`.
+    pub fn runtime_identity(&self) -> Option<&RuntimeIdentity> {
+        self.handshake.get().and_then(|h| h.identity.as_ref())
+    }
+
+    /// Requests a host capability (e.g. `logger`) at `min_version` or newer (`""` for any).
+    ///
+    /// # Errors
+    /// `failed_precondition` without a runtime identity (set [`ClientConfig::self_id`]); the
+    /// broker's refusal otherwise (`not_found`, `failed_precondition`, `unauthenticated`).
+    pub async fn request_capability(
+        &self,
+        capability_type: &str,
+        min_version: &str,
+    ) -> Result<CapabilityGrant, Error> {
+        let identity = self.connect().await?.identity.clone().ok_or_else(|| {
+            Error::new(
+                Code::FailedPrecondition,
+                "requesting a capability needs a runtime identity: set ClientConfig::self_id",
+            )
+        })?;
+        let mut request = Request::new(wire::RequestCapabilityRequest {
+            capability_type: capability_type.to_owned(),
+            min_version: min_version.to_owned(),
+            reason: String::new(),
+        });
+        identity.apply(request.metadata_mut());
+        let grant = wire::CapabilityBrokerClient::new(self.channel.clone())
+            .request_capability(request)
+            .await?
+            .into_message()
+            .grant
+            .ok_or_else(|| Error::internal("the broker answered without a grant"))?;
+        let mut headers = http::HeaderMap::new();
+        RuntimeIdentity {
+            runtime_id: identity.runtime_id.clone(),
+            token: grant.bearer_token.clone(),
+        }
+        .apply(&mut headers);
+        let channel = self.channel.derive(&grant.endpoint_url, headers)?;
+        let channel = crate::rpc::__private::or_timeout(channel, Duration::from_secs(30));
+        Ok(CapabilityGrant {
+            grant_id: grant.grant_id,
+            capability_type: grant.capability_type,
+            version: grant.version,
+            channel,
+        })
+    }
+
+    /// A request carrying this client's runtime identity, for calls to the host's registry
+    /// and lifecycle services.
+    ///
+    /// # Errors
+    /// `failed_precondition` without a runtime identity (set [`ClientConfig::self_id`]).
+    pub async fn authenticated<T>(&self, message: T) -> Result<Request<T>, Error> {
+        let identity = self.connect().await?.identity.clone().ok_or_else(|| {
+            Error::new(
+                Code::FailedPrecondition,
+                "this call needs a runtime identity: set ClientConfig::self_id",
+            )
+        })?;
+        let mut request = Request::new(message);
+        identity.apply(request.metadata_mut());
+        Ok(request)
+    }
+
+    /// A client of the host's service registry whose calls carry this client's identity
+    /// (use with [`Client::authenticated`]).
+    pub fn registry(&self) -> wire::ServiceRegistryClient {
+        wire::ServiceRegistryClient::new(self.channel.clone())
+    }
+
+    /// A typed client of a healthy provider of plugin `P`'s service type (`P::NAME`) at
+    /// `min_version` or newer, found through the host's registry and called through the host
+    /// (`/services/{type}/{provider}/...`), with this client's identity on every call.
+    ///
+    /// # Errors
+    /// `not_found` when no provider fits; as for [`Client::authenticated`].
+    pub async fn provider<P: Plugin>(&self, min_version: &str) -> Result<P::Client, Error> {
+        let request = self
+            .authenticated(wire::DiscoverServiceRequest {
+                service_type: P::NAME.to_owned(),
+                min_version: min_version.to_owned(),
+            })
+            .await?;
+        let endpoint = self
+            .registry()
+            .discover_service(request)
+            .await?
+            .into_message()
+            .endpoint
+            .ok_or_else(|| Error::internal("the registry answered without an endpoint"))?;
+        let mut headers = http::HeaderMap::new();
+        if let Some(identity) = self.runtime_identity() {
+            identity.apply(&mut headers);
+        }
+        // Over this client's connection to the host, with its settings (TLS included).
+        Ok(P::client(
+            self.channel.derive(&endpoint.endpoint_url, headers)?,
+        ))
+    }
+
+    /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).
+    ///
+    /// # Errors
+    /// As for [`Client::authenticated`], and the host's refusal.
+    pub async fn report_health(&self, state: wire::HealthState, reason: &str) -> Result<(), Error> {
+        *self.last_health.lock().unwrap_or_else(|e| e.into_inner()) = (state, reason.to_owned());
+        let request = self
+            .authenticated(wire::ReportHealthRequest {
+                state: state as i32,
+                reason: reason.to_owned(),
+                unavailable_dependencies: Vec::new(),
+            })
+            .await?;
+        wire::PluginLifecycleClient::new(self.channel.clone())
+            .report_health(request)
+            .await
+            .map(drop)
+    }
+
+    /// Keeps this plugin's registrations alive on a host whose registry has a lease: re-sends
+    /// the health last reported (healthy if none) every `interval` until the returned handle
+    /// is dropped.
+    pub fn heartbeat(self: &std::sync::Arc<Self>, interval: Duration) -> Heartbeat {
+        let client = std::sync::Arc::clone(self);
+        Heartbeat(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                let (state, reason) = client
+                    .last_health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Err(error) = client.report_health(state, &reason).await {
+                    tracing::warn!("heartbeat to {} failed: {error}", client.endpoint);
+                }
+            }
+        }))
+    }
+
+    /// Closes the client: later calls to [`Client::connect`] and [`Client::dispense`] fail.
+    /// Typed clients already dispensed keep their channel until dropped.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// The negotiated app protocol version, once connected.
+    pub fn app_protocol_version(&self) -> Option<i32> {
+        self.handshake.get().map(|h| h.app_protocol_version)
+    }
+}

@@ -1,0 +1,257 @@
+//! The handshake (`connectplugin.v1.HandshakeService`), wire-compatible with connect-plugin-go:
+//! the first call a client makes. The server checks the magic cookie and the protocol
+//! versions, tells which requested plugins it serves, shares its metadata and the host
+//! capabilities, and issues a runtime identity to a client that introduces itself.
+//!
+//! Beyond upstream: app protocol versions are negotiated. A client may list the versions it
+//! speaks in the `app_protocol_versions` client metadata entry (`"1,2,3"`); the highest version
+//! both sides speak wins, like go-plugin's versioned plugin sets. Without the list, the
+//! client's `app_protocol_version` must be one the server speaks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::identity::IdentityStore;
+use crate::proto::connectplugin::v1 as wire;
+use crate::proto::connectplugin::v1::HandshakeService;
+use crate::{Code, Error, Request, Response};
+
+/// The only core protocol version.
+pub const CORE_PROTOCOL_VERSION: i32 = 1;
+
+/// The client metadata key that lists every app protocol version a client speaks.
+pub const APP_VERSIONS_KEY: &str = "app_protocol_versions";
+
+/// The longest `self_id` accepted.
+const MAX_SELF_ID: usize = 128;
+
+pub(crate) struct HandshakeServer {
+    pub(crate) app_versions: Vec<i32>,
+    pub(crate) cookie_key: String,
+    pub(crate) cookie_value: String,
+    pub(crate) server_metadata: HashMap<String, String>,
+    pub(crate) plugins: Vec<wire::PluginInfo>,
+    pub(crate) capabilities: Arc<dyn Fn() -> Vec<wire::Capability> + Send + Sync>,
+    pub(crate) identities: Arc<IdentityStore>,
+    /// Told of every identity issued (a host's registry records what the plugin provides).
+    pub(crate) on_join: Option<JoinHook>,
+}
+
+/// Called with each runtime id the handshake issues and the request that asked for it.
+pub(crate) type JoinHook = Arc<dyn Fn(&str, &wire::HandshakeRequest) + Send + Sync>;
+
+/// The client metadata key listing the service types a plugin provides, comma-separated
+/// (`"logger,cache"`); a host with a registry lets it register those.
+pub const PROVIDES_KEY: &str = "provides";
+
+/// The highest version both sides speak.
+pub(crate) fn negotiate(server: &[i32], request: &wire::HandshakeRequest) -> Result<i32, Error> {
+    let client: Vec<i32> = match request.client_metadata.get(APP_VERSIONS_KEY) {
+        Some(list) => list
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect(),
+        None => vec![request.app_protocol_version],
+    };
+    client
+        .iter()
+        .filter(|v| server.contains(v))
+        .max()
+        .copied()
+        .ok_or_else(|| {
+            Error::new(
+                Code::FailedPrecondition,
+                format!(
+                    "version mismatch: client={}, server={} (client speaks {client:?}, server speaks {server:?})",
+                    request.app_protocol_version,
+                    server.iter().max().copied().unwrap_or_default(),
+                ),
+            )
+        })
+}
+
+fn validate_self_id(self_id: &str) -> Result<(), Error> {
+    if self_id.len() > MAX_SELF_ID
+        || !self_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+    {
+        return Err(Error::invalid_argument(format!(
+            "invalid self_id {self_id:?}: use at most {MAX_SELF_ID} letters, digits, '-', '_', '.' or spaces"
+        )));
+    }
+    Ok(())
+}
+
+impl HandshakeServer {
+    pub(crate) fn handshake(
+        &self,
+        request: &wire::HandshakeRequest,
+    ) -> Result<wire::HandshakeResponse, Error> {
+        if request.magic_cookie_key != self.cookie_key
+            || request.magic_cookie_value != self.cookie_value
+        {
+            return Err(Error::invalid_argument(
+                "invalid magic cookie - this may not be a connect-plugin server",
+            ));
+        }
+        if request.core_protocol_version != CORE_PROTOCOL_VERSION {
+            return Err(Error::invalid_argument(format!(
+                "unsupported core protocol version: {} (server supports: {CORE_PROTOCOL_VERSION})",
+                request.core_protocol_version
+            )));
+        }
+        let app_protocol_version = negotiate(&self.app_versions, request)?;
+        let mut response = wire::HandshakeResponse {
+            core_protocol_version: CORE_PROTOCOL_VERSION,
+            app_protocol_version,
+            plugins: self
+                .plugins
+                .iter()
+                .filter(|p| request.requested_plugins.contains(&p.name))
+                .cloned()
+                .collect(),
+            server_metadata: self.server_metadata.clone(),
+            host_capabilities: (self.capabilities)(),
+            ..Default::default()
+        };
+        if !request.self_id.is_empty() {
+            validate_self_id(&request.self_id)?;
+            let identity = self.identities.issue(&request.self_id)?;
+            if let Some(on_join) = &self.on_join {
+                on_join(&identity.runtime_id, request);
+            }
+            response.runtime_id = identity.runtime_id;
+            response.runtime_token = identity.token;
+        }
+        Ok(response)
+    }
+}
+
+impl HandshakeService for HandshakeServer {
+    async fn handshake(
+        &self,
+        request: Request<wire::HandshakeRequest>,
+    ) -> Result<Response<wire::HandshakeResponse>, Error> {
+        HandshakeServer::handshake(self, request.message()).map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
+
+    fn server() -> HandshakeServer {
+        HandshakeServer {
+            app_versions: vec![1, 2],
+            cookie_key: MAGIC_COOKIE_KEY.into(),
+            cookie_value: MAGIC_COOKIE_VALUE.into(),
+            server_metadata: [("server_version".to_owned(), "x".to_owned())].into(),
+            plugins: vec![wire::PluginInfo {
+                name: "kv".into(),
+                ..Default::default()
+            }],
+            capabilities: Arc::new(Vec::new),
+            identities: Arc::new(IdentityStore::new(Duration::from_secs(60))),
+            on_join: None,
+        }
+    }
+
+    fn request() -> wire::HandshakeRequest {
+        wire::HandshakeRequest {
+            core_protocol_version: 1,
+            app_protocol_version: 1,
+            magic_cookie_key: MAGIC_COOKIE_KEY.into(),
+            magic_cookie_value: MAGIC_COOKIE_VALUE.into(),
+            requested_plugins: vec!["kv".into(), "missing".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_good_handshake_lists_only_served_plugins() {
+        let r = server().handshake(&request()).unwrap();
+        assert_eq!((r.core_protocol_version, r.app_protocol_version), (1, 1));
+        assert_eq!(r.plugins.len(), 1);
+        assert_eq!(r.server_metadata["server_version"], "x");
+        assert!(r.runtime_id.is_empty(), "no self_id, no identity");
+    }
+
+    #[test]
+    fn wrong_cookie_is_invalid_argument() {
+        let mut req = request();
+        req.magic_cookie_value = "nope".into();
+        let err = server().handshake(&req).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(
+            err.message(),
+            "invalid magic cookie - this may not be a connect-plugin server"
+        );
+        req.magic_cookie_key = String::new();
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn wrong_core_version_is_invalid_argument() {
+        let mut req = request();
+        req.core_protocol_version = 2;
+        let err = server().handshake(&req).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "unsupported core protocol version: 2 (server supports: 1)"
+        );
+    }
+
+    #[test]
+    fn app_version_mismatch_is_failed_precondition() {
+        let mut req = request();
+        req.app_protocol_version = 3;
+        let err = server().handshake(&req).unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message()
+                .starts_with("version mismatch: client=3, server=2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_highest_common_app_version_wins() {
+        let mut req = request();
+        req.app_protocol_version = 3;
+        req.client_metadata
+            .insert(APP_VERSIONS_KEY.into(), "1,2,3".into());
+        assert_eq!(server().handshake(&req).unwrap().app_protocol_version, 2);
+        req.client_metadata
+            .insert(APP_VERSIONS_KEY.into(), "3,4".into());
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn self_id_gets_an_identity_and_bad_ones_are_refused() {
+        let mut req = request();
+        req.self_id = "cache-plugin".into();
+        let r = server().handshake(&req).unwrap();
+        assert!(r.runtime_id.starts_with("cache-plugin-"));
+        assert!(!r.runtime_token.is_empty());
+        req.self_id = "evil/../id".into();
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        req.self_id = "x".repeat(200);
+        assert_eq!(
+            server().handshake(&req).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}

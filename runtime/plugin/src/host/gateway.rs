@@ -1,0 +1,186 @@
+//! Plugin-to-plugin calls through the host (connect-plugin-go's `ServiceRouter`): a call to
+//! `/services/{type}/{provider-id}/{pkg.Service}/{Method}` on the host is checked (the caller's
+//! runtime token, the provider's registration and health) and proxied to the provider at the
+//! `base_url` it registered with. The proxy streams both ways, so unary and every streaming
+//! kind pass through (bidi full duplex over HTTP/2).
+//!
+//! The caller's `Authorization` and `X-Plugin-Runtime-ID` are not forwarded; the provider
+//! receives the checked caller id in `X-Plugin-Caller-ID` instead (any such header the caller
+//! sent is dropped first, so it cannot be forged).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::registry::{InflightGuard, ServiceRegistry};
+use crate::identity::RUNTIME_ID_HEADER;
+use crate::rpc::__private::{Body, H2Connection, RawHandler, error_response};
+use crate::{Code, Error};
+
+/// Where routed calls are served.
+pub const SERVICES_PREFIX: &str = "/services/";
+
+/// The header that tells a provider which plugin called it through the host.
+pub const CALLER_ID_HEADER: &str = "x-plugin-caller-id";
+
+/// How long the host waits to connect to a provider.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One HTTP/2 connection per provider base URL, shared by every call routed to it.
+#[derive(Default)]
+struct Upstreams {
+    connections: Mutex<HashMap<String, Arc<H2Connection<HttpConnector>>>>,
+}
+
+impl Upstreams {
+    fn get(
+        &self,
+        base: &str,
+        provider_id: &str,
+    ) -> Result<Arc<H2Connection<HttpConnector>>, Error> {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = connections.get(base) {
+            return Ok(Arc::clone(connection));
+        }
+        let target: http::Uri = base.parse().map_err(|e| {
+            Error::internal(format!(
+                "provider {provider_id:?} has a bad base_url {base:?}: {e}"
+            ))
+        })?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let connection = Arc::new(H2Connection::new(connector, target, CONNECT_TIMEOUT));
+        // Providers come and go (restarts, replacements on new ports): forget the ones whose
+        // connection has closed, so the map does not grow with every provider ever seen.
+        connections.retain(|_, c| c.is_open());
+        connections.insert(base.to_owned(), Arc::clone(&connection));
+        Ok(connection)
+    }
+}
+
+/// The `/services/` proxy of a host.
+pub(crate) fn proxy(registry: ServiceRegistry) -> RawHandler {
+    let upstreams = Arc::new(Upstreams::default());
+    Arc::new(move |request: http::Request<Incoming>| {
+        let registry = registry.clone();
+        let upstreams = Arc::clone(&upstreams);
+        Box::pin(async move {
+            match route(&registry, &upstreams, request).await {
+                Ok(response) => response,
+                Err(error) => error_response(&error),
+            }
+        })
+    })
+}
+
+async fn route(
+    registry: &ServiceRegistry,
+    upstreams: &Upstreams,
+    request: http::Request<Incoming>,
+) -> Result<http::Response<Body>, Error> {
+    let caller = registry.authenticate_caller(request.headers())?;
+    let path = request.uri().path().to_owned();
+    let rest = path.strip_prefix(SERVICES_PREFIX).unwrap_or_default();
+    let mut parts = rest.splitn(3, '/');
+    let (Some(service_type), Some(provider_id), Some(procedure)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        let path = &path;
+        return Err(Error::not_found(format!(
+            "{path} is not a routed call: expected /services/<type>/<provider id>/<package.Service>/<Method>"
+        )));
+    };
+    // A replaced provider's calls go to its replacement.
+    let (provider_id, base) = registry.route_target(service_type, provider_id)?;
+    let provider_id = provider_id.as_str();
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let target: http::Uri = format!("{}/{procedure}{query}", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| {
+            Error::internal(format!(
+                "provider {provider_id:?} has a bad base_url {base:?}: {e}"
+            ))
+        })?;
+
+    let (mut parts, body) = request.into_parts();
+    parts.uri = target;
+    parts.headers.remove(http::header::AUTHORIZATION);
+    parts.headers.remove(RUNTIME_ID_HEADER);
+    parts.headers.remove(CALLER_ID_HEADER);
+    parts.headers.remove(http::header::HOST);
+    if let Ok(caller) = HeaderValue::from_str(&caller) {
+        parts.headers.insert(CALLER_ID_HEADER, caller);
+    }
+    let body = Body::Stream(Box::pin(body.map_err(|e| {
+        Error::new(
+            Code::Canceled,
+            format!("the caller's request body broke off: {e}"),
+        )
+    })));
+    // Counted until the response body is done, so a drain waits for streams too.
+    let guard = registry.track(provider_id);
+    let response = upstreams
+        .get(&base, provider_id)?
+        .send(http::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "provider {provider_id:?} of {service_type:?} is unreachable: {e}"
+            ))
+        })?;
+    let (parts, body) = response.into_parts();
+    let body = Tracked {
+        body: body.map_err(|e| {
+            Error::new(
+                Code::Unavailable,
+                format!("the provider's response broke off: {e}"),
+            )
+        }),
+        _guard: guard,
+    };
+    Ok(http::Response::from_parts(
+        parts,
+        Body::Stream(Box::pin(body)),
+    ))
+}
+
+/// A response body that keeps its call counted in flight until it is done or dropped.
+struct Tracked<B> {
+    body: B,
+    _guard: InflightGuard,
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = Error> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,235 @@
+//! The host side of the plugin system: the service [`registry`], the routing [`gateway`]
+//! for plugin-to-plugin calls, the capability [`broker`], the [`platform`] that adds, removes
+//! and replaces plugin processes, their dependency graph ([`depgraph`]), and [`Host`], the
+//! composition root that serves them all on one server.
+//!
+//! A [`Host`] needs nothing wired by hand. To add host parts to a server of your own, use
+//! [`ServeConfig::registry`] and [`ServeConfig::broker`] (a plugin process that also offers
+//! capabilities, or a host that also serves plugins).
+//!
+//! The registry never imports the gateway or the broker; the gateway and the platform build on
+//! the registry; this module only assembles.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), connect_plugin::Error> {
+//! use connect_plugin::host::Host;
+//!
+//! let host = Host::builder().lease(std::time::Duration::from_secs(30)).start().await?;
+//! println!("plugins join at {}", host.url());
+//! // host.platform().add_plugin(spec).await?;
+//! host.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::handshake::PROVIDES_KEY;
+use crate::proto::connectplugin::v1::{
+    CapabilityBrokerServer, PluginLifecycleServer, ServiceRegistryServer,
+};
+use crate::rpc::__private as rpc_private;
+use crate::{Error, ServeConfig};
+
+pub mod broker;
+pub mod depgraph;
+pub mod gateway;
+pub mod platform;
+pub mod registry;
+
+pub use broker::CapabilityBroker;
+pub use platform::Platform;
+pub use registry::ServiceRegistry;
+
+impl ServeConfig {
+    /// Offers host capabilities through a broker: they are listed in every handshake, granted
+    /// through `CapabilityBroker.RequestCapability` and called under `/capabilities/`.
+    #[must_use]
+    pub fn broker(mut self, broker: CapabilityBroker) -> Self {
+        let parts = self.host_parts();
+        let listed = broker.clone();
+        parts.capabilities = Some(Arc::new(move || listed.list()));
+        parts.mounts.push(Box::new(move |server, identities, _| {
+            broker.attach(Arc::clone(identities));
+            let server =
+                rpc_private::route_prefix(server, broker::CAPABILITY_PREFIX, broker.proxy());
+            server.add_service(CapabilityBrokerServer::new(broker).into_service())
+        }));
+        self
+    }
+
+    /// Serves a service registry (and `PluginLifecycle.ReportHealth`): plugins register what
+    /// they provide and discover providers, and calls between them are routed under
+    /// `/services/`. A plugin may register the types it declared in its handshake.
+    #[must_use]
+    pub fn registry(mut self, registry: ServiceRegistry) -> Self {
+        let parts = self.host_parts();
+        let allowed = registry.clone();
+        parts.on_join = Some(Arc::new(move |runtime_id, request| {
+            if let Some(provides) = request.client_metadata.get(PROVIDES_KEY) {
+                allowed.allow(
+                    runtime_id,
+                    provides.split(',').map(str::trim).filter(|t| !t.is_empty()),
+                );
+            }
+        }));
+        parts
+            .mounts
+            .push(Box::new(move |server, identities, tasks| {
+                if let Some(lease) = registry.lease() {
+                    let registry = registry.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut ticks =
+                            tokio::time::interval((lease / 4).max(Duration::from_millis(10)));
+                        loop {
+                            ticks.tick().await;
+                            registry.expire();
+                        }
+                    }));
+                }
+                registry.attach(Arc::clone(identities));
+                let server = server
+                    .add_service(ServiceRegistryServer::new(registry.clone()).into_service())
+                    .add_service(PluginLifecycleServer::new(registry.clone()).into_service());
+                rpc_private::route_prefix(
+                    server,
+                    gateway::SERVICES_PREFIX,
+                    gateway::proxy(registry),
+                )
+            }));
+        self
+    }
+}
+
+/// Builds a [`Host`].
+#[derive(Debug, Default)]
+pub struct HostBuilder {
+    addr: Option<SocketAddr>,
+    lease: Option<Duration>,
+    broker: Option<CapabilityBroker>,
+    timeout: Option<Duration>,
+}
+
+impl HostBuilder {
+    /// Listens on `addr` (default `127.0.0.1:0`, any free port).
+    #[must_use]
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Registrations expire after `lease` without a call or heartbeat from their plugin.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Offers host capabilities.
+    #[must_use]
+    pub fn broker(mut self, broker: CapabilityBroker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// How long plugin starts, drains and stops may take (default 30 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Binds and starts serving.
+    ///
+    /// # Errors
+    /// `unavailable` if the address cannot be bound.
+    pub async fn start(self) -> Result<Host, Error> {
+        let addr = self
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::unavailable(format!("the host cannot listen on {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::internal(format!("reading the host's address: {e}")))?;
+        let url = format!("http://{local}");
+        let registry = match self.lease {
+            Some(lease) => ServiceRegistry::with_lease(lease),
+            None => ServiceRegistry::new(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut config = ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener)
+            .stop_signal(async {
+                let _ = stopped.await;
+            });
+        if let Some(broker) = self.broker {
+            config = config.broker(broker);
+        }
+        let task = tokio::spawn(crate::serve(config));
+        let mut platform = Platform::new(registry.clone(), &url);
+        if let Some(timeout) = self.timeout {
+            platform = platform.timeout(timeout);
+        }
+        Ok(Host {
+            url,
+            addr: local,
+            registry,
+            platform,
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+/// A running plugin host.
+#[derive(Debug)]
+pub struct Host {
+    url: String,
+    addr: SocketAddr,
+    registry: ServiceRegistry,
+    platform: Platform,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Host {
+    /// A builder with the defaults.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// The URL plugins join at (their `HOST_URL`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The address the host listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The host's service registry.
+    pub fn registry(&self) -> &ServiceRegistry {
+        &self.registry
+    }
+
+    /// The plugins running on this host.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// Stops the plugins (dependents first), then the server.
+    pub async fn shutdown(mut self) {
+        self.platform.shutdown().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -1,0 +1,350 @@
+//! [`Platform`]: plugins added, removed and replaced at runtime on a host (connect-plugin-go's
+//! `Platform`), for self-registering plugin processes (deployment model B).
+//!
+//! - `add_plugin` checks that what the plugin needs to start is provided, launches it with
+//!   `HOST_URL`, and waits until it has registered what it declared.
+//! - `remove_plugin` reports the impact first, withdraws its registrations (so nothing new is
+//!   routed to it), waits for the calls in flight to finish, then stops it.
+//! - `replace_plugin` starts the new version, waits until it has registered and is healthy,
+//!   switches routing to it in one step (calls addressed to the old provider go to the new
+//!   one), waits for the old one's calls in flight, then stops it. No fixed sleeps: every wait
+//!   is on an event, bounded by a timeout.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::depgraph::{DependencyGraph, Impact, PluginNode};
+use super::registry::ServiceRegistry;
+use crate::plugin::ServiceDependency;
+use crate::process::{LaunchConfig, PluginProcess};
+use crate::proto::connectplugin::v1::{self as wire, HealthState};
+use crate::{Code, Error};
+
+/// A plugin to run on a [`Platform`].
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// A unique name on the platform, e.g. `cache-plugin`.
+    pub name: String,
+    /// How to start it (`HOST_URL` is added).
+    pub launch: LaunchConfig,
+    /// The service types it registers, with their versions.
+    pub provides: Vec<(String, String)>,
+    /// What it needs.
+    pub requires: Vec<ServiceDependency>,
+    /// Platform-managed (deployment model A): the host asks the plugin what it provides and
+    /// assigns its identity, instead of the plugin joining through `HOST_URL`. `provides`
+    /// and `requires` are then taken from the plugin.
+    pub managed: bool,
+}
+
+struct Running {
+    process: PluginProcess,
+    runtime_id: String,
+    spec: PluginSpec,
+}
+
+/// Plugin processes managed by a host at runtime.
+pub struct Platform {
+    registry: ServiceRegistry,
+    host_url: String,
+    timeout: Duration,
+    plugins: Mutex<HashMap<String, Running>>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("host_url", &self.host_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Platform {
+    /// A platform on the host at `host_url` whose registry is `registry`. Starts, drains and
+    /// stops each get `timeout` (default 30 s, [`Platform::timeout`]).
+    pub fn new(registry: ServiceRegistry, host_url: impl Into<String>) -> Self {
+        Self {
+            registry,
+            host_url: host_url.into(),
+            timeout: Duration::from_secs(30),
+            plugins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sets how long a start, drain or stop may take.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn graph(plugins: &HashMap<String, Running>) -> DependencyGraph {
+        let mut graph = DependencyGraph::new();
+        for (name, running) in plugins {
+            graph.add(PluginNode {
+                id: name.clone(),
+                provides: running.spec.provides.clone(),
+                requires: running.spec.requires.clone(),
+            });
+        }
+        graph
+    }
+
+    /// The runtime id of plugin `name`, if it runs.
+    pub async fn runtime_id(&self, name: &str) -> Option<String> {
+        self.plugins
+            .lock()
+            .await
+            .get(name)
+            .map(|r| r.runtime_id.clone())
+    }
+
+    /// Launches `spec` and waits until it has registered what it provides.
+    async fn start(&self, spec: &PluginSpec) -> Result<(PluginProcess, String), Error> {
+        let known: HashSet<String> = spec
+            .provides
+            .iter()
+            .flat_map(|(t, _)| self.registry.providers(t))
+            .map(|p| p.runtime_id)
+            .collect();
+        let process =
+            PluginProcess::launch(spec.launch.clone().env("HOST_URL", &self.host_url)).await?;
+        let mut runtime_id = None;
+        for (service_type, _) in &spec.provides {
+            let found = self
+                .registry
+                .wait_for(self.timeout, || {
+                    self.registry
+                        .providers(service_type)
+                        .into_iter()
+                        .map(|p| p.runtime_id)
+                        .find(|id| !known.contains(id))
+                })
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "plugin {} did not register {service_type:?} within {} ms",
+                            spec.name,
+                            self.timeout.as_millis()
+                        ),
+                    )
+                })?;
+            runtime_id = Some(found);
+        }
+        let runtime_id = runtime_id.unwrap_or_default();
+        if !runtime_id.is_empty() {
+            self.registry
+                .wait_for(self.timeout, || {
+                    (self.registry.health(&runtime_id) == HealthState::Healthy).then_some(())
+                })
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        Code::DeadlineExceeded,
+                        format!("plugin {} did not become healthy", spec.name),
+                    )
+                })?;
+        }
+        Ok((process, runtime_id))
+    }
+
+    /// Adds a plugin: checks its startup dependencies are provided, starts it and waits until
+    /// it has registered what it provides and is healthy. Returns its runtime id.
+    ///
+    /// # Errors
+    /// `already_exists` for a name in use; `failed_precondition` for a dependency nobody
+    /// provides; start and registration failures.
+    pub async fn add_plugin(&self, spec: PluginSpec) -> Result<String, Error> {
+        let mut plugins = self.plugins.lock().await;
+        if plugins.contains_key(&spec.name) {
+            return Err(Error::new(
+                Code::AlreadyExists,
+                format!("a plugin named {:?} is already on the platform", spec.name),
+            ));
+        }
+        let mut spec = spec;
+        let (process, runtime_id) = self.launch(&mut spec, &plugins).await?;
+        tracing::info!(plugin = %spec.name, %runtime_id, "added");
+        plugins.insert(
+            spec.name.clone(),
+            Running {
+                process,
+                runtime_id: runtime_id.clone(),
+                spec,
+            },
+        );
+        Ok(runtime_id)
+    }
+
+    /// Adds a platform-managed plugin (deployment model A): [`Platform::add_plugin`] with
+    /// `spec.managed` set.
+    ///
+    /// # Errors
+    /// As for [`Platform::add_plugin`].
+    pub async fn add_managed(&self, mut spec: PluginSpec) -> Result<String, Error> {
+        spec.managed = true;
+        self.add_plugin(spec).await
+    }
+
+    /// Checks that `spec` can start beside `others`: what it needs is provided.
+    fn check(others: &HashMap<String, Running>, spec: &PluginSpec) -> Result<(), Error> {
+        let mut graph = Self::graph(others);
+        graph.add(PluginNode {
+            id: spec.name.clone(),
+            provides: spec.provides.clone(),
+            requires: spec.requires.clone(),
+        });
+        graph.startup_order().map(drop)
+    }
+
+    /// Starts `spec` either way (self-registering or managed) and waits until it has
+    /// registered and is healthy.
+    async fn launch(
+        &self,
+        spec: &mut PluginSpec,
+        others: &HashMap<String, Running>,
+    ) -> Result<(PluginProcess, String), Error> {
+        if !spec.managed {
+            Self::check(others, spec)?;
+            return self.start(spec).await;
+        }
+        // Model A: start it without HOST_URL, ask what it provides, assign its identity.
+        let process = PluginProcess::launch(spec.launch.clone()).await?;
+        let identity_client =
+            wire::PluginIdentityClient::new(crate::Channel::new(process.endpoint())?);
+        let info = identity_client
+            .get_plugin_info(wire::GetPluginInfoRequest {})
+            .await?
+            .into_message();
+        spec.provides = info
+            .provides
+            .iter()
+            .map(|d| (d.r#type.clone(), d.version.clone()))
+            .collect();
+        spec.requires = info
+            .requires
+            .iter()
+            .map(|d| ServiceDependency {
+                service_type: d.r#type.clone(),
+                min_version: d.min_version.clone(),
+                required_for_startup: d.required_for_startup,
+                watch_for_changes: d.watch_for_changes,
+            })
+            .collect();
+        Self::check(others, spec)?;
+        let identity = self
+            .registry
+            .issue_identity(&info.self_id, spec.provides.iter().map(|(t, _)| t.clone()))?;
+        identity_client
+            .set_runtime_identity(wire::SetRuntimeIdentityRequest {
+                runtime_id: identity.runtime_id.clone(),
+                runtime_token: identity.token.clone(),
+                host_url: self.host_url.clone(),
+            })
+            .await?;
+        let runtime_id = identity.runtime_id;
+        for (service_type, _) in &spec.provides {
+            self.registry
+                .wait_for(self.timeout, || {
+                    self.registry
+                        .providers(service_type)
+                        .iter()
+                        .any(|p| p.runtime_id == runtime_id)
+                        .then_some(())
+                })
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "plugin {} did not register {service_type:?} within {} ms",
+                            spec.name,
+                            self.timeout.as_millis()
+                        ),
+                    )
+                })?;
+        }
+        Ok((process, runtime_id))
+    }
+
+    /// What removing plugin `name` would affect.
+    pub async fn impact(&self, name: &str) -> Impact {
+        Self::graph(&*self.plugins.lock().await).impact(name)
+    }
+
+    /// Removes a plugin: withdraws its registrations, waits for its calls in flight, stops
+    /// it. Returns the impact (computed before removing).
+    ///
+    /// # Errors
+    /// `not_found` for an unknown name; a drain that does not finish in time.
+    pub async fn remove_plugin(&self, name: &str) -> Result<Impact, Error> {
+        let mut plugins = self.plugins.lock().await;
+        let impact = Self::graph(&plugins).impact(name);
+        let running = plugins
+            .remove(name)
+            .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
+        self.registry.remove_runtime(&running.runtime_id);
+        let drained = self
+            .registry
+            .drained(&running.runtime_id, self.timeout)
+            .await;
+        let _ = running.process.shutdown(self.timeout).await;
+        drained?;
+        tracing::info!(plugin = %name, affected = ?impact.affected_plugins, "removed");
+        Ok(impact)
+    }
+
+    /// Replaces a plugin by a new version without failing a call: start the new one, wait
+    /// until it is registered and healthy, switch routing to it, drain the old one, stop it.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown name; start, registration and drain failures (the old
+    /// version keeps serving if the new one does not start).
+    pub async fn replace_plugin(&self, name: &str, spec: PluginSpec) -> Result<String, Error> {
+        let mut plugins = self.plugins.lock().await;
+        let old = plugins
+            .remove(name)
+            .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
+        let mut spec = spec;
+        let (process, runtime_id) = match self.launch(&mut spec, &plugins).await {
+            Ok(started) => started,
+            Err(error) => {
+                plugins.insert(name.to_owned(), old);
+                return Err(error);
+            }
+        };
+        self.registry.replace_runtime(&old.runtime_id, &runtime_id);
+        let drained = self.registry.drained(&old.runtime_id, self.timeout).await;
+        let _ = old.process.shutdown(self.timeout).await;
+        tracing::info!(plugin = %name, old = %old.runtime_id, new = %runtime_id, "replaced");
+        plugins.insert(
+            name.to_owned(),
+            Running {
+                process,
+                runtime_id: runtime_id.clone(),
+                spec,
+            },
+        );
+        drained?;
+        Ok(runtime_id)
+    }
+
+    /// Stops every plugin, dependents first.
+    pub async fn shutdown(&self) {
+        let mut plugins = self.plugins.lock().await;
+        let order = Self::graph(&plugins).startup_order().unwrap_or_default();
+        for name in order.iter().rev() {
+            if let Some(running) = plugins.remove(name) {
+                self.registry.remove_runtime(&running.runtime_id);
+                let _ = running.process.shutdown(self.timeout).await;
+            }
+        }
+        for (_, running) in plugins.drain() {
+            let _ = running.process.shutdown(self.timeout).await;
+        }
+    }
+}

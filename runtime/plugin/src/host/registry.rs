@@ -1,0 +1,1026 @@
+//! The service registry (`connectplugin.v1.ServiceRegistry`) and the health reports that feed
+//! it (`connectplugin.v1.PluginLifecycle.ReportHealth`), served by a host, wire-compatible with
+//! connect-plugin-go.
+//!
+//! Plugins with a runtime identity register the service types they provide; any plugin
+//! discovers a provider of a type and gets an endpoint routed through the host
+//! (`/services/{type}/{provider-id}`). Where upstream is wrong this does better (DESIGN §4):
+//! every call is checked against the caller's runtime token, not just the
+//! `X-Plugin-Runtime-ID` header; a plugin may register only the types it declared (in the
+//! handshake's `provides` client metadata, or through [`ServiceRegistry::allow`]); only the
+//! owner may unregister; versions compare as semver; the weighted strategy really weighs; and
+//! watchers hear about registrations, removals and health changes.
+//!
+//! Watch streams have a bounded buffer of [`WATCH_BUFFER`] events. A watcher that falls
+//! further behind is told so: its stream ends with `resource_exhausted` and it should watch
+//! again (which starts with the current state), so no change is ever dropped silently.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ring::rand::SystemRandom;
+use tokio::sync::broadcast;
+
+use crate::handshake::PROVIDES_KEY;
+use crate::identity::{self, IdentityStore, RuntimeIdentity};
+use crate::proto::connectplugin::v1 as wire;
+use crate::proto::connectplugin::v1::{HealthState, ServiceState};
+use crate::{Code, Error, MessageStream, Request, Response, ServerStream};
+
+/// How many events a watch stream may fall behind before it is ended.
+pub const WATCH_BUFFER: usize = 256;
+
+/// The registration metadata key holding a provider's base URL (as upstream's examples): where
+/// the gateway forwards calls routed to it.
+pub const BASE_URL_KEY: &str = "base_url";
+
+/// How [`ServiceRegistry`] picks among the healthy providers of a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SelectionStrategy {
+    /// Always the first registered (the default, as upstream).
+    #[default]
+    First,
+    /// Each in turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// At random, in proportion to the `weight` metadata of each registration (default 1).
+    Weighted,
+}
+
+/// One registration: a provider of a service type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Its id (`reg-` and 16 hex digits).
+    pub registration_id: String,
+    /// The provider's runtime id.
+    pub runtime_id: String,
+    /// The service type, e.g. `logger`.
+    pub service_type: String,
+    /// The provided version.
+    pub version: semver::Version,
+    /// The path prefix of the service on the provider, e.g. `/logger.v1.Logger/`.
+    pub endpoint_path: String,
+    /// Free-form metadata (`weight` is read by the weighted strategy).
+    pub metadata: HashMap<String, String>,
+}
+
+type Provider = Registration;
+
+#[derive(Default)]
+struct State {
+    /// Registrations in order, by service type.
+    providers: HashMap<String, Vec<Provider>>,
+    /// Service types each runtime id may register.
+    allowed: HashMap<String, HashSet<String>>,
+    /// The last health each runtime id reported.
+    health: HashMap<String, HealthState>,
+    strategies: HashMap<String, SelectionStrategy>,
+    round_robin: HashMap<String, usize>,
+    /// When each runtime id last called the registry or reported health (its lease).
+    last_seen: HashMap<String, tokio::time::Instant>,
+    /// Providers replaced by another: calls routed to the old id go to the new one.
+    aliases: HashMap<String, String>,
+    /// Calls in flight through the host, per provider.
+    inflight: HashMap<String, Arc<Inflight>>,
+}
+
+/// Calls in flight to one provider, and a way to wait for them to finish.
+#[derive(Default)]
+pub(crate) struct Inflight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held while a routed call is in flight; dropping it ends the call's count.
+pub(crate) struct InflightGuard(Arc<Inflight>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+struct Inner {
+    lease: Option<std::time::Duration>,
+    state: Mutex<State>,
+    events: broadcast::Sender<wire::WatchServiceEvent>,
+    identities: OnceLock<Arc<IdentityStore>>,
+    rng: SystemRandom,
+}
+
+/// The host's registry of provided services; give it to [`crate::ServeConfig::registry`].
+#[derive(Clone)]
+pub struct ServiceRegistry {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ServiceRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state();
+        f.debug_struct("ServiceRegistry")
+            .field("service_types", &state.providers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for ServiceRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `true` for the states traffic may be routed to: unhealthy providers are not used.
+fn routable(state: HealthState) -> bool {
+    !matches!(state, HealthState::Unhealthy)
+}
+
+impl ServiceRegistry {
+    /// An empty registry whose registrations never expire.
+    pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A registry whose registrations expire when their plugin has not called the registry or
+    /// reported health for `lease` (a plugin that died stops being discovered and routed to).
+    /// Plugins keep their lease with [`crate::Client::heartbeat`].
+    pub fn with_lease(lease: std::time::Duration) -> Self {
+        Self::build(Some(lease))
+    }
+
+    fn build(lease: Option<std::time::Duration>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                lease,
+                state: Mutex::new(State::default()),
+                events: broadcast::channel(WATCH_BUFFER).0,
+                identities: OnceLock::new(),
+                rng: SystemRandom::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn attach(&self, identities: Arc<IdentityStore>) {
+        let _ = self.inner.identities.set(identities);
+    }
+
+    pub(crate) fn authenticate_caller(&self, headers: &http::HeaderMap) -> Result<String, Error> {
+        self.authenticate(headers)
+    }
+
+    /// The health `runtime_id` last reported (healthy until it reports otherwise).
+    pub fn health(&self, runtime_id: &str) -> HealthState {
+        self.state()
+            .health
+            .get(runtime_id)
+            .copied()
+            .unwrap_or(HealthState::Healthy)
+    }
+
+    fn authenticate(&self, headers: &http::HeaderMap) -> Result<String, Error> {
+        let runtime_id = self
+            .inner
+            .identities
+            .get()
+            .ok_or_else(|| Error::unavailable("the service registry is not attached to a server"))?
+            .authenticate(headers)?;
+        // Every authenticated call renews the caller's lease.
+        self.state()
+            .last_seen
+            .insert(runtime_id.clone(), tokio::time::Instant::now());
+        Ok(runtime_id)
+    }
+
+    /// The provider that serves calls addressed to `provider_id` now (itself, or the one that
+    /// replaced it).
+    pub fn resolve(&self, provider_id: &str) -> String {
+        resolve_in(&self.state(), provider_id).to_owned()
+    }
+
+    /// Switches routing from `old` to `new` in one step: calls addressed to `old` go to
+    /// `new` from now on, and `old`'s registrations are withdrawn. Calls already in flight to
+    /// `old` finish there ([`ServiceRegistry::drained`]).
+    pub fn replace_runtime(&self, old: &str, new: &str) {
+        let types: Vec<String> = {
+            let mut state = self.state();
+            state.aliases.insert(old.to_owned(), new.to_owned());
+            let mut types = Vec::new();
+            for (service_type, providers) in &mut state.providers {
+                let before = providers.len();
+                providers.retain(|p| p.runtime_id != old);
+                if providers.len() != before {
+                    types.push(service_type.clone());
+                }
+            }
+            types
+        };
+        for service_type in types {
+            self.notify(&service_type);
+        }
+    }
+
+    pub(crate) fn track(&self, provider_id: &str) -> InflightGuard {
+        let inflight = Arc::clone(
+            self.state()
+                .inflight
+                .entry(provider_id.to_owned())
+                .or_default(),
+        );
+        inflight
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InflightGuard(inflight)
+    }
+
+    /// How many routed calls to `provider_id` are in flight.
+    pub fn inflight(&self, provider_id: &str) -> usize {
+        self.state()
+            .inflight
+            .get(provider_id)
+            .map_or(0, |i| i.count.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Waits until no routed call to `provider_id` is in flight.
+    ///
+    /// # Errors
+    /// `deadline_exceeded` if calls are still running after `timeout`.
+    pub async fn drained(
+        &self,
+        provider_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), Error> {
+        let inflight = Arc::clone(
+            self.state()
+                .inflight
+                .entry(provider_id.to_owned())
+                .or_default(),
+        );
+        let wait = async {
+            loop {
+                let idle = inflight.idle.notified();
+                if inflight.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            Error::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "{} calls to {provider_id} still in flight after {} ms",
+                    self.inflight(provider_id),
+                    timeout.as_millis()
+                ),
+            )
+        })
+    }
+
+    /// The lease, if registrations expire.
+    pub fn lease(&self) -> Option<std::time::Duration> {
+        self.inner.lease
+    }
+
+    /// Removes the registrations of plugins whose lease ran out and tells the watchers;
+    /// returns the runtime ids removed. [`crate::serve`] calls it periodically.
+    pub fn expire(&self) -> Vec<String> {
+        let Some(lease) = self.inner.lease else {
+            return Vec::new();
+        };
+        let now = tokio::time::Instant::now();
+        let expired: Vec<String> = {
+            let state = self.state();
+            let mut ids: Vec<String> = state
+                .providers
+                .values()
+                .flatten()
+                .map(|p| p.runtime_id.clone())
+                .filter(|id| {
+                    state
+                        .last_seen
+                        .get(id)
+                        .is_none_or(|seen| now.duration_since(*seen) > lease)
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        for id in &expired {
+            tracing::warn!(runtime_id = %id, "lease expired; removing its registrations");
+            self.remove_runtime(id);
+            self.state().last_seen.remove(id);
+        }
+        expired
+    }
+
+    /// Issues a runtime identity for a plugin the host manages (deployment model A), allowed
+    /// to register `service_types`.
+    ///
+    /// # Errors
+    /// `unavailable` before the registry is served; `internal` if the random generator fails.
+    pub fn issue_identity<I, S>(
+        &self,
+        self_id: &str,
+        service_types: I,
+    ) -> Result<RuntimeIdentity, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let identity = self
+            .inner
+            .identities
+            .get()
+            .ok_or_else(|| Error::unavailable("the service registry is not attached to a server"))?
+            .issue(self_id)?;
+        self.allow(&identity.runtime_id, service_types);
+        Ok(identity)
+    }
+
+    /// Lets `runtime_id` register the given service types (host side; model A hosts call
+    /// this with what `GetPluginInfo` declared). Adds to what was allowed before.
+    pub fn allow<I, S>(&self, runtime_id: &str, service_types: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.state()
+            .allowed
+            .entry(runtime_id.to_owned())
+            .or_default()
+            .extend(service_types.into_iter().map(Into::into));
+    }
+
+    /// Waits, on registry events, until `check` finds what it looks for.
+    pub(crate) async fn wait_for<T>(
+        &self,
+        timeout: std::time::Duration,
+        check: impl Fn() -> Option<T>,
+    ) -> Result<T, ()> {
+        let mut events = self.inner.events.subscribe();
+        let wait = async {
+            loop {
+                if let Some(found) = check() {
+                    return Some(found);
+                }
+                // Any event (or a lag) means something changed: look again.
+                if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
+                    return check();
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(())
+    }
+
+    /// Waits until `service_type` has a routable provider (host side: start dependents after
+    /// their dependencies registered).
+    ///
+    /// # Errors
+    /// `deadline_exceeded` after `timeout`.
+    pub async fn wait_for_provider(
+        &self,
+        service_type: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), Error> {
+        let mut events = self.inner.events.subscribe();
+        let wait = async {
+            loop {
+                if self.event(service_type).state != ServiceState::Unavailable as i32 {
+                    return;
+                }
+                // Any event (or a lag) means the state may have changed: look again.
+                if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            Error::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "no provider of {service_type:?} registered within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+        })
+    }
+
+    /// Where a call routed to `provider_id` (or its replacement) for `service_type` goes: the
+    /// provider's runtime id and `base_url`, checked under one lock and without copying the
+    /// registrations (this is on every routed call).
+    pub(crate) fn route_target(
+        &self,
+        service_type: &str,
+        provider_id: &str,
+    ) -> Result<(String, String), Error> {
+        let state = self.state();
+        let id = resolve_in(&state, provider_id);
+        let provider = state
+            .providers
+            .get(service_type)
+            .and_then(|providers| providers.iter().find(|p| p.runtime_id == id))
+            .ok_or_else(|| {
+                Error::unavailable(format!(
+                    "no provider {id:?} of service {service_type:?} is registered"
+                ))
+            })?;
+        if state.health.get(id) == Some(&HealthState::Unhealthy) {
+            return Err(Error::unavailable(format!(
+                "provider {id:?} of service {service_type:?} is unhealthy"
+            )));
+        }
+        let base = provider.metadata.get(BASE_URL_KEY).ok_or_else(|| {
+            Error::unavailable(format!(
+                "provider {id:?} registered without a \"{}\" metadata entry, so the host cannot reach it",
+                BASE_URL_KEY
+            ))
+        })?;
+        Ok((id.to_owned(), base.clone()))
+    }
+
+    /// Every registration of `service_type`, healthy or not, in registration order
+    /// (host side: routing and impact analysis use it).
+    pub fn providers(&self, service_type: &str) -> Vec<Registration> {
+        self.state()
+            .providers
+            .get(service_type)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sets how providers of `service_type` are picked.
+    pub fn set_strategy(&self, service_type: &str, strategy: SelectionStrategy) {
+        self.state()
+            .strategies
+            .insert(service_type.to_owned(), strategy);
+    }
+
+    /// Records the health a plugin reported and tells the watchers of its services.
+    pub fn set_health(&self, runtime_id: &str, health: HealthState) {
+        let types: Vec<String> = {
+            let mut state = self.state();
+            if state.health.insert(runtime_id.to_owned(), health) == Some(health) {
+                return;
+            }
+            let mut types: Vec<String> = state
+                .providers
+                .values()
+                .flatten()
+                .filter(|p| p.runtime_id == runtime_id)
+                .map(|p| p.service_type.clone())
+                .collect();
+            types.dedup();
+            types
+        };
+        for service_type in types {
+            self.notify(&service_type);
+        }
+    }
+
+    /// Removes every registration of `runtime_id` (it went away, or its lease ran out) and
+    /// tells the watchers; returns how many were removed.
+    pub fn remove_runtime(&self, runtime_id: &str) -> usize {
+        let mut removed = 0;
+        let mut types = Vec::new();
+        {
+            let mut state = self.state();
+            for (service_type, providers) in &mut state.providers {
+                let before = providers.len();
+                providers.retain(|p| p.runtime_id != runtime_id);
+                if providers.len() != before {
+                    removed += before - providers.len();
+                    types.push(service_type.clone());
+                }
+            }
+            state.health.remove(runtime_id);
+            state.allowed.remove(runtime_id);
+        }
+        for service_type in types {
+            self.notify(&service_type);
+        }
+        removed
+    }
+
+    /// Registers a provider (what `RegisterService` does for an authenticated caller).
+    ///
+    /// # Errors
+    /// `permission_denied` for a type the caller did not declare; `invalid_argument` for a
+    /// bad type, version or path.
+    pub fn register(
+        &self,
+        runtime_id: &str,
+        request: &wire::RegisterServiceRequest,
+    ) -> Result<String, Error> {
+        validate_service_type(&request.service_type)?;
+        let version = semver::Version::parse(&request.version).map_err(|e| {
+            Error::invalid_argument(format!("version {:?} is not semver: {e}", request.version))
+        })?;
+        if !request.endpoint_path.is_empty() && !request.endpoint_path.starts_with('/') {
+            return Err(Error::invalid_argument(format!(
+                "endpoint_path {:?} must start with '/'",
+                request.endpoint_path
+            )));
+        }
+        let registration_id = format!(
+            "reg-{}",
+            identity::hex(&identity::random_bytes::<8>(&self.inner.rng)?)
+        );
+        {
+            let mut state = self.state();
+            let allowed = state
+                .allowed
+                .get(runtime_id)
+                .is_some_and(|types| types.contains(&request.service_type));
+            if !allowed {
+                return Err(Error::new(
+                    Code::PermissionDenied,
+                    format!(
+                        "plugin {runtime_id} not authorized to register service type {}: declare it in the handshake (client metadata \"{PROVIDES_KEY}\")",
+                        request.service_type
+                    ),
+                ));
+            }
+            state
+                .providers
+                .entry(request.service_type.clone())
+                .or_default()
+                .push(Provider {
+                    registration_id: registration_id.clone(),
+                    runtime_id: runtime_id.to_owned(),
+                    service_type: request.service_type.clone(),
+                    version,
+                    endpoint_path: request.endpoint_path.clone(),
+                    metadata: request.metadata.clone(),
+                });
+        }
+        self.notify(&request.service_type);
+        Ok(registration_id)
+    }
+
+    /// Withdraws a registration; only its owner may.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown id, `permission_denied` for someone else's.
+    pub fn unregister(&self, runtime_id: &str, registration_id: &str) -> Result<(), Error> {
+        let service_type = {
+            let mut state = self.state();
+            let found = state
+                .providers
+                .iter_mut()
+                .find_map(|(service_type, providers)| {
+                    providers
+                        .iter()
+                        .position(|p| p.registration_id == registration_id)
+                        .map(|i| (service_type.clone(), providers, i))
+                });
+            let Some((service_type, providers, index)) = found else {
+                return Err(Error::not_found(format!(
+                    "no registration {registration_id:?}"
+                )));
+            };
+            if providers[index].runtime_id != runtime_id {
+                return Err(Error::new(
+                    Code::PermissionDenied,
+                    format!("registration {registration_id:?} belongs to another plugin"),
+                ));
+            }
+            providers.remove(index);
+            service_type
+        };
+        self.notify(&service_type);
+        Ok(())
+    }
+
+    /// Picks a healthy provider of `service_type` at `min_version` or newer.
+    ///
+    /// # Errors
+    /// `not_found` when there is none, saying why (no providers, none new enough, none
+    /// healthy); `invalid_argument` for a `min_version` that is not semver.
+    pub fn discover(
+        &self,
+        service_type: &str,
+        min_version: &str,
+    ) -> Result<wire::DiscoverServiceResponse, Error> {
+        let min = if min_version.is_empty() {
+            None
+        } else {
+            Some(semver::Version::parse(min_version).map_err(|e| {
+                Error::invalid_argument(format!("min_version {min_version:?} is not semver: {e}"))
+            })?)
+        };
+        let mut state = self.state();
+        let all = state
+            .providers
+            .get(service_type)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if all.is_empty() {
+            return Err(Error::not_found(format!(
+                "no providers for service {service_type:?}"
+            )));
+        }
+        let single_provider = all.len() == 1;
+        let compatible: Vec<&Provider> = all
+            .iter()
+            .filter(|p| min.as_ref().is_none_or(|min| p.version >= *min))
+            .collect();
+        if compatible.is_empty() {
+            return Err(Error::not_found(format!(
+                "no compatible providers for service {service_type:?} at version {min_version} or newer"
+            )));
+        }
+        let healthy: Vec<Provider> = compatible
+            .into_iter()
+            .filter(|p| {
+                routable(
+                    state
+                        .health
+                        .get(&p.runtime_id)
+                        .copied()
+                        .unwrap_or(HealthState::Healthy),
+                )
+            })
+            .cloned()
+            .collect();
+        if healthy.is_empty() {
+            return Err(Error::not_found(format!(
+                "no available providers for service {service_type:?} (all unhealthy)"
+            )));
+        }
+        let strategy = state
+            .strategies
+            .get(service_type)
+            .copied()
+            .unwrap_or_default();
+        let index = match strategy {
+            SelectionStrategy::First => 0,
+            SelectionStrategy::RoundRobin => {
+                let next = state
+                    .round_robin
+                    .entry(service_type.to_owned())
+                    .or_default();
+                let index = *next % healthy.len();
+                *next = next.wrapping_add(1);
+                index
+            }
+            SelectionStrategy::Random => self.random_below(healthy.len() as u64)? as usize,
+            SelectionStrategy::Weighted => {
+                let weights: Vec<u64> = healthy
+                    .iter()
+                    .map(|p| {
+                        p.metadata
+                            .get("weight")
+                            .and_then(|w| w.parse().ok())
+                            .unwrap_or(1)
+                    })
+                    .collect();
+                let total: u64 = weights.iter().sum();
+                if total == 0 {
+                    0
+                } else {
+                    let mut pick = self.random_below(total)?;
+                    weights
+                        .iter()
+                        .position(|w| {
+                            if pick < *w {
+                                true
+                            } else {
+                                pick -= w;
+                                false
+                            }
+                        })
+                        .unwrap_or(0)
+                }
+            }
+        };
+        Ok(wire::DiscoverServiceResponse {
+            endpoint: Some(endpoint(&healthy[index])),
+            single_provider,
+        })
+    }
+
+    fn random_below(&self, bound: u64) -> Result<u64, Error> {
+        let bytes = identity::random_bytes::<8>(&self.inner.rng)?;
+        Ok(u64::from_le_bytes(bytes) % bound.max(1))
+    }
+
+    /// The current state of a service type, as a watch event: the first routable provider,
+    /// `DEGRADED` if it reported so, `UNAVAILABLE` when there is none.
+    fn event(&self, service_type: &str) -> wire::WatchServiceEvent {
+        let state = self.state();
+        let first = state.providers.get(service_type).and_then(|providers| {
+            providers.iter().find_map(|p| {
+                let health = state
+                    .health
+                    .get(&p.runtime_id)
+                    .copied()
+                    .unwrap_or(HealthState::Healthy);
+                routable(health).then_some((p, health))
+            })
+        });
+        match first {
+            Some((provider, health)) => wire::WatchServiceEvent {
+                service_type: service_type.to_owned(),
+                state: if health == HealthState::Degraded {
+                    ServiceState::Degraded
+                } else {
+                    ServiceState::Available
+                } as i32,
+                endpoint: Some(endpoint(provider)),
+            },
+            None => wire::WatchServiceEvent {
+                service_type: service_type.to_owned(),
+                state: ServiceState::Unavailable as i32,
+                endpoint: None,
+            },
+        }
+    }
+
+    fn notify(&self, service_type: &str) {
+        let _ = self.inner.events.send(self.event(service_type));
+    }
+}
+
+/// Follows replacements from `provider_id` to the provider that serves it now. Bounded: a
+/// replacement chain is never longer than the number of aliases.
+fn resolve_in<'s>(state: &'s State, provider_id: &'s str) -> &'s str {
+    let mut id = provider_id;
+    for _ in 0..=state.aliases.len() {
+        match state.aliases.get(id) {
+            Some(next) => id = next,
+            None => break,
+        }
+    }
+    id
+}
+
+fn endpoint(provider: &Provider) -> wire::ServiceEndpoint {
+    wire::ServiceEndpoint {
+        provider_id: provider.runtime_id.clone(),
+        version: provider.version.to_string(),
+        endpoint_url: format!(
+            "/services/{}/{}",
+            provider.service_type, provider.runtime_id
+        ),
+        metadata: provider.metadata.clone(),
+    }
+}
+
+fn validate_service_type(service_type: &str) -> Result<(), Error> {
+    let valid = !service_type.is_empty()
+        && service_type.len() <= 128
+        && service_type
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(format!(
+            "invalid service type {service_type:?}: use 1-128 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+impl wire::ServiceRegistry for ServiceRegistry {
+    async fn register_service(
+        &self,
+        request: Request<wire::RegisterServiceRequest>,
+    ) -> Result<Response<wire::RegisterServiceResponse>, Error> {
+        let runtime_id = self.authenticate(request.metadata())?;
+        let registration_id = self.register(&runtime_id, request.message())?;
+        Ok(Response::new(wire::RegisterServiceResponse {
+            registration_id,
+        }))
+    }
+
+    async fn unregister_service(
+        &self,
+        request: Request<wire::UnregisterServiceRequest>,
+    ) -> Result<Response<wire::UnregisterServiceResponse>, Error> {
+        let runtime_id = self.authenticate(request.metadata())?;
+        self.unregister(&runtime_id, &request.message().registration_id)?;
+        Ok(Response::new(wire::UnregisterServiceResponse {}))
+    }
+
+    async fn discover_service(
+        &self,
+        request: Request<wire::DiscoverServiceRequest>,
+    ) -> Result<Response<wire::DiscoverServiceResponse>, Error> {
+        self.authenticate(request.metadata())?;
+        let message = request.message();
+        self.discover(&message.service_type, &message.min_version)
+            .map(Response::new)
+    }
+
+    async fn watch_service(
+        &self,
+        request: Request<wire::WatchServiceRequest>,
+    ) -> Result<Response<ServerStream<wire::WatchServiceEvent>>, Error> {
+        self.authenticate(request.metadata())?;
+        let service_type = request.into_message().service_type;
+        // Subscribe before reading the current state, so no change falls in between.
+        let mut events = self.inner.events.subscribe();
+        let current = self.event(&service_type);
+        let (tx, stream) = MessageStream::channel(16);
+        tokio::spawn(async move {
+            if tx.send(current).await.is_err() {
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    () = tx.closed() => return,
+                };
+                match event {
+                    Ok(event) if event.service_type == service_type => {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let error = Error::new(
+                            Code::ResourceExhausted,
+                            format!(
+                                "watcher fell {missed} events behind; watch again for the current state"
+                            ),
+                        );
+                        return tx.fail(error).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+impl wire::PluginLifecycle for ServiceRegistry {
+    async fn report_health(
+        &self,
+        request: Request<wire::ReportHealthRequest>,
+    ) -> Result<Response<wire::ReportHealthResponse>, Error> {
+        let runtime_id = self.authenticate(request.metadata())?;
+        let state = HealthState::try_from(request.message().state)
+            .ok()
+            .filter(|s| *s != HealthState::Unspecified)
+            .ok_or_else(|| {
+                Error::invalid_argument("health state must be HEALTHY, DEGRADED or UNHEALTHY")
+            })?;
+        self.set_health(&runtime_id, state);
+        Ok(Response::new(wire::ReportHealthResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(service_type: &str, version: &str) -> wire::RegisterServiceRequest {
+        wire::RegisterServiceRequest {
+            service_type: service_type.into(),
+            version: version.into(),
+            endpoint_path: "/logger.v1.Logger/".into(),
+            metadata: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn only_declared_types_and_only_owners() {
+        let registry = ServiceRegistry::new();
+        let err = registry
+            .register("a-1", &request("logger", "1.0.0"))
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        registry.allow("a-1", ["logger"]);
+        let id = registry
+            .register("a-1", &request("logger", "1.0.0"))
+            .unwrap();
+        assert!(id.starts_with("reg-"));
+        assert_eq!(
+            registry.unregister("b-2", &id).unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            registry.unregister("a-1", "reg-nope").unwrap_err().code(),
+            Code::NotFound
+        );
+        registry.unregister("a-1", &id).unwrap();
+        assert_eq!(
+            registry
+                .register("a-1", &request("logger", "1.0"))
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            registry
+                .register("a-1", &request("bad/type", "1.0.0"))
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn versions_compare_as_semver_and_health_filters() {
+        let registry = ServiceRegistry::new();
+        registry.allow("old", ["logger"]);
+        registry.allow("new", ["logger"]);
+        registry
+            .register("old", &request("logger", "9.0.0"))
+            .unwrap();
+        registry
+            .register("new", &request("logger", "10.0.0"))
+            .unwrap();
+        let found = registry.discover("logger", "10.0.0").unwrap();
+        assert_eq!(
+            found.endpoint.unwrap().provider_id,
+            "new",
+            "10.0.0 >= 10.0.0 > 9.0.0 as semver"
+        );
+        assert!(!found.single_provider);
+        registry.set_health("new", HealthState::Unhealthy);
+        let err = registry.discover("logger", "10.0.0").unwrap_err();
+        assert!(err.message().contains("all unhealthy"), "{err}");
+        assert_eq!(
+            registry
+                .discover("logger", "")
+                .unwrap()
+                .endpoint
+                .unwrap()
+                .provider_id,
+            "old"
+        );
+        assert!(
+            registry
+                .discover("logger", "11.0.0")
+                .unwrap_err()
+                .message()
+                .contains("no compatible")
+        );
+        assert!(
+            registry
+                .discover("metrics", "")
+                .unwrap_err()
+                .message()
+                .contains("no providers")
+        );
+    }
+
+    #[test]
+    fn round_robin_alternates_and_weighted_weighs() {
+        let registry = ServiceRegistry::new();
+        for (id, weight) in [("a", "1"), ("b", "9")] {
+            registry.allow(id, ["cache"]);
+            let mut r = request("cache", "1.0.0");
+            r.metadata.insert("weight".into(), weight.into());
+            registry.register(id, &r).unwrap();
+        }
+        registry.set_strategy("cache", SelectionStrategy::RoundRobin);
+        let picks: Vec<String> = (0..4)
+            .map(|_| {
+                registry
+                    .discover("cache", "")
+                    .unwrap()
+                    .endpoint
+                    .unwrap()
+                    .provider_id
+            })
+            .collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+        registry.set_strategy("cache", SelectionStrategy::Weighted);
+        let b = (0..1000)
+            .filter(|_| {
+                registry
+                    .discover("cache", "")
+                    .unwrap()
+                    .endpoint
+                    .unwrap()
+                    .provider_id
+                    == "b"
+            })
+            .count();
+        assert!(
+            (800..=980).contains(&b),
+            "b has weight 9 of 10, picked {b} of 1000"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! Launching plugin processes from a host: [`PluginProcess`] starts a plugin binary, waits for
+//! its readiness line ([`crate::serve::readiness`]) and forwards its output to the host's log.
+//!
+//! ## Lifetime
+//! The host keeps the child's stdin open; closing it asks the plugin to shut down gracefully.
+//! Since the kernel closes it when the host dies, even by `kill -9`, a plugin served with
+//! [`crate::serve()`] never outlives its host. Dropping a [`PluginProcess`] kills the child.
+//!
+//! Restarting after a crash is [`super::supervise`]'s job; this module starts and stops one
+//! process.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
+use crate::serve::readiness::{LAUNCHED_ENV, READY_PREFIX, READY_SUFFIX, parse_ready_line};
+use crate::{Code, Error};
+
+/// How to start a plugin process.
+#[derive(Clone)]
+pub struct LaunchConfig {
+    pub(super) name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    start_timeout: Duration,
+    checksum: Option<String>,
+    pub(super) restart: RestartPolicy,
+    pub(super) on_crash: Option<CrashCallback>,
+}
+
+type CrashCallback = Arc<dyn Fn(&CrashEvent) + Send + Sync>;
+
+impl std::fmt::Debug for LaunchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchConfig")
+            .field("name", &self.name)
+            .field("program", &self.program)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether and how a crashed plugin is started again (by [`SupervisedPlugin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// How many restarts in all before giving up (0: never restart).
+    pub max_restarts: u32,
+    /// The wait before the first restart; it doubles each time.
+    pub initial_backoff: Duration,
+    /// The longest wait between restarts.
+    pub max_backoff: Duration,
+}
+
+impl RestartPolicy {
+    /// Never restart (the default).
+    pub const fn never() -> Self {
+        Self {
+            max_restarts: 0,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        }
+    }
+
+    /// Restart up to `max_restarts` times, waiting `initial_backoff`, then twice as long each
+    /// time, at most `max_backoff`.
+    pub const fn with_backoff(
+        max_restarts: u32,
+        initial_backoff: Duration,
+        max_backoff: Duration,
+    ) -> Self {
+        Self {
+            max_restarts,
+            initial_backoff,
+            max_backoff,
+        }
+    }
+
+    pub(super) fn backoff(&self, restart: u32) -> Duration {
+        let factor = 2u32.saturating_pow(restart.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self::never()
+    }
+}
+
+/// What [`LaunchConfig::on_crash`] is told when a plugin process exits unasked.
+#[derive(Debug, Clone)]
+pub struct CrashEvent {
+    /// The plugin's name.
+    pub plugin: String,
+    /// How the process ended, if known.
+    pub status: Option<ExitStatus>,
+    /// Restarts so far, this one not counted.
+    pub restarts: u32,
+    /// Whether the restart policy will start it again.
+    pub will_restart: bool,
+}
+
+impl LaunchConfig {
+    /// Runs `program`; `name` labels the plugin's log lines in the host.
+    pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            start_timeout: Duration::from_secs(10),
+            checksum: None,
+            restart: RestartPolicy::never(),
+            on_crash: None,
+        }
+    }
+
+    /// Refuses to start the program unless its SHA-256 is `sha256_hex` (64 hex digits), as
+    /// go-plugin's `SecureConfig` does.
+    #[must_use]
+    pub fn checksum(mut self, sha256_hex: impl Into<String>) -> Self {
+        self.checksum = Some(sha256_hex.into().to_ascii_lowercase());
+        self
+    }
+
+    /// What to do when the process crashes (used by [`SupervisedPlugin`]).
+    #[must_use]
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Called whenever the process exits unasked (used by [`SupervisedPlugin`]).
+    #[must_use]
+    pub fn on_crash(mut self, callback: impl Fn(&CrashEvent) + Send + Sync + 'static) -> Self {
+        self.on_crash = Some(Arc::new(callback));
+        self
+    }
+
+    /// Adds a command-line argument.
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable for the child.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// How long to wait for the readiness line (default 10 s).
+    #[must_use]
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+}
+
+/// A running plugin process, started by [`PluginProcess::launch`].
+#[derive(Debug)]
+pub struct PluginProcess {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    addr: SocketAddr,
+}
+
+impl PluginProcess {
+    /// Starts the plugin on a free port (`PORT=0`) and waits for its readiness line.
+    ///
+    /// # Errors
+    /// `unavailable` if the program cannot be started, exits early, or does not announce
+    /// readiness within the start timeout; the message names the program and what it printed.
+    pub async fn launch(config: LaunchConfig) -> Result<Self, Error> {
+        verify_checksum(&config)?;
+        Self::spawn(&config, 0).await
+    }
+
+    pub(super) async fn spawn(config: &LaunchConfig, port: u16) -> Result<Self, Error> {
+        let name = config.name.clone();
+        let program = &config.program;
+        let start_timeout = config.start_timeout;
+        let mut command = Command::new(program);
+        command
+            .args(&config.args)
+            .env("PORT", port.to_string())
+            .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
+            .env(LAUNCHED_ENV, MAGIC_COOKIE_VALUE)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| {
+            Error::unavailable(format!(
+                "cannot start plugin {name:?} from {}: {e}",
+                program.display()
+            ))
+        })?;
+        let stdin = child.stdin.take();
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(Error::internal("child process pipes were not created"));
+        };
+        forward_lines(name.clone(), "stderr", BufReader::new(stderr).lines());
+        let mut stdout = BufReader::new(stdout).lines();
+        let wait_ready = async {
+            while let Some(line) = stdout.next_line().await.transpose() {
+                let line = line.map_err(|e| format!("reading its stdout: {e}"))?;
+                if let Some(addr) = parse_ready_line(&line) {
+                    return Ok(addr);
+                }
+                tracing::info!(plugin = %name, stream = "stdout", "{line}");
+            }
+            Err("it closed stdout without printing the readiness line".to_owned())
+        };
+        let outcome = tokio::time::timeout(start_timeout, wait_ready).await;
+        let addr = match outcome {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(why)) => {
+                let status = child.wait().await.ok();
+                return Err(Error::unavailable(format!(
+                    "plugin {name:?} ({}) did not start: {why}{}",
+                    program.display(),
+                    status
+                        .map(|s| format!("; it exited with {s}"))
+                        .unwrap_or_default()
+                )));
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(Error::new(
+                    Code::Unavailable,
+                    format!(
+                        "plugin {name:?} ({}) did not print its readiness line within {} ms; \
+                         plugins must call connect_plugin::serve (or print `{READY_PREFIX}<addr>{READY_SUFFIX}`)",
+                        program.display(),
+                        start_timeout.as_millis()
+                    ),
+                ));
+            }
+        };
+        forward_lines(name.clone(), "stdout", stdout);
+        Ok(Self {
+            name,
+            child,
+            stdin,
+            addr,
+        })
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the plugin listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to call the plugin at, e.g. `http://127.0.0.1:43123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits for the process to exit.
+    pub(crate) async fn wait(&mut self) -> Option<ExitStatus> {
+        self.child.wait().await.ok()
+    }
+
+    /// The child's process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Asks the plugin to stop (closes its stdin), waits up to `grace` for it to exit, then
+    /// kills it.
+    ///
+    /// # Errors
+    /// `internal` if waiting on the process fails.
+    pub async fn shutdown(mut self, grace: Duration) -> Result<ExitStatus, Error> {
+        drop(self.stdin.take());
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status
+                .map_err(|e| Error::internal(format!("waiting for plugin {:?}: {e}", self.name))),
+            Err(_) => {
+                tracing::warn!(plugin = %self.name, "did not stop within {} ms; killing it", grace.as_millis());
+                self.child
+                    .kill()
+                    .await
+                    .map_err(|e| Error::internal(format!("killing plugin {:?}: {e}", self.name)))?;
+                self.child.wait().await.map_err(|e| {
+                    Error::internal(format!("waiting for plugin {:?}: {e}", self.name))
+                })
+            }
+        }
+    }
+}
+
+pub(super) fn verify_checksum(config: &LaunchConfig) -> Result<(), Error> {
+    let Some(expected) = &config.checksum else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(&config.program).map_err(|e| {
+        Error::unavailable(format!(
+            "cannot read plugin {:?} at {} to check its checksum: {e}",
+            config.name,
+            config.program.display()
+        ))
+    })?;
+    let actual = crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+    if !crate::identity::constant_time_eq(actual.as_bytes(), expected.as_bytes()) {
+        return Err(Error::new(
+            Code::PermissionDenied,
+            format!(
+                "checksum mismatch for plugin {:?} at {}: expected sha256 {expected}, got {actual}; refusing to run it",
+                config.name,
+                config.program.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn forward_lines<R>(name: String, stream: &'static str, mut lines: tokio::io::Lines<R>)
+where
+    R: tokio::io::AsyncBufRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(plugin = %name, stream, "{line}");
+        }
+    });
+}

@@ -1,0 +1,226 @@
+//! Routing by procedure path, and the protocol checks every call shares: verb, content type,
+//! protocol version, timeout and compression negotiation (spec §"Requests"; rules P1-P5,
+//! U1-U3, U8, G1-G5, S1, S2).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::handler::{Call, CallBody, Handler};
+use super::response::{error_response, error_response_with_status};
+use crate::body::Body;
+use crate::method::{Idempotency, MethodDescriptor, StreamKind};
+use crate::protocol::compression::Compression;
+use crate::protocol::headers::{
+    CONNECT_ACCEPT_ENCODING, CONNECT_CONTENT_ENCODING, CONNECT_PROTOCOL_VERSION, CONNECT_TIMEOUT_MS,
+};
+use crate::protocol::{Codec, get, timeout};
+use crate::{Error, stream};
+
+pub(crate) struct Route {
+    pub(crate) method: &'static MethodDescriptor,
+    pub(crate) handler: Arc<dyn Handler>,
+}
+
+/// Limits and tuning shared by every call of a server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallLimits {
+    pub(crate) max_message_size: usize,
+    pub(crate) compress_min_bytes: usize,
+}
+
+/// A handler of plain HTTP requests (probes, proxies), outside the Connect procedures.
+pub type RawHandler = Arc<
+    dyn Fn(http::Request<Incoming>) -> super::handler::BoxFuture<http::Response<Body>>
+        + Send
+        + Sync,
+>;
+
+pub(crate) struct Router {
+    pub(crate) routes: HashMap<&'static str, Route>,
+    /// Plain HTTP handlers by exact path.
+    pub(crate) raw: HashMap<&'static str, RawHandler>,
+    /// Plain HTTP handlers by path prefix, longest first.
+    pub(crate) prefixes: Vec<(String, RawHandler)>,
+    pub(crate) limits: CallLimits,
+}
+
+impl Router {
+    pub(crate) async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        // One hash lookup on the hot path; plain HTTP routes only when it misses.
+        let Some(route) = self.routes.get(request.uri().path()) else {
+            return self.handle_other(request).await;
+        };
+        let (parts, body) = request.into_parts();
+        let kind = route.method.kind;
+        let get_allowed =
+            kind == StreamKind::Unary && route.method.idempotency == Idempotency::NoSideEffects;
+        let call = match parts.method {
+            Method::POST => self.post(parts, body, kind),
+            Method::GET if get_allowed => self.get(parts),
+            ref other => {
+                // P2, G5: only POST, and GET for side-effect-free unary methods.
+                let allow = if get_allowed { "GET, POST" } else { "POST" };
+                let mut response = error_response_with_status(
+                    &Error::unimplemented(format!(
+                        "HTTP method {other} is not allowed for {}; allowed: {allow}",
+                        route.method.path
+                    )),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                );
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+                return response;
+            }
+        };
+        match call {
+            Ok(call) => Arc::clone(&route.handler).call(call).await,
+            Err(rejection) => rejection,
+        }
+    }
+
+    /// Plain HTTP routes (exact, then by prefix), else the 404 of an unknown procedure.
+    async fn handle_other(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let path = request.uri().path();
+        let raw = self.raw.get(path).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, handler)| handler)
+        });
+        if let Some(handler) = raw {
+            return handler(request).await;
+        }
+        // P1: an unknown procedure is a 404, which clients read as `unimplemented`.
+        error_response_with_status(
+            &Error::unimplemented(format!(
+                "no procedure at {path}: check the service and method names (paths are /<package>.<Service>/<Method>, case-sensitive)"
+            )),
+            StatusCode::NOT_FOUND,
+        )
+    }
+
+    // The rejection is a cold path and `Call` is no smaller: boxing buys nothing here.
+    #[allow(clippy::result_large_err)]
+    fn post(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        kind: StreamKind,
+    ) -> Result<Call, http::Response<Body>> {
+        let streaming = kind.is_streaming();
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        let codec = if streaming {
+            Codec::from_stream_content_type(content_type)
+        } else {
+            Codec::from_unary_content_type(content_type)
+        };
+        let Some(codec) = codec else {
+            // U2, S1: an unsupported content type is a 415 listing the ones we accept.
+            let accept = if streaming {
+                "application/connect+proto, application/connect+json"
+            } else {
+                "application/proto, application/json"
+            };
+            let mut response = http::Response::new(Body::empty());
+            *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            response
+                .headers_mut()
+                .insert("accept-post", HeaderValue::from_static(accept));
+            return Err(response);
+        };
+        // Protocol errors of a stream travel in an end-stream message with a 200 (S6).
+        let reject = |error: Error| {
+            if streaming {
+                let mut response =
+                    http::Response::new(Body::full(stream::end_stream_error(&error)));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, codec.stream_content_type());
+                response
+            } else {
+                error_response(&error)
+            }
+        };
+        // U8: a present but wrong protocol version is rejected.
+        if let Some(version) = parts.headers.get(&CONNECT_PROTOCOL_VERSION)
+            && version != "1"
+        {
+            return Err(reject(Error::invalid_argument(format!(
+                "unsupported Connect-Protocol-Version {version:?}: this server speaks version 1"
+            ))));
+        }
+        let deadline = deadline(&parts).map_err(reject)?;
+        let (encoding, accept) = if streaming {
+            (&CONNECT_CONTENT_ENCODING, &CONNECT_ACCEPT_ENCODING)
+        } else {
+            (&CONTENT_ENCODING, &ACCEPT_ENCODING)
+        };
+        let request_compression = match parts.headers.get(encoding) {
+            Some(name) => Compression::parse(name.as_bytes()).map_err(reject)?,
+            None => None,
+        };
+        // U3, S2: without an accept list, the client accepts what it sent.
+        let response_compression = match parts.headers.get(accept) {
+            Some(list) => Compression::negotiate(list.as_bytes()),
+            None => request_compression,
+        };
+        Ok(Call {
+            headers: parts.headers,
+            body: CallBody::Http(body),
+            codec,
+            request_compression,
+            response_compression,
+            deadline,
+            max_message_size: self.limits.max_message_size,
+            compress_min_bytes: self.limits.compress_min_bytes,
+        })
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn get(&self, parts: http::request::Parts) -> Result<Call, http::Response<Body>> {
+        let query = parts.uri.query().unwrap_or_default();
+        let request = get::parse_query(query).map_err(|error| {
+            if get::is_unsupported_encoding(&error) {
+                // G3: an unsupported encoding is a 415, like an unsupported content type.
+                let mut response = http::Response::new(Body::empty());
+                *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                response
+            } else {
+                error_response(&error)
+            }
+        })?;
+        let deadline = deadline(&parts).map_err(|e| error_response(&e))?;
+        let response_compression = parts
+            .headers
+            .get(ACCEPT_ENCODING)
+            .and_then(|list| Compression::negotiate(list.as_bytes()));
+        Ok(Call {
+            headers: parts.headers,
+            body: CallBody::Ready(request.message),
+            codec: request.codec,
+            request_compression: request.compression,
+            response_compression,
+            deadline,
+            max_message_size: self.limits.max_message_size,
+            compress_min_bytes: self.limits.compress_min_bytes,
+        })
+    }
+}
+
+/// P5: the deadline from `Connect-Timeout-Ms`, if any.
+fn deadline(parts: &http::request::Parts) -> Result<Option<Instant>, Error> {
+    match parts.headers.get(&CONNECT_TIMEOUT_MS) {
+        None => Ok(None),
+        Some(value) => Ok(Instant::now().checked_add(timeout::parse(value)?)),
+    }
+}

@@ -1,0 +1,131 @@
+//! TLS for servers and clients (rustls with the ring provider). Over TLS, HTTP/2 and HTTP/1.1
+//! are negotiated with ALPN, so one port serves both, as it does in cleartext.
+//!
+//! ```no_run
+//! # fn demo(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), connect_plugin_rpc::Error> {
+//! use connect_plugin_rpc::{Channel, Server, tls};
+//!
+//! let server = Server::new().tls(tls::ServerTls::from_pem(cert_pem, key_pem)?);
+//! let channel = Channel::builder("https://localhost:8443")
+//!     .tls(tls::ClientTls::with_root_certificates_pem(cert_pem)?)
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Error;
+
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // An explicit provider: the process-wide default panics when a dependency tree enables
+    // more than one.
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::invalid_argument(format!("{what}: cannot read PEM certificates: {e}"))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::invalid_argument(format!(
+            "{what}: no `-----BEGIN CERTIFICATE-----` block found in the PEM data"
+        )));
+    }
+    Ok(certs)
+}
+
+/// A server's TLS identity and settings.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub(crate) config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("alpn", &self.config.alpn_protocols)
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// A server identity from a PEM certificate chain (leaf first) and its PEM private key.
+    ///
+    /// # Errors
+    /// `invalid_argument` naming what is wrong with the certificate or key.
+    pub fn from_pem(cert_chain_pem: &[u8], private_key_pem: &[u8]) -> Result<Self, Error> {
+        let chain = certificates(cert_chain_pem, "server certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(private_key_pem).map_err(|e| {
+            Error::invalid_argument(format!("server private key: cannot read the PEM key: {e}"))
+        })?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                Error::invalid_argument(format!(
+                    "the server certificate and private key do not form a usable identity: {e}"
+                ))
+            })?;
+        Ok(Self::from_config(config))
+    }
+
+    /// Wraps a rustls configuration (for client authentication and the like). ALPN is set to
+    /// `h2` and `http/1.1` if the configuration names none.
+    pub fn from_config(mut config: rustls::ServerConfig) -> Self {
+        if config.alpn_protocols.is_empty() {
+            config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        }
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// A client's TLS trust settings.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub(crate) config: rustls::ClientConfig,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Trusts exactly the CA certificates in `pem` (for example a plugin host's own CA or a
+    /// self-signed certificate).
+    ///
+    /// # Errors
+    /// `invalid_argument` if the PEM data holds no usable certificate.
+    pub fn with_root_certificates_pem(pem: &[u8]) -> Result<Self, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(pem, "root certificates")? {
+            roots.add(cert).map_err(|e| {
+                Error::invalid_argument(format!("root certificates: unusable certificate: {e}"))
+            })?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self { config })
+    }
+
+    /// Wraps a rustls configuration (client certificates, custom verification). ALPN is set by
+    /// the channel according to its HTTP version.
+    pub fn from_config(config: rustls::ClientConfig) -> Self {
+        Self { config }
+    }
+}
