@@ -19,5 +19,12 @@ cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "==> module layers: no import cycles; the Connect crate knows no plugin concept"
+python3 scripts/check-layers.py
+if cargo tree --quiet -p connect-plugin-rpc -e normal,build --prefix none | grep -q '^connect-plugin '; then
+  echo "connect-plugin-rpc depends on connect-plugin: the Connect crate must not know the plugin system" >&2
+  exit 1
+fi
+
 echo "==> cargo test --workspace"
 cargo test --workspace

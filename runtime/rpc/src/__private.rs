@@ -52,10 +52,7 @@ impl Dispatcher {
     }
 
     /// Handles one request as the server would.
-    pub async fn handle(
-        &self,
-        request: http::Request<hyper::body::Incoming>,
-    ) -> http::Response<Body> {
+    pub async fn handle(&self, request: http::Request<RecvBody>) -> http::Response<Body> {
         self.0.handle(request).await
     }
 }

@@ -73,6 +73,9 @@ pub enum RecvBody {
     Hyper(hyper::body::Incoming),
     /// A response stream of the `h2` client.
     H2(H2Body),
+    /// Any other body: a request handed over by another server (axum, hyper) through
+    /// [`crate::server::HttpService`].
+    Boxed(Pin<Box<dyn http_body::Body<Data = Bytes, Error = RecvError> + Send>>),
 }
 
 /// A boxed error of a received body (a reset, a broken connection).
@@ -97,6 +100,7 @@ impl http_body::Body for RecvBody {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as RecvError),
             RecvBody::H2(body) => body.poll_frame(cx),
+            RecvBody::Boxed(body) => body.as_mut().poll_frame(cx),
         }
     }
 
@@ -104,6 +108,7 @@ impl http_body::Body for RecvBody {
         match self {
             RecvBody::Hyper(body) => body.is_end_stream(),
             RecvBody::H2(body) => body.done || body.recv.is_end_stream(),
+            RecvBody::Boxed(body) => body.is_end_stream(),
         }
     }
 
@@ -111,6 +116,7 @@ impl http_body::Body for RecvBody {
         match self {
             RecvBody::Hyper(body) => body.size_hint(),
             RecvBody::H2(body) => body.size_hint,
+            RecvBody::Boxed(body) => body.size_hint(),
         }
     }
 }

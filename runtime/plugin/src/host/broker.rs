@@ -308,7 +308,7 @@ impl CapabilityBroker {
     /// The `/capabilities/` proxy.
     pub(crate) fn proxy(&self) -> RawHandler {
         let broker = self.clone();
-        Arc::new(move |request: http::Request<hyper::body::Incoming>| {
+        Arc::new(move |request: http::Request<rpc_private::RecvBody>| {
             let broker = broker.clone();
             Box::pin(async move {
                 let path = request.uri().path().to_owned();

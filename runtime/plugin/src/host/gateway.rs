@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::registry::{InflightGuard, ServiceRegistry};
 use crate::identity::RUNTIME_ID_HEADER;
-use crate::rpc::__private::{Body, H2Connection, RawHandler, error_response};
+use crate::rpc::__private::{Body, H2Connection, RawHandler, RecvBody, error_response};
 use crate::{Code, Error};
 
 /// Where routed calls are served.
@@ -69,7 +69,7 @@ impl Upstreams {
 /// The `/services/` proxy of a host.
 pub(crate) fn proxy(registry: ServiceRegistry) -> RawHandler {
     let upstreams = Arc::new(Upstreams::default());
-    Arc::new(move |request: http::Request<Incoming>| {
+    Arc::new(move |request: http::Request<RecvBody>| {
         let registry = registry.clone();
         let upstreams = Arc::clone(&upstreams);
         Box::pin(async move {
@@ -84,7 +84,7 @@ pub(crate) fn proxy(registry: ServiceRegistry) -> RawHandler {
 async fn route(
     registry: &ServiceRegistry,
     upstreams: &Upstreams,
-    request: http::Request<Incoming>,
+    request: http::Request<RecvBody>,
 ) -> Result<http::Response<Body>, Error> {
     let caller = registry.authenticate_caller(request.headers())?;
     let path = request.uri().path().to_owned();

@@ -289,7 +289,7 @@ pub fn addr_from_env() -> Result<SocketAddr, Error> {
 
 fn probe(health: &HealthServer) -> RawHandler {
     let health = health.clone();
-    Arc::new(move |request: http::Request<hyper::body::Incoming>| {
+    Arc::new(move |request: http::Request<rpc_private::RecvBody>| {
         let answer = health
             .probe(request.uri().path())
             .unwrap_or((404, "not found"));

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::response::{copy_trailers_as_headers, copy_user_headers, error_response};
-use crate::body::{self, Body};
+use crate::body::{self, Body, RecvBody};
 use crate::deadline;
 use crate::method::MethodDescriptor;
 use crate::protocol::Codec;
@@ -28,7 +27,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The request body: from the connection, or already in hand (a GET's query string).
 pub(crate) enum CallBody {
-    Http(Incoming),
+    Http(RecvBody),
     Ready(Bytes),
 }
 

@@ -7,6 +7,7 @@
 //! messages.
 
 mod handler;
+mod http_service;
 mod response;
 mod router;
 
@@ -21,10 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::body::H2_MAX_FRAME_SIZE;
+use crate::body::{H2_MAX_FRAME_SIZE, RecvBody};
 use crate::memory::{Conn, Incoming};
 use crate::tls::ServerTls;
 pub use handler::Service;
+pub use http_service::{HttpService, ResponseBody};
 pub(crate) use response::error_response;
 pub use router::RawHandler;
 pub(crate) use router::Router;
@@ -143,12 +145,29 @@ impl Server {
     /// Builds a router of `services` for dispatching in-process (capabilities behind the
     /// broker's proxy).
     pub(crate) fn into_router(self) -> Arc<router::Router> {
+        let mut prefixes = self.prefixes;
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Arc::new(Router {
             routes: self.routes,
             raw: self.raw,
-            prefixes: self.prefixes,
+            prefixes,
             limits: self.limits,
         })
+    }
+
+    /// This server's services and routes as an HTTP service, to mount inside another server
+    /// (an axum router, a hyper connection) instead of serving a listener of its own. TLS,
+    /// connection limits and graceful shutdown are then the outer server's.
+    ///
+    /// ```no_run
+    /// # async fn demo(service: connect_plugin_rpc::Service) -> std::io::Result<()> {
+    /// let connect = connect_plugin_rpc::Server::new().add_service(service).into_http_service();
+    /// // axum: every path the router does not match goes to the Connect services.
+    /// // let app = axum::Router::new().route("/", get(index)).fallback_service(connect);
+    /// # let _ = connect; Ok(()) }
+    /// ```
+    pub fn into_http_service(self) -> HttpService {
+        HttpService::new(self.into_router())
     }
 
     /// Whether the server serves TLS.
@@ -184,19 +203,12 @@ impl Server {
         mut incoming: Incoming,
         signal: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let mut prefixes = self.prefixes;
-        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        let router = Arc::new(Router {
-            routes: self.routes,
-            raw: self.raw,
-            prefixes,
-            limits: self.limits,
-        });
+        let tls = self.tls.clone();
+        let shutdown_timeout = self.shutdown_timeout;
+        let router = self.into_router();
         let builder = Protocols::new();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let tls = self
-            .tls
-            .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
+        let tls = tls.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
         let mut connections = JoinSet::new();
         let mut signal = std::pin::pin!(signal);
         loop {
@@ -223,7 +235,7 @@ impl Server {
         drop(incoming);
         tokio::select! {
             () = graceful.shutdown() => {}
-            () = tokio::time::sleep(self.shutdown_timeout) => {
+            () = tokio::time::sleep(shutdown_timeout) => {
                 tracing::warn!("graceful shutdown timed out; closing remaining connections");
             }
         }
@@ -341,7 +353,10 @@ fn serve_connection(
     let router = Arc::clone(router);
     let service = hyper::service::service_fn(move |request| {
         let router = Arc::clone(&router);
-        async move { Ok::<_, Infallible>(router.handle(request).await) }
+        async move {
+            let request = request.map(RecvBody::Hyper);
+            Ok::<_, Infallible>(router.handle(request).await)
+        }
     });
     let builder = builder.clone();
     let watcher = graceful.watcher();

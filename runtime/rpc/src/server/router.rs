@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use http::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use http::{Method, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::handler::{Call, CallBody, Handler};
 use super::response::{error_response, error_response_with_status};
-use crate::body::Body;
+use crate::body::{Body, RecvBody};
 use crate::method::{Idempotency, MethodDescriptor, StreamKind};
 use crate::protocol::compression::Compression;
 use crate::protocol::headers::{
@@ -35,7 +34,7 @@ pub(crate) struct CallLimits {
 
 /// A handler of plain HTTP requests (probes, proxies), outside the Connect procedures.
 pub type RawHandler = Arc<
-    dyn Fn(http::Request<Incoming>) -> super::handler::BoxFuture<http::Response<Body>>
+    dyn Fn(http::Request<RecvBody>) -> super::handler::BoxFuture<http::Response<Body>>
         + Send
         + Sync,
 >;
@@ -50,7 +49,7 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+    pub(crate) async fn handle(&self, request: http::Request<RecvBody>) -> http::Response<Body> {
         // One hash lookup on the hot path; plain HTTP routes only when it misses.
         let Some(route) = self.routes.get(request.uri().path()) else {
             return self.handle_other(request).await;
@@ -85,7 +84,7 @@ impl Router {
     }
 
     /// Plain HTTP routes (exact, then by prefix), else the 404 of an unknown procedure.
-    async fn handle_other(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+    async fn handle_other(&self, request: http::Request<RecvBody>) -> http::Response<Body> {
         let path = request.uri().path();
         let raw = self.raw.get(path).or_else(|| {
             self.prefixes
@@ -110,7 +109,7 @@ impl Router {
     fn post(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: RecvBody,
         kind: StreamKind,
     ) -> Result<Call, http::Response<Body>> {
         let streaming = kind.is_streaming();
