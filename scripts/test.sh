@@ -26,5 +26,8 @@ if cargo tree --quiet -p connect-plugin-rpc -e normal,build --prefix none | grep
   exit 1
 fi
 
+echo "==> cargo doc: both runtime crates, broken links are errors"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p connect-plugin-rpc -p connect-plugin
+
 echo "==> cargo test --workspace"
 cargo test --workspace

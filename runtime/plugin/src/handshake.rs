@@ -7,6 +7,11 @@
 //! speaks in the `app_protocol_versions` client metadata entry (`"1,2,3"`); the highest version
 //! both sides speak wins, like go-plugin's versioned plugin sets. Without the list, the
 //! client's `app_protocol_version` must be one the server speaks.
+//!
+//! This is the server half only; the client half is [`crate::Client::connect`]. It stores no
+//! identities and imports no host part: tokens come from [`crate::identity`], and the host's
+//! capability list and join hook are handed in through [`crate::serve()`] when a host adds its
+//! parts ([`crate::host`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -5,6 +5,11 @@
 //! are unique (upstream's 4-hex suffix could collide and overwrite a token), tokens are
 //! compared in constant time and also checked on every host call (not just the header), and
 //! expired entries are swept, not only removed lazily.
+//!
+//! It issues and checks ids and tokens and nothing else: when an identity is issued is decided by
+//! [`crate::handshake`] (and by the registry for plugins the host launches), and what an identity
+//! may do (register service types, use capabilities) is [`crate::host::registry`]'s and
+//! [`crate::host::broker`]'s.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

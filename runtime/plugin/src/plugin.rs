@@ -1,6 +1,10 @@
 //! Plugin bindings: what the generator emits for each service so the runtime can serve an
 //! implementation and hand out typed clients without any casts at the call site, and
 //! [`PluginSet`], the validated set of plugins a process serves.
+//!
+//! It declares and validates, and does no I/O: serving a [`PluginSet`] is [`crate::serve()`]'s,
+//! confirming a plugin in the handshake is [`crate::handshake`]'s and [`crate::Client`]'s, and
+//! ordering plugins by their [`ServiceDependency`]s is [`crate::host::depgraph`]'s.
 
 use std::collections::BTreeMap;
 

@@ -2,15 +2,15 @@
 //! crate's internals only through this module.
 //!
 //! - Raw HTTP routes beside the Connect procedures (`/healthz`, the host's `/services/` and
-//!   `/capabilities/` proxies): [`RawHandler`], [`route_raw`], [`route_prefix`], and
-//!   [`error_response`] for their Connect-shaped errors.
+//!   `/capabilities/` proxies): `RawHandler`, `route_raw`, `route_prefix`, and
+//!   `error_response` for their Connect-shaped errors.
 //! - In-process dispatch through a server's router (capabilities behind the broker's proxy):
-//!   [`Dispatcher`].
+//!   `Dispatcher`.
 //! - The HTTP/2 client connection the host's routing proxy forwards calls on:
-//!   [`H2Connection`], with the bodies it sends and receives ([`Body`], [`RecvBody`]).
-//! - The in-memory transport (in-process plugins): [`memory_pair`], [`serve_memory`],
-//!   [`memory_channel`].
-//! - [`or_timeout`]: a default timeout for a channel built elsewhere.
+//!   `H2Connection`, with the bodies it sends and receives (`Body`, `RecvBody`).
+//! - The in-memory transport (in-process plugins): `memory_pair`, `serve_memory`,
+//!   `memory_channel`.
+//! - `or_timeout`: a default timeout for a channel built elsewhere.
 //!
 //! Not an API for users: it changes with `connect-plugin`.
 

@@ -2,6 +2,10 @@
 //!
 //! An enum rather than a boxed trait object so that the common case, a unary message already
 //! in memory, costs no allocation beyond its bytes.
+//!
+//! Bodies carry opaque bytes: what the bytes are (messages, envelopes, compression) is
+//! [`crate::protocol`]'s and [`crate::stream`]'s, and the HTTP/2 stream under an [`H2Body`] is
+//! driven by [`crate::channel::h2`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

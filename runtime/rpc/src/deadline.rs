@@ -1,6 +1,10 @@
 //! Deadline propagation: while a handler runs, the deadline of the call it serves is known to
 //! the task, and every client call it makes is bounded by it (spec "Timeouts": a server should
 //! propagate the remaining time to the calls it makes).
+//!
+//! It only carries the deadline through the task: parsing `Connect-Timeout-Ms` is
+//! `crate::protocol`'s, enforcing it on a handler is [`crate::server`]'s, and bounding an outgoing
+//! call by it is [`crate::channel`]'s.
 
 use std::future::Future;
 

@@ -2,8 +2,9 @@
 //!
 //! Implements the error model of the Connect protocol (connectrpc.com/docs/protocol, "Error
 //! Codes" and "Error End-Stream"): a code, a human-readable message, and optional typed
-//! details. The wire encodings (JSON body, HTTP status) live in `protocol::error_json`; this
-//! module owns only the values users see.
+//! details, and each code's HTTP status mapping. The wire encoding (the JSON error body and
+//! end-stream error) lives in `protocol::error_json`; this module owns only the values users
+//! see and never reads or writes bytes.
 
 use std::fmt;
 

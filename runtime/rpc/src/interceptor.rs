@@ -1,6 +1,10 @@
 //! Client interceptors: code that sees every call a [`crate::Channel`] makes, before it is
 //! sent (to add metadata such as credentials or trace ids, or to refuse it) and after its
 //! response headers arrive (to log, count, or feed a circuit breaker).
+//!
+//! Interceptors see the method, headers and outcome of a call, never its messages or bodies;
+//! [`crate::Channel`] runs them. Servers have no interceptors here: a server-side hook goes in the
+//! handler or in a tower layer around [`crate::server::HttpService`].
 
 use http::HeaderMap;
 

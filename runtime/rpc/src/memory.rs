@@ -1,6 +1,10 @@
 //! An in-memory transport: HTTP/2 (or HTTP/1.1) over `tokio::io::duplex` pipes instead of
 //! sockets, so a server can run in-process with exactly the same code path (router,
 //! codecs, streaming) and no port.
+//!
+//! It supplies pipes and nothing else: serving and calling over them are [`crate::server`]'s and
+//! [`crate::channel`]'s. It knows no plugin concept; `connect-plugin` builds in-process plugins on
+//! it and reaches it only through `connect_plugin_rpc::__private`.
 
 use std::future::Future;
 use std::io;

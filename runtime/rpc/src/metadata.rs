@@ -11,6 +11,9 @@
 //! assert_eq!(headers["x-trace-bin"], "AJ//");
 //! assert_eq!(metadata::get_binary(&headers, "x-trace-bin").unwrap().unwrap(), [0, 159, 255]);
 //! ```
+//!
+//! It only converts values in a `HeaderMap` the caller holds; sending metadata with a call is
+//! [`crate::server`]'s and [`crate::channel`]'s.
 
 use base64::Engine as _;
 use http::HeaderMap;

@@ -1,4 +1,7 @@
 //! Static descriptions of RPC methods, emitted by the generator for every method.
+//!
+//! They are plain data: routing by path is [`crate::server`]'s, and calling a method (with GET for
+//! `NoSideEffects` ones, when enabled) is [`crate::channel`]'s.
 
 /// The four RPC shapes (stream kinds) of the Connect protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

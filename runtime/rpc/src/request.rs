@@ -1,4 +1,8 @@
 //! [`Request`] and [`Response`]: a message together with its metadata.
+//!
+//! Plain values: how metadata, trailers and the timeout travel on the wire (`trailer-` headers,
+//! end-stream metadata, `Connect-Timeout-Ms`) is handled by [`crate::server`] and
+//! [`crate::channel`].
 
 use std::time::Duration;
 

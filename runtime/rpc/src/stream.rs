@@ -5,6 +5,9 @@
 //! a client or bidi stream. Incoming: a [`Streaming`] reads the messages of the other side.
 //! Both are encoded with the 5-byte envelope of the Connect streaming protocol (spec
 //! "Streaming-Request", "Streaming-Response"; rules S3-S8).
+//!
+//! The envelope format and the end-stream JSON themselves are `crate::protocol`'s, and opening the
+//! HTTP call or response that carries a stream is [`crate::channel`]'s and [`crate::server`]'s.
 
 use std::future::Future as _;
 use std::pin::Pin;

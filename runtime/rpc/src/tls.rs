@@ -11,6 +11,10 @@
 //!     .build()?;
 //! # Ok(()) }
 //! ```
+//!
+//! It only builds rustls configurations: accepting TLS connections is [`crate::server`]'s and
+//! connecting over TLS is [`crate::channel`]'s. Reading certificates from files or generating them
+//! is left to the caller.
 
 use std::sync::Arc;
 

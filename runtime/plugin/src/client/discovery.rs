@@ -2,6 +2,9 @@
 //! `DiscoveryService`), with [`StaticDiscovery`], a configured list. Where upstream always
 //! takes the first endpoint and ignores weights, [`Client::discover`] picks the endpoint with
 //! the highest weight.
+//!
+//! It only picks a base URL from a list given up front; finding a provider at runtime through a
+//! host's registry is [`crate::Client::provider`], answered by [`crate::host::registry`].
 
 use std::collections::HashMap;
 use std::future::Future;

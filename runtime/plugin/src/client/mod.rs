@@ -16,12 +16,22 @@
 //! let kv = client.dispense::<KvServicePlugin>().await?; // handshakes on first use
 //! # Ok(()) }
 //! ```
+//!
+//! This is the calling side only: the server half of the handshake is [`crate::handshake`], the
+//! registry, gateway and broker it calls are the host's ([`crate::host`]), and it starts no plugin
+//! process ([`crate::process`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::sync::OnceCell;
+
+mod capability;
+pub mod discovery;
+mod provider;
+
+pub use capability::CapabilityGrant;
+pub use provider::Heartbeat;
 
 use crate::handshake::{APP_VERSIONS_KEY, CORE_PROTOCOL_VERSION};
 use crate::identity::RuntimeIdentity;
@@ -181,36 +191,6 @@ impl std::fmt::Debug for Client {
             .field("endpoint", &self.endpoint)
             .field("connected", &self.handshake.initialized())
             .finish()
-    }
-}
-
-/// Heartbeats started by [`Client::heartbeat`]; dropping it stops them.
-#[derive(Debug)]
-pub struct Heartbeat(tokio::task::JoinHandle<()>);
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A capability grant with a channel that calls the capability.
-#[derive(Debug, Clone)]
-pub struct CapabilityGrant {
-    /// The grant's id.
-    pub grant_id: String,
-    /// The capability type, e.g. `logger`.
-    pub capability_type: String,
-    /// The capability's version.
-    pub version: String,
-    channel: Channel,
-}
-
-impl CapabilityGrant {
-    /// The channel to the capability (its path prefix and bearer token included); dispense a
-    /// typed client on it: `connect_plugin::dispense::<LoggerPlugin>(grant.channel())`.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
     }
 }
 
@@ -396,50 +376,6 @@ impl Client {
         self.handshake.get().and_then(|h| h.identity.as_ref())
     }
 
-    /// Requests a host capability (e.g. `logger`) at `min_version` or newer (`""` for any).
-    ///
-    /// # Errors
-    /// `failed_precondition` without a runtime identity (set [`ClientConfig::self_id`]); the
-    /// broker's refusal otherwise (`not_found`, `failed_precondition`, `unauthenticated`).
-    pub async fn request_capability(
-        &self,
-        capability_type: &str,
-        min_version: &str,
-    ) -> Result<CapabilityGrant, Error> {
-        let identity = self.connect().await?.identity.clone().ok_or_else(|| {
-            Error::new(
-                Code::FailedPrecondition,
-                "requesting a capability needs a runtime identity: set ClientConfig::self_id",
-            )
-        })?;
-        let mut request = Request::new(wire::RequestCapabilityRequest {
-            capability_type: capability_type.to_owned(),
-            min_version: min_version.to_owned(),
-            reason: String::new(),
-        });
-        identity.apply(request.metadata_mut());
-        let grant = wire::CapabilityBrokerClient::new(self.channel.clone())
-            .request_capability(request)
-            .await?
-            .into_message()
-            .grant
-            .ok_or_else(|| Error::internal("the broker answered without a grant"))?;
-        let mut headers = http::HeaderMap::new();
-        RuntimeIdentity {
-            runtime_id: identity.runtime_id.clone(),
-            token: grant.bearer_token.clone(),
-        }
-        .apply(&mut headers);
-        let channel = self.channel.derive(&grant.endpoint_url, headers)?;
-        let channel = crate::rpc::__private::or_timeout(channel, Duration::from_secs(30));
-        Ok(CapabilityGrant {
-            grant_id: grant.grant_id,
-            capability_type: grant.capability_type,
-            version: grant.version,
-            channel,
-        })
-    }
-
     /// A request carrying this client's runtime identity, for calls to the host's registry
     /// and lifecycle services.
     ///
@@ -455,82 +391,6 @@ impl Client {
         let mut request = Request::new(message);
         identity.apply(request.metadata_mut());
         Ok(request)
-    }
-
-    /// A client of the host's service registry whose calls carry this client's identity
-    /// (use with [`Client::authenticated`]).
-    pub fn registry(&self) -> wire::ServiceRegistryClient {
-        wire::ServiceRegistryClient::new(self.channel.clone())
-    }
-
-    /// A typed client of a healthy provider of plugin `P`'s service type (`P::NAME`) at
-    /// `min_version` or newer, found through the host's registry and called through the host
-    /// (`/services/{type}/{provider}/...`), with this client's identity on every call.
-    ///
-    /// # Errors
-    /// `not_found` when no provider fits; as for [`Client::authenticated`].
-    pub async fn provider<P: Plugin>(&self, min_version: &str) -> Result<P::Client, Error> {
-        let request = self
-            .authenticated(wire::DiscoverServiceRequest {
-                service_type: P::NAME.to_owned(),
-                min_version: min_version.to_owned(),
-            })
-            .await?;
-        let endpoint = self
-            .registry()
-            .discover_service(request)
-            .await?
-            .into_message()
-            .endpoint
-            .ok_or_else(|| Error::internal("the registry answered without an endpoint"))?;
-        let mut headers = http::HeaderMap::new();
-        if let Some(identity) = self.runtime_identity() {
-            identity.apply(&mut headers);
-        }
-        // Over this client's connection to the host, with its settings (TLS included).
-        Ok(P::client(
-            self.channel.derive(&endpoint.endpoint_url, headers)?,
-        ))
-    }
-
-    /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).
-    ///
-    /// # Errors
-    /// As for [`Client::authenticated`], and the host's refusal.
-    pub async fn report_health(&self, state: wire::HealthState, reason: &str) -> Result<(), Error> {
-        *self.last_health.lock().unwrap_or_else(|e| e.into_inner()) = (state, reason.to_owned());
-        let request = self
-            .authenticated(wire::ReportHealthRequest {
-                state: state as i32,
-                reason: reason.to_owned(),
-                unavailable_dependencies: Vec::new(),
-            })
-            .await?;
-        wire::PluginLifecycleClient::new(self.channel.clone())
-            .report_health(request)
-            .await
-            .map(drop)
-    }
-
-    /// Keeps this plugin's registrations alive on a host whose registry has a lease: re-sends
-    /// the health last reported (healthy if none) every `interval` until the returned handle
-    /// is dropped.
-    pub fn heartbeat(self: &std::sync::Arc<Self>, interval: Duration) -> Heartbeat {
-        let client = std::sync::Arc::clone(self);
-        Heartbeat(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            loop {
-                ticks.tick().await;
-                let (state, reason) = client
-                    .last_health
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                if let Err(error) = client.report_health(state, &reason).await {
-                    tracing::warn!("heartbeat to {} failed: {error}", client.endpoint);
-                }
-            }
-        }))
     }
 
     /// Closes the client: later calls to [`Client::connect`] and [`Client::dispense`] fail.

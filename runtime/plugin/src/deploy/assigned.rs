@@ -5,6 +5,10 @@
 //!
 //! Plugin side: serve a [`AssignedIdentity`] (through [`AssignedIdentity::service`]) and wait
 //! for [`AssignedIdentity::assigned`]. Host side: [`crate::host::Platform::add_managed`].
+//!
+//! It only answers the host and hands over the assignment: registering and reporting health with it
+//! go through [`crate::Client::with_identity`], and starting the process and issuing the identity
+//! are the host's ([`crate::host::platform`], [`crate::host::registry`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,6 +3,10 @@
 //! its health and heartbeats; when the host stops knowing the plugin (it restarted: calls come
 //! back `unauthenticated`) or cannot be reached, it starts over with backoff until the host is
 //! back, then registers again.
+//!
+//! It runs no server and starts no process: the plugin's own services are served with
+//! [`crate::serve()`], the calls it makes go through [`crate::Client`], and leases, health and what
+//! becomes of a registration on the host are [`crate::host::registry`]'s.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -5,14 +5,27 @@
 //!
 //! The empty service name `""` is the whole server. On shutdown every status becomes
 //! `NOT_SERVING` and later updates are ignored, so readiness flips before connections drain.
+//!
+//! Health names, in one place: [`ServingStatus`] is what a server says of a service;
+//! [`HealthStatus`] is what a [`HealthMonitor`] saw (serving, not serving, unreachable);
+//! [`HealthState`] is what a plugin says of itself to its host. This module serves and polls
+//! health; it does not decide what the host does with it (see [`crate::host::registry`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::proto::connectplugin::health::v1 as wire;
-use crate::proto::connectplugin::health::v1::{HealthService, ServingStatus};
-use crate::{Channel, Error, MessageStream, Request, Response, ServerStream};
+use crate::proto::connectplugin::health::v1::HealthService;
+
+mod monitor;
+
+/// The serving status of a service, as `HealthService.Check` answers it (the wire enum).
+pub use crate::proto::connectplugin::health::v1::ServingStatus;
+/// A plugin's own health, as it reports it to its host (`PluginLifecycle.ReportHealth`) and as
+/// the host's registry records it (the wire enum).
+pub use crate::proto::connectplugin::v1::HealthState;
+use crate::{Error, MessageStream, Request, Response, ServerStream};
+pub use monitor::{HealthMonitor, HealthStatus};
 
 struct State {
     statuses: HashMap<String, ServingStatus>,
@@ -152,80 +165,6 @@ impl HealthService for HealthServer {
             }
         });
         Ok(Response::new(stream))
-    }
-}
-
-/// What a [`HealthMonitor`] last saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HealthStatus {
-    /// The service answers `SERVING`.
-    Serving,
-    /// The service answers, but not `SERVING`.
-    NotServing,
-    /// The check failed: the plugin is unreachable or does not know the service.
-    Unreachable,
-}
-
-/// Polls a plugin's health at an interval and calls back on every change. Dropping the
-/// monitor stops it.
-#[derive(Debug)]
-pub struct HealthMonitor {
-    task: tokio::task::JoinHandle<()>,
-    status: tokio::sync::watch::Receiver<HealthStatus>,
-}
-
-impl HealthMonitor {
-    /// Starts polling `service` (`""` for the whole plugin) over `channel` every `interval`;
-    /// `on_change` runs with each new status, the first one included.
-    pub fn start(
-        channel: &Channel,
-        service: impl Into<String>,
-        interval: Duration,
-        on_change: impl Fn(HealthStatus) + Send + Sync + 'static,
-    ) -> Self {
-        let client = wire::HealthServiceClient::new(channel.clone());
-        let service = service.into();
-        let (tx, status) = tokio::sync::watch::channel(HealthStatus::Unreachable);
-        let task = tokio::spawn(async move {
-            let mut last = None;
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let request = Request::new(wire::HealthCheckRequest {
-                    service: service.clone(),
-                })
-                .with_timeout(interval.max(Duration::from_millis(100)));
-                let now = match client.check(request).await {
-                    Ok(r) if r.status == ServingStatus::Serving as i32 => HealthStatus::Serving,
-                    Ok(_) => HealthStatus::NotServing,
-                    Err(_) => HealthStatus::Unreachable,
-                };
-                if last != Some(now) {
-                    last = Some(now);
-                    let _ = tx.send(now);
-                    on_change(now);
-                }
-            }
-        });
-        Self { task, status }
-    }
-
-    /// The last status seen.
-    pub fn status(&self) -> HealthStatus {
-        *self.status.borrow()
-    }
-
-    /// Waits until the monitor reports `wanted`.
-    pub async fn wait_for(&mut self, wanted: HealthStatus) {
-        let _ = self.status.wait_for(|s| *s == wanted).await;
-    }
-}
-
-impl Drop for HealthMonitor {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

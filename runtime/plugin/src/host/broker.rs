@@ -8,6 +8,10 @@
 //! [`crate::ServeConfig::broker`]) (upstream mounts it where no
 //! client reaches it), grants honour their TTL and can be revoked, a grant is bound to the
 //! runtime identity that asked for it, and `min_version` is compared as semver.
+//!
+//! The broker never imports the registry or the gateway. It checks runtime identities but does not
+//! issue them ([`crate::identity`], through the handshake), and the plugin's side of a grant is
+//! [`crate::client::CapabilityGrant`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

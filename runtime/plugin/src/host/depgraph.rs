@@ -6,6 +6,9 @@
 //! require. Only dependencies `required_for_startup` order the startup; optional ones matter
 //! for impact analysis alone. Beyond upstream, a required `min_version` is honoured: a provider
 //! too old does not count as providing the type.
+//!
+//! It is pure computation over the nodes it is given: it reads no registry and starts nothing;
+//! [`crate::host::platform`] builds the graph and acts on its answers.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -7,6 +7,10 @@
 //! The caller's `Authorization` and `X-Plugin-Runtime-ID` are not forwarded; the provider
 //! receives the checked caller id in `X-Plugin-Caller-ID` instead (any such header the caller
 //! sent is dropped first, so it cannot be forged).
+//!
+//! The gateway keeps no record of providers and decodes no messages: the caller's token, the
+//! provider's registration and health, the alias after a replacement and the count of calls in
+//! flight are all [`crate::host::registry`]'s; this module only forwards the bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

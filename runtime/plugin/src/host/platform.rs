@@ -1,5 +1,6 @@
 //! [`Platform`]: plugins added, removed and replaced at runtime on a host (connect-plugin-go's
-//! `Platform`), for self-registering plugin processes (deployment model B).
+//! `Platform`), for self-registering plugin processes (deployment model B) and, with
+//! `add_managed`, plugins whose identity the host assigns (model A).
 //!
 //! - `add_plugin` checks that what the plugin needs to start is provided, launches it with
 //!   `HOST_URL`, and waits until it has registered what it declared.
@@ -9,6 +10,11 @@
 //!   switches routing to it in one step (calls addressed to the old provider go to the new
 //!   one), waits for the old one's calls in flight, then stops it. No fixed sleeps: every wait
 //!   is on an event, bounded by a timeout.
+//!
+//! The platform decides when plugins start and stop, not how: launching and stopping one process is
+//! [`crate::process`]'s, the registrations, health and routing switch it waits on are
+//! [`crate::host::registry`]'s, and the startup order and impact come from
+//! [`crate::host::depgraph`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

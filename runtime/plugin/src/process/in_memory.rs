@@ -58,7 +58,7 @@ impl InMemoryPlugin {
     /// Stops serving and waits for in-flight calls to drain.
     ///
     /// # Errors
-    /// What [`crate::serve`] returned.
+    /// What [`crate::serve()`] returned.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -48,7 +48,7 @@ impl std::fmt::Debug for LaunchConfig {
     }
 }
 
-/// Whether and how a crashed plugin is started again (by [`SupervisedPlugin`]).
+/// Whether and how a crashed plugin is started again (by [`SupervisedPlugin`](super::SupervisedPlugin)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartPolicy {
     /// How many restarts in all before giving up (0: never restart).
@@ -133,14 +133,14 @@ impl LaunchConfig {
         self
     }
 
-    /// What to do when the process crashes (used by [`SupervisedPlugin`]).
+    /// What to do when the process crashes (used by [`SupervisedPlugin`](super::SupervisedPlugin)).
     #[must_use]
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
         self
     }
 
-    /// Called whenever the process exits unasked (used by [`SupervisedPlugin`]).
+    /// Called whenever the process exits unasked (used by [`SupervisedPlugin`](super::SupervisedPlugin)).
     #[must_use]
     pub fn on_crash(mut self, callback: impl Fn(&CrashEvent) + Send + Sync + 'static) -> Self {
         self.on_crash = Some(Arc::new(callback));

@@ -39,7 +39,7 @@ pub enum PluginState {
 }
 
 /// A plugin process under supervision: crashes are noticed at once (the host waits on the
-/// child), reported to [`LaunchConfig::on_crash`], and handled by the [`RestartPolicy`].
+/// child), reported to [`LaunchConfig::on_crash`](super::LaunchConfig::on_crash), and handled by the [`RestartPolicy`](super::RestartPolicy).
 /// A restarted plugin gets the same port back when it is free, so channels and typed clients
 /// made before the crash keep working.
 #[derive(Debug)]

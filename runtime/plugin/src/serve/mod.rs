@@ -13,7 +13,7 @@
 //!
 //! This module knows no host part: a process that is also a host (a service registry, a
 //! capability broker) gets them from [`crate::host`], which adds them to a [`ServeConfig`]
-//! through [`HostParts`] (`ServeConfig::registry`, `ServeConfig::broker`).
+//! through `HostParts` (`ServeConfig::registry`, `ServeConfig::broker`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -345,29 +345,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
             "app_protocol_versions must not be empty",
         ));
     }
-    let (incoming, local) = match (memory, listener) {
-        (Some(memory), _) => (Incoming::Memory(memory), None),
-        (None, listener) => {
-            let listener = match listener {
-                Some(listener) => listener,
-                None => {
-                    let addr = match addr {
-                        Some(addr) => addr,
-                        None => addr_from_env()?,
-                    };
-                    TcpListener::bind(addr).await.map_err(|e| {
-                        Error::unavailable(format!(
-                            "cannot listen on {addr}: {e} (set PORT to a free port, or PORT=0 for any)"
-                        ))
-                    })?
-                }
-            };
-            let local = listener
-                .local_addr()
-                .map_err(|e| Error::internal(format!("reading the bound address: {e}")))?;
-            (Incoming::Tcp(listener), Some(local))
-        }
-    };
+    let (incoming, local) = bind(memory, listener, addr).await?;
     let where_ = local.map_or_else(|| "memory".to_owned(), |a| a.to_string());
 
     let identities = Arc::new(IdentityStore::new(token_ttl));
@@ -411,18 +389,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     server = rpc_private::route_raw(server, "/healthz", probe(&health));
     server = rpc_private::route_raw(server, "/readyz", probe(&health));
 
-    // Expired runtime identities are swept, not only dropped when next used.
-    tasks.push({
-        let identities = Arc::clone(&identities);
-        let every = token_ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                identities.sweep();
-            }
-        })
-    });
+    tasks.push(sweep(Arc::clone(&identities), token_ttl));
 
     let launched = std::env::var(readiness::LAUNCHED_ENV).is_ok_and(|v| v == MAGIC_COOKIE_VALUE);
     if let (true, Some(local)) = (announce, local) {
@@ -451,6 +418,46 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     served.map_err(|e| Error::new(Code::Internal, format!("serving on {where_}: {e}")))?;
     tracing::info!(address = %where_, "stopped");
     Ok(())
+}
+
+/// Binds where [`serve()`] accepts connections: in-memory pipes, the given listener, the
+/// configured address or `$LISTEN_HOST:$PORT`; with the bound address, if any.
+async fn bind(
+    memory: Option<tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>>,
+    listener: Option<TcpListener>,
+    addr: Option<SocketAddr>,
+) -> Result<(Incoming, Option<SocketAddr>), Error> {
+    let listener = match (memory, listener) {
+        (Some(memory), _) => return Ok((Incoming::Memory(memory), None)),
+        (None, Some(listener)) => listener,
+        (None, None) => {
+            let addr = match addr {
+                Some(addr) => addr,
+                None => addr_from_env()?,
+            };
+            TcpListener::bind(addr).await.map_err(|e| {
+                Error::unavailable(format!(
+                    "cannot listen on {addr}: {e} (set PORT to a free port, or PORT=0 for any)"
+                ))
+            })?
+        }
+    };
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("reading the bound address: {e}")))?;
+    Ok((Incoming::Tcp(listener), Some(local)))
+}
+
+/// Sweeps expired runtime identities (not only dropped when next used) until aborted.
+fn sweep(identities: Arc<IdentityStore>, ttl: Duration) -> tokio::task::JoinHandle<()> {
+    let every = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            identities.sweep();
+        }
+    })
 }
 
 /// Where [`serve()`] accepts connections.

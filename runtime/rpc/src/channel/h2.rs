@@ -7,6 +7,11 @@
 //! a raw hyper h2c echo, hyper's client takes about 1.3 x the latency and 0.6 x the
 //! throughput of `h2` used directly. Only a request body that streams (client and bidi
 //! streaming) gets a task of its own, to feed the stream while the call reads the response.
+//!
+//! It moves plain HTTP requests and responses and knows nothing of Connect: content types,
+//! envelopes, call timeouts and error codes are [`crate::channel`]'s and [`crate::protocol`]'s.
+//! `connect-plugin`'s routing proxy uses this connection type too, through
+//! `connect_plugin_rpc::__private`, so nothing Connect-specific belongs here.
 
 use std::error::Error as StdError;
 use std::future::poll_fn;

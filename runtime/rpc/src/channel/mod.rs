@@ -5,6 +5,11 @@
 //! [`Channel::server_streaming`] with the method's descriptor. The client is strict about
 //! what servers send (spec §2.7): wrong content types, mismatched codecs and truncated streams
 //! are errors with the codes the spec assigns.
+//!
+//! This module drives a call (headers, timeouts, interceptors, reading the response) but does not
+//! encode or parse the wire format itself: codecs, compression, envelopes, error bodies and GET
+//! queries are `crate::protocol`'s, and the HTTP/2 connection is `channel::h2`'s. It knows no
+//! plugin concept; handshakes and runtime identities belong to `connect-plugin`'s `client`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,8 @@
 //! Codecs: the binary protobuf encoding and the canonical proto3 JSON mapping (rules U1, S1).
+//!
+//! One message to bytes and back, nothing more: framing is [`super::envelope`]'s, compression
+//! [`super::compression`]'s, and which codec a call uses is decided by [`crate::server`] and
+//! [`crate::channel`].
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderValue;

@@ -5,6 +5,10 @@
 //! Decompression is bounded: a small compressed message that inflates past the message size
 //! limit is `resource_exhausted`, checked on the decompressed size (U9), so a zip bomb costs
 //! at most the limit.
+//!
+//! It compresses, decompresses and names encodings; it does not read a call's headers or decide
+//! whether a message is worth compressing: [`crate::server`] and [`crate::channel`] read the
+//! headers, and the minimum size is applied by them and by [`super::envelope`].
 
 use std::io::{Read, Write};
 

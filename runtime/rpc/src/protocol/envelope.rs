@@ -4,6 +4,10 @@
 //! are reserved and rejected. The reader is incremental and bounded: it never buffers more than
 //! one frame's header plus the configured maximum payload, so a peer announcing a 4 GiB frame
 //! gets `resource_exhausted` instead of an allocation.
+//!
+//! It frames bytes and applies the codec and compression chosen for it; the typed message streams
+//! built on it are [`crate::stream`]'s, and what an end-stream message says is
+//! [`super::error_json`]'s.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

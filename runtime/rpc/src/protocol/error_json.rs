@@ -1,4 +1,8 @@
 //! The JSON error body (rules E1, E2) and the streaming end-stream message (rule S7).
+//!
+//! It maps between [`crate::Error`] values and JSON bytes: the error type itself is
+//! [`crate::error`]'s, and the HTTP status of an error response is set by [`crate::server`] and
+//! read by [`crate::channel`].
 
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;

@@ -1,6 +1,10 @@
 //! Unary GET (spec "Unary-Get-Request"; rules G1-G4): the request travels in the query string
 //! as `connect=v1&base64=1&compression=gzip&encoding=proto&message=...`, for methods marked
 //! `idempotency_level = NO_SIDE_EFFECTS` only.
+//!
+//! It parses and builds the query string only: whether a method may be called with GET, and the 405
+//! and 415 answers, are the router's ([`crate::server`]); whether a client uses GET is
+//! [`crate::channel`]'s (`ChannelBuilder::use_get`).
 
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;

@@ -2,6 +2,9 @@
 //!
 //! Header names are pre-parsed statics: building a `HeaderName` from a string on every call
 //! costs a parse and an allocation check per header, which shows on the unary hot path.
+//!
+//! Names and values only: which headers a call sends and checks is decided by [`crate::server`] and
+//! [`crate::channel`], which drive this module.
 
 use http::HeaderValue;
 use http::header::HeaderName;

@@ -1,4 +1,8 @@
 //! `Connect-Timeout-Ms` (rule P5): a positive integer of at most 10 digits, in milliseconds.
+//!
+//! The header value to a `Duration` and back, nothing more: enforcing the deadline is
+//! [`crate::server`]'s, bounding a call's wait is [`crate::channel`]'s, and passing the deadline on
+//! to the calls a handler makes is [`crate::deadline`]'s.
 
 use std::time::Duration;
 

@@ -1,6 +1,10 @@
 //! Typed handlers behind type erasure: a [`Service`] holds one [`Handler`] per procedure, each
 //! of which decodes the request, runs the user's function under the call's deadline and
 //! encodes the response in the right shape for its stream kind.
+//!
+//! A handler receives a [`Call`] the router has already validated and does not check the verb,
+//! content type or protocol headers again ([`super::router`] does); the byte formats it reads and
+//! writes are [`crate::protocol`]'s.
 
 use std::future::Future;
 use std::pin::Pin;

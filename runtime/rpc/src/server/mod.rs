@@ -3,8 +3,13 @@
 //! Generated code turns a user's implementation of a service trait into a [`Service`] (a set of
 //! typed handlers keyed by procedure path); a [`Server`] routes requests to them. Everything
 //! protocol-specific (validation of content type, version, timeout and compression headers,
-//! error bodies, envelopes) happens here and in [`crate::protocol`], so handlers only see typed
+//! error bodies, envelopes) happens here and in `crate::protocol`, so handlers only see typed
 //! messages.
+//!
+//! The server accepts connections and dispatches requests; it does not encode or parse wire bytes
+//! itself (`crate::protocol` does) and knows no plugin concept: the handshake, health and the
+//! host's `/services/` and `/capabilities/` proxies are `connect-plugin`'s, added as ordinary
+//! services, or as raw routes through `connect_plugin_rpc::__private`.
 
 mod handler;
 mod http_service;

@@ -1,4 +1,8 @@
 //! Building HTTP responses shared by the router and the handlers.
+//!
+//! It only assembles status, headers and body: the JSON error body and the header names come from
+//! [`crate::protocol`], and which response a call gets is decided by [`super::router`] and
+//! [`super::handler`].
 
 use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, StatusCode};

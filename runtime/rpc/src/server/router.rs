@@ -1,6 +1,11 @@
 //! Routing by procedure path, and the protocol checks every call shares: verb, content type,
 //! protocol version, timeout and compression negotiation (spec §"Requests"; rules P1-P5,
 //! U1-U3, U8, G1-G5, S1, S2).
+//!
+//! The router only accepts or rejects a call and picks its handler: decoding messages and running
+//! user code are [`super::handler`]'s, and the header values and query strings it checks are parsed
+//! by [`crate::protocol`]. Raw routes are passed the request as it came; what they serve is their
+//! owner's.
 
 use std::collections::HashMap;
 use std::sync::Arc;

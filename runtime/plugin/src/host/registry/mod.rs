@@ -14,6 +14,10 @@
 //! Watch streams have a bounded buffer of [`WATCH_BUFFER`] events. A watcher that falls
 //! further behind is told so: its stream ends with `resource_exhausted` and it should watch
 //! again (which starts with the current state), so no change is ever dropped silently.
+//!
+//! The registry records and selects; it forwards no calls and starts no processes: routed calls are
+//! [`crate::host::gateway`]'s and plugin processes [`crate::host::platform`]'s, both built on it,
+//! and it never imports the gateway or the broker.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,7 +29,9 @@ use crate::handshake::PROVIDES_KEY;
 use crate::identity::{self, IdentityStore, RuntimeIdentity};
 use crate::proto::connectplugin::v1 as wire;
 use crate::proto::connectplugin::v1::{HealthState, ServiceState};
-use crate::{Code, Error, MessageStream, Request, Response, ServerStream};
+use crate::{Code, Error};
+
+mod service;
 
 /// How many events a watch stream may fall behind before it is ended.
 pub const WATCH_BUFFER: usize = 256;
@@ -49,6 +55,30 @@ pub enum SelectionStrategy {
     Weighted,
 }
 
+/// A provided version, compared as semver (`10.0.0` is newer than `9.0.0`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(semver::Version);
+
+impl Version {
+    /// Parses a semantic version such as `1.2.3`.
+    ///
+    /// # Errors
+    /// `invalid_argument` naming the text when it is not a semantic version.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        semver::Version::parse(text).map(Self).map_err(|e| {
+            Error::invalid_argument(format!(
+                "version {text:?} is not a semantic version such as 1.2.3: {e}"
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// One registration: a provider of a service type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -59,7 +89,7 @@ pub struct Registration {
     /// The service type, e.g. `logger`.
     pub service_type: String,
     /// The provided version.
-    pub version: semver::Version,
+    pub version: Version,
     /// The path prefix of the service on the provider, e.g. `/logger.v1.Logger/`.
     pub endpoint_path: String,
     /// Free-form metadata (`weight` is read by the weighted strategy).
@@ -294,7 +324,7 @@ impl ServiceRegistry {
     }
 
     /// Removes the registrations of plugins whose lease ran out and tells the watchers;
-    /// returns the runtime ids removed. [`crate::serve`] calls it periodically.
+    /// returns the runtime ids removed. [`crate::serve()`] calls it periodically.
     pub fn expire(&self) -> Vec<String> {
         let Some(lease) = self.inner.lease else {
             return Vec::new();
@@ -529,9 +559,7 @@ impl ServiceRegistry {
         request: &wire::RegisterServiceRequest,
     ) -> Result<String, Error> {
         validate_service_type(&request.service_type)?;
-        let version = semver::Version::parse(&request.version).map_err(|e| {
-            Error::invalid_argument(format!("version {:?} is not semver: {e}", request.version))
-        })?;
+        let version = Version::parse(&request.version)?;
         if !request.endpoint_path.is_empty() && !request.endpoint_path.starts_with('/') {
             return Err(Error::invalid_argument(format!(
                 "endpoint_path {:?} must start with '/'",
@@ -618,13 +646,14 @@ impl ServiceRegistry {
         service_type: &str,
         min_version: &str,
     ) -> Result<wire::DiscoverServiceResponse, Error> {
-        let min = if min_version.is_empty() {
-            None
-        } else {
-            Some(semver::Version::parse(min_version).map_err(|e| {
-                Error::invalid_argument(format!("min_version {min_version:?} is not semver: {e}"))
-            })?)
-        };
+        let min =
+            if min_version.is_empty() {
+                None
+            } else {
+                Some(Version::parse(min_version).map_err(|e| {
+                    Error::invalid_argument(format!("min_version: {}", e.message()))
+                })?)
+            };
         let mut state = self.state();
         let all = state
             .providers
@@ -795,97 +824,6 @@ fn validate_service_type(service_type: &str) -> Result<(), Error> {
         Err(Error::invalid_argument(format!(
             "invalid service type {service_type:?}: use 1-128 letters, digits, '-', '_' or '.'"
         )))
-    }
-}
-
-impl wire::ServiceRegistry for ServiceRegistry {
-    async fn register_service(
-        &self,
-        request: Request<wire::RegisterServiceRequest>,
-    ) -> Result<Response<wire::RegisterServiceResponse>, Error> {
-        let runtime_id = self.authenticate(request.metadata())?;
-        let registration_id = self.register(&runtime_id, request.message())?;
-        Ok(Response::new(wire::RegisterServiceResponse {
-            registration_id,
-        }))
-    }
-
-    async fn unregister_service(
-        &self,
-        request: Request<wire::UnregisterServiceRequest>,
-    ) -> Result<Response<wire::UnregisterServiceResponse>, Error> {
-        let runtime_id = self.authenticate(request.metadata())?;
-        self.unregister(&runtime_id, &request.message().registration_id)?;
-        Ok(Response::new(wire::UnregisterServiceResponse {}))
-    }
-
-    async fn discover_service(
-        &self,
-        request: Request<wire::DiscoverServiceRequest>,
-    ) -> Result<Response<wire::DiscoverServiceResponse>, Error> {
-        self.authenticate(request.metadata())?;
-        let message = request.message();
-        self.discover(&message.service_type, &message.min_version)
-            .map(Response::new)
-    }
-
-    async fn watch_service(
-        &self,
-        request: Request<wire::WatchServiceRequest>,
-    ) -> Result<Response<ServerStream<wire::WatchServiceEvent>>, Error> {
-        self.authenticate(request.metadata())?;
-        let service_type = request.into_message().service_type;
-        // Subscribe before reading the current state, so no change falls in between.
-        let mut events = self.inner.events.subscribe();
-        let current = self.event(&service_type);
-        let (tx, stream) = MessageStream::channel(16);
-        tokio::spawn(async move {
-            if tx.send(current).await.is_err() {
-                return;
-            }
-            loop {
-                let event = tokio::select! {
-                    event = events.recv() => event,
-                    () = tx.closed() => return,
-                };
-                match event {
-                    Ok(event) if event.service_type == service_type => {
-                        if tx.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let error = Error::new(
-                            Code::ResourceExhausted,
-                            format!(
-                                "watcher fell {missed} events behind; watch again for the current state"
-                            ),
-                        );
-                        return tx.fail(error).await;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(stream))
-    }
-}
-
-impl wire::PluginLifecycle for ServiceRegistry {
-    async fn report_health(
-        &self,
-        request: Request<wire::ReportHealthRequest>,
-    ) -> Result<Response<wire::ReportHealthResponse>, Error> {
-        let runtime_id = self.authenticate(request.metadata())?;
-        let state = HealthState::try_from(request.message().state)
-            .ok()
-            .filter(|s| *s != HealthState::Unspecified)
-            .ok_or_else(|| {
-                Error::invalid_argument("health state must be HEALTHY, DEGRADED or UNHEALTHY")
-            })?;
-        self.set_health(&runtime_id, state);
-        Ok(Response::new(wire::ReportHealthResponse {}))
     }
 }
 

@@ -1,0 +1,100 @@
+//! A plugin among other plugins, through its host: typed clients of other plugins' services
+//! found in the host's registry and routed through the host ([`Client::provider`]), health
+//! reports ([`Client::report_health`]) and the [`Heartbeat`]s that keep registrations leased.
+//!
+//! The registry and the routing gateway are the host's ([`crate::host`]); this module only
+//! calls them.
+
+use std::time::Duration;
+
+use super::Client;
+use crate::proto::connectplugin::v1 as wire;
+use crate::{Error, Plugin};
+
+/// Heartbeats started by [`Client::heartbeat`]; dropping it stops them.
+#[derive(Debug)]
+pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Client {
+    /// A client of the host's service registry whose calls carry this client's identity
+    /// (use with [`Client::authenticated`]).
+    pub fn registry(&self) -> wire::ServiceRegistryClient {
+        wire::ServiceRegistryClient::new(self.channel.clone())
+    }
+
+    /// A typed client of a healthy provider of plugin `P`'s service type (`P::NAME`) at
+    /// `min_version` or newer, found through the host's registry and called through the host
+    /// (`/services/{type}/{provider}/...`), with this client's identity on every call.
+    ///
+    /// # Errors
+    /// `not_found` when no provider fits; as for [`Client::authenticated`].
+    pub async fn provider<P: Plugin>(&self, min_version: &str) -> Result<P::Client, Error> {
+        let request = self
+            .authenticated(wire::DiscoverServiceRequest {
+                service_type: P::NAME.to_owned(),
+                min_version: min_version.to_owned(),
+            })
+            .await?;
+        let endpoint = self
+            .registry()
+            .discover_service(request)
+            .await?
+            .into_message()
+            .endpoint
+            .ok_or_else(|| Error::internal("the registry answered without an endpoint"))?;
+        let mut headers = http::HeaderMap::new();
+        if let Some(identity) = self.runtime_identity() {
+            identity.apply(&mut headers);
+        }
+        // Over this client's connection to the host, with its settings (TLS included).
+        Ok(P::client(
+            self.channel.derive(&endpoint.endpoint_url, headers)?,
+        ))
+    }
+
+    /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).
+    ///
+    /// # Errors
+    /// As for [`Client::authenticated`], and the host's refusal.
+    pub async fn report_health(&self, state: wire::HealthState, reason: &str) -> Result<(), Error> {
+        *self.last_health.lock().unwrap_or_else(|e| e.into_inner()) = (state, reason.to_owned());
+        let request = self
+            .authenticated(wire::ReportHealthRequest {
+                state: state as i32,
+                reason: reason.to_owned(),
+                unavailable_dependencies: Vec::new(),
+            })
+            .await?;
+        wire::PluginLifecycleClient::new(self.channel.clone())
+            .report_health(request)
+            .await
+            .map(drop)
+    }
+
+    /// Keeps this plugin's registrations alive on a host whose registry has a lease: re-sends
+    /// the health last reported (healthy if none) every `interval` until the returned handle
+    /// is dropped.
+    pub fn heartbeat(self: &std::sync::Arc<Self>, interval: Duration) -> Heartbeat {
+        let client = std::sync::Arc::clone(self);
+        Heartbeat(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                let (state, reason) = client
+                    .last_health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Err(error) = client.report_health(state, &reason).await {
+                    tracing::warn!("heartbeat to {} failed: {error}", client.endpoint);
+                }
+            }
+        }))
+    }
+}
