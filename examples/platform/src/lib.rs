@@ -55,7 +55,7 @@ pub async fn serve_plugin(
     config: ServeConfig,
 ) -> Result<(String, tokio::task::JoinHandle<Result<(), Error>>), Error> {
     let addr = connect_plugin::serve::addr_from_env()?;
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = connect_plugin::rpc::server::listen(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
     let local = listener

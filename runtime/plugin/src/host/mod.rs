@@ -150,7 +150,7 @@ impl HostBuilder {
         let addr = self
             .addr
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = crate::rpc::server::listen(addr)
             .await
             .map_err(|e| Error::unavailable(format!("the host cannot listen on {addr}: {e}")))?;
         let local = listener

@@ -435,7 +435,7 @@ async fn bind(
                 Some(addr) => addr,
                 None => addr_from_env()?,
             };
-            TcpListener::bind(addr).await.map_err(|e| {
+            crate::rpc::server::listen(addr).await.map_err(|e| {
                 Error::unavailable(format!(
                     "cannot listen on {addr}: {e} (set PORT to a free port, or PORT=0 for any)"
                 ))

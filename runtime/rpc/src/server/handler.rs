@@ -49,6 +49,7 @@ pub(crate) struct Call {
     pub(crate) deadline: Option<Instant>,
     pub(crate) max_message_size: usize,
     pub(crate) compress_min_bytes: usize,
+    pub(crate) body_timeout: std::time::Duration,
 }
 
 impl Call {
@@ -79,7 +80,18 @@ impl Call {
         let bytes = match body {
             CallBody::Ready(bytes) => bytes,
             CallBody::Http(incoming) => {
-                body::read_to_bytes(incoming, self.max_message_size).await?
+                let read = body::read_to_bytes(incoming, self.max_message_size);
+                tokio::time::timeout(self.body_timeout, read)
+                    .await
+                    .map_err(|_| {
+                        Error::new(
+                            Code::DeadlineExceeded,
+                            format!(
+                                "the request body did not arrive within {} ms",
+                                self.body_timeout.as_millis()
+                            ),
+                        )
+                    })??
             }
         };
         let bytes = match self.request_compression {

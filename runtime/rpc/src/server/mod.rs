@@ -11,24 +11,21 @@
 //! host's `/services/` and `/capabilities/` proxies are `connect-plugin`'s, added as ordinary
 //! services, or as raw routes through `connect_plugin_rpc::__private`.
 
+mod accept;
 mod handler;
 mod http_service;
 mod response;
 mod router;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
-use crate::body::{H2_MAX_FRAME_SIZE, RecvBody};
-use crate::memory::{Conn, Incoming};
+use crate::memory::Incoming;
 use crate::tls::ServerTls;
 pub use handler::Service;
 pub use http_service::{HttpService, ResponseBody};
@@ -38,6 +35,24 @@ pub(crate) use router::Router;
 use router::{CallLimits, Route};
 
 pub use crate::protocol::{DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_MESSAGE_SIZE};
+
+/// Binds a TCP listener on `addr` with a backlog of 1,024 connections waiting to be accepted
+/// (address reuse on, as servers want). `tokio::net::TcpListener::bind` asks for 128, and a
+/// burst of connects beyond that is dropped by the kernel and retried by clients a second
+/// later.
+///
+/// # Errors
+/// The operating system's, e.g. the address is in use.
+pub async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
 
 /// A Connect server: add [`Service`]s, then serve them on a TCP listener. HTTP/1.1 and h2c
 /// (HTTP/2 with prior knowledge) are served on the same port.
@@ -58,6 +73,7 @@ pub struct Server {
     limits: CallLimits,
     shutdown_timeout: Duration,
     tls: Option<ServerTls>,
+    connections: accept::ConnectionLimits,
 }
 
 impl Default for Server {
@@ -88,9 +104,11 @@ impl Server {
             limits: CallLimits {
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 compress_min_bytes: DEFAULT_COMPRESS_MIN_BYTES,
+                body_timeout: Duration::from_secs(30),
             },
             shutdown_timeout: Duration::from_secs(30),
             tls: None,
+            connections: accept::ConnectionLimits::default(),
         }
     }
 
@@ -180,6 +198,48 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// How long a new connection may take to finish its TLS handshake and send the first bytes
+    /// of a request before it is closed (default 10 s).
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may go without a call in flight before it is closed gracefully
+    /// (default 120 s). A stream that stays open is a call in flight; clients reconnect on
+    /// their next call.
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.idle_timeout = timeout;
+        self
+    }
+
+    /// The most connections open at once (default 10,000, or three quarters of the process's
+    /// file descriptor limit when lower). At the cap a new connection evicts the one idle
+    /// longest; when every connection has a call in flight, accepting pauses until one closes.
+    #[must_use]
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.connections.max_connections = connections.max(1);
+        self
+    }
+
+    /// How long a unary request's body may take to arrive once its headers have (default 30 s;
+    /// the client's `Connect-Timeout-Ms` bounds it too); past it, `deadline_exceeded`.
+    /// Streaming requests are bounded by their deadline and the idle timeout instead.
+    #[must_use]
+    pub fn request_body_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.body_timeout = timeout;
+        self
+    }
+
+    /// How long an HTTP/1.1 request's headers may take to arrive (default 30 s).
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.connections.header_read_timeout = timeout;
+        self
+    }
+
     /// How long a graceful shutdown waits for in-flight calls before closing connections.
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -205,203 +265,19 @@ impl Server {
 
     pub(crate) async fn serve_incoming(
         self,
-        mut incoming: Incoming,
+        incoming: Incoming,
         signal: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let tls = self.tls.clone();
-        let shutdown_timeout = self.shutdown_timeout;
-        let router = self.into_router();
-        let builder = Protocols::new();
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let tls = tls.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
-        let mut connections = JoinSet::new();
-        let mut signal = std::pin::pin!(signal);
-        loop {
-            tokio::select! {
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = incoming.accept() => {
-                    let (stream, peer) = match accepted {
-                        Some(Ok(accepted)) => accepted,
-                        // Every in-memory connector is gone: nobody can connect any more.
-                        None => break,
-                        Some(Err(e)) => {
-                            // Per-connection failures (EMFILE, ECONNABORTED) must not stop the
-                            // server; back off briefly so a full fd table does not spin.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    serve_connection(&builder, &graceful, &router, tls.as_ref(), &mut connections, stream, peer);
-                }
-                () = &mut signal => break,
-            }
-        }
-        drop(incoming);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(shutdown_timeout) => {
-                tracing::warn!("graceful shutdown timed out; closing remaining connections");
-            }
-        }
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
-        Ok(())
-    }
-}
-
-/// The HTTP connection builders. A connection whose protocol is known up front (ALPN on TLS,
-/// or the first bytes of a cleartext connection) gets the HTTP/1.1 or HTTP/2 builder
-/// directly; measured, that serves about 5% more calls per second than hyper-util's auto
-/// builder, which wraps every read to sniff the protocol. The auto builder remains the
-/// fallback when the first bytes do not tell yet.
-#[derive(Clone)]
-struct Protocols {
-    auto: hyper_util::server::conn::auto::Builder<TokioExecutor>,
-    http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-}
-
-/// Which builder serves a connection.
-enum Wire {
-    Http1,
-    Http2,
-    Sniff,
-}
-
-/// The first bytes of an HTTP/2 connection preface.
-const H2_PREFACE_START: &[u8] = b"PRI";
-
-impl Protocols {
-    fn new() -> Self {
-        // Without a timer hyper silently drops its header-read timeout and HTTP/2 keep-alive,
-        // so idle or slow-loris connections would hold descriptors forever.
-        let header_read_timeout = Duration::from_secs(30);
-        let (keep_alive, keep_alive_timeout) = (Duration::from_secs(30), Duration::from_secs(20));
-        let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_frame_size(H2_MAX_FRAME_SIZE)
-            .keep_alive_interval(keep_alive)
-            .keep_alive_timeout(keep_alive_timeout);
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_frame_size(H2_MAX_FRAME_SIZE)
-            .keep_alive_interval(keep_alive)
-            .keep_alive_timeout(keep_alive_timeout);
-        Self { auto, http1, http2 }
-    }
-
-    async fn serve<I, S>(
-        &self,
-        io: I,
-        wire: Wire,
-        service: S,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                http::Request<hyper::body::Incoming>,
-                Response = http::Response<crate::body::Body>,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        match wire {
-            Wire::Http2 => Ok(watcher
-                .watch(self.http2.serve_connection(io, service))
-                .await?),
-            Wire::Http1 => Ok(watcher
-                .watch(self.http1.serve_connection(io, service))
-                .await?),
-            Wire::Sniff => {
-                watcher
-                    .watch(self.auto.serve_connection(io, service).into_owned())
-                    .await
-            }
-        }
-    }
-}
-
-/// The protocol of a cleartext TCP connection, from its first bytes (without consuming them).
-async fn sniff(stream: &tokio::net::TcpStream) -> Wire {
-    let mut first = [0u8; 3];
-    match stream.peek(&mut first).await {
-        Ok(n) if n >= first.len() && first == H2_PREFACE_START => Wire::Http2,
-        Ok(n) if n >= first.len() => Wire::Http1,
-        // Too few bytes to tell yet: let the auto builder wait for more.
-        _ => Wire::Sniff,
-    }
-}
-
-fn serve_connection(
-    builder: &Protocols,
-    graceful: &hyper_util::server::graceful::GracefulShutdown,
-    router: &Arc<Router>,
-    tls: Option<&tokio_rustls::TlsAcceptor>,
-    connections: &mut JoinSet<()>,
-    stream: Conn,
-    peer: SocketAddr,
-) {
-    let router = Arc::clone(router);
-    let service = hyper::service::service_fn(move |request| {
-        let router = Arc::clone(&router);
-        async move {
-            let request = request.map(RecvBody::Hyper);
-            Ok::<_, Infallible>(router.handle(request).await)
-        }
-    });
-    let builder = builder.clone();
-    let watcher = graceful.watcher();
-    let tls = tls.cloned();
-    connections.spawn(async move {
-        let served = match (tls, stream) {
-            (None, Conn::Tcp(stream)) => {
-                let wire = sniff(&stream).await;
-                builder.serve(stream, wire, service, watcher).await
-            }
-            (None, memory @ Conn::Memory(_)) => {
-                builder.serve(memory, Wire::Sniff, service, watcher).await
-            }
-            (Some(acceptor), stream) => {
-                // A client that never finishes its handshake must not hold the slot forever.
-                let handshake =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                let stream = match handshake.await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let wire = match stream.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => Wire::Http2,
-                    Some(b"http/1.1") => Wire::Http1,
-                    _ => Wire::Sniff,
-                };
-                builder.serve(stream, wire, service, watcher).await
-            }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|tls| tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config)));
+        let limits = self.connections;
+        let shutdown = accept::Shutdown {
+            signal,
+            timeout: self.shutdown_timeout,
         };
-        if let Err(e) = served {
-            tracing::debug!(%peer, error = %e, "connection closed with an error");
-        }
-    });
+        let router = self.into_router();
+        accept::run(incoming, router, tls, limits, shutdown).await
+    }
 }
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -35,6 +35,9 @@ pub(crate) struct Route {
 pub(crate) struct CallLimits {
     pub(crate) max_message_size: usize,
     pub(crate) compress_min_bytes: usize,
+    /// How long a unary request's body may take to arrive (a trickling body must not hold a
+    /// handler forever when the client set no timeout).
+    pub(crate) body_timeout: std::time::Duration,
 }
 
 /// A handler of plain HTTP requests (probes, proxies), outside the Connect procedures.
@@ -187,6 +190,7 @@ impl Router {
             deadline,
             max_message_size: self.limits.max_message_size,
             compress_min_bytes: self.limits.compress_min_bytes,
+            body_timeout: self.limits.body_timeout,
         })
     }
 
@@ -217,6 +221,7 @@ impl Router {
             deadline,
             max_message_size: self.limits.max_message_size,
             compress_min_bytes: self.limits.compress_min_bytes,
+            body_timeout: self.limits.body_timeout,
         })
     }
 }
