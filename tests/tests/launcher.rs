@@ -187,6 +187,66 @@ async fn checksums_are_verified_before_running() {
     );
 }
 
+/// Abuse suite (security issue, item 6): the checked bytes are the ones that run. The file at
+/// the configured path is replaced after the check; the supervisor's restart still runs the
+/// checked plugin, not the replacement.
+#[tokio::test]
+async fn a_plugin_file_replaced_after_its_checksum_check_is_not_what_runs() {
+    let dir = std::env::temp_dir().join(format!("cp-toctou-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join("kv-plugin");
+    std::fs::copy(KV_PLUGIN, &program).unwrap();
+    let output = std::process::Command::new("sha256sum")
+        .arg(&program)
+        .output()
+        .unwrap();
+    let sum = String::from_utf8(output.stdout).unwrap()[..64].to_owned();
+    let plugin =
+        SupervisedPlugin::launch(LaunchConfig::new("kv", &program).checksum(&sum).restart(
+            RestartPolicy::with_backoff(1, Duration::from_millis(20), Duration::from_millis(20)),
+        ))
+        .await
+        .unwrap();
+    let PluginState::Running { pid, .. } = plugin.state() else {
+        panic!("not running: {:?}", plugin.state());
+    };
+    // An attacker swaps the file for a script that would announce itself as the plugin.
+    std::fs::remove_file(&program).unwrap();
+    std::fs::write(
+        &program,
+        "#!/bin/sh\necho 'CONNECT_PLUGIN|1|tcp|127.0.0.1:9|connect'\nsleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    kill9(pid);
+    let state = tokio::time::timeout(
+        Duration::from_secs(10),
+        plugin.wait_for(|s| matches!(s, PluginState::Running { restarts: 1, .. })),
+    )
+    .await
+    .expect("the plugin is restarted");
+    let PluginState::Running { endpoint, .. } = state else {
+        unreachable!()
+    };
+    assert!(
+        !endpoint.ends_with(":9"),
+        "the replacement ran: it announced {endpoint}"
+    );
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(&endpoint).unwrap());
+    kv.put(PutRequest {
+        key: "k".into(),
+        value: "v".into(),
+    })
+    .await
+    .expect("the restarted process is the checked kv-plugin");
+    plugin.shutdown(Duration::from_secs(5)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn start_failures_name_the_program_and_the_reason() {
     let err = PluginProcess::launch(LaunchConfig::new("nothing", "/no/such/plugin"))

@@ -60,6 +60,7 @@ pub mod handshake;
 pub mod health;
 pub mod host;
 pub mod identity;
+mod log;
 pub mod plugin;
 pub mod process;
 pub mod serve;

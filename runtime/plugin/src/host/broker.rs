@@ -383,11 +383,13 @@ impl crate::proto::capability::logger::v1::Logger for TracingLogger {
         let line = request.into_message();
         let mut fields: Vec<_> = line.fields.iter().collect();
         fields.sort();
+        // A plugin's text must not forge or rewrite the host's log lines.
+        let message = crate::log::escape_control(&line.message);
         match line.level.as_str() {
-            "error" => tracing::error!(plugin = %caller, ?fields, "{}", line.message),
-            "warn" => tracing::warn!(plugin = %caller, ?fields, "{}", line.message),
-            "debug" => tracing::debug!(plugin = %caller, ?fields, "{}", line.message),
-            _ => tracing::info!(plugin = %caller, ?fields, "{}", line.message),
+            "error" => tracing::error!(plugin = %caller, ?fields, "{message}"),
+            "warn" => tracing::warn!(plugin = %caller, ?fields, "{message}"),
+            "debug" => tracing::debug!(plugin = %caller, ?fields, "{message}"),
+            _ => tracing::info!(plugin = %caller, ?fields, "{message}"),
         }
         Ok(Response::new(Default::default()))
     }

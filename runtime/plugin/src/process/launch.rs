@@ -16,9 +16,10 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdin, Command};
 
+use crate::log::{escape_control, read_bounded_line};
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use crate::serve::readiness::{LAUNCHED_ENV, READY_PREFIX, READY_SUFFIX, parse_ready_line};
 use crate::{Code, Error};
@@ -34,7 +35,12 @@ pub struct LaunchConfig {
     checksum: Option<String>,
     pub(super) restart: RestartPolicy,
     pub(super) on_crash: Option<CrashCallback>,
+    /// The checked copy of `program` that runs instead of it (set by [`verify_checksum`]).
+    verified: Option<Arc<VerifiedCopy>>,
 }
+
+/// Linux's "text file busy": executing a file that some process has open for writing.
+const ETXTBSY: i32 = 26;
 
 type CrashCallback = Arc<dyn Fn(&CrashEvent) + Send + Sync>;
 
@@ -122,11 +128,14 @@ impl LaunchConfig {
             checksum: None,
             restart: RestartPolicy::never(),
             on_crash: None,
+            verified: None,
         }
     }
 
     /// Refuses to start the program unless its SHA-256 is `sha256_hex` (64 hex digits), as
-    /// go-plugin's `SecureConfig` does.
+    /// go-plugin's `SecureConfig` does. The checked bytes are what runs: they are copied to a
+    /// directory only this user can write, and the copy is started, so replacing the file at
+    /// the original path between the check and the start changes nothing.
     #[must_use]
     pub fn checksum(mut self, sha256_hex: impl Into<String>) -> Self {
         self.checksum = Some(sha256_hex.into().to_ascii_lowercase());
@@ -185,7 +194,8 @@ impl PluginProcess {
     /// `unavailable` if the program cannot be started, exits early, or does not announce
     /// readiness within the start timeout; the message names the program and what it printed.
     pub async fn launch(config: LaunchConfig) -> Result<Self, Error> {
-        verify_checksum(&config)?;
+        // The checked copy may go once the child has started: it runs from its own inode.
+        let config = verify_checksum(config)?;
         Self::spawn(&config, 0).await
     }
 
@@ -193,7 +203,11 @@ impl PluginProcess {
         let name = config.name.clone();
         let program = &config.program;
         let start_timeout = config.start_timeout;
-        let mut command = Command::new(program);
+        let runs = config
+            .verified
+            .as_ref()
+            .map_or(program, |copy| &copy.program);
+        let mut command = Command::new(runs);
         command
             .args(&config.args)
             .env("PORT", port.to_string())
@@ -204,7 +218,18 @@ impl PluginProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| {
+        // ETXTBSY: another thread's fork may briefly hold a just-written copy open for writing.
+        let mut tries = 0;
+        let spawned = loop {
+            match command.spawn() {
+                Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other,
+            }
+        };
+        let mut child = spawned.map_err(|e| {
             Error::unavailable(format!(
                 "cannot start plugin {name:?} from {}: {e}",
                 program.display()
@@ -214,14 +239,14 @@ impl PluginProcess {
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(Error::internal("child process pipes were not created"));
         };
-        forward_lines(name.clone(), "stderr", BufReader::new(stderr).lines());
-        let mut stdout = BufReader::new(stdout).lines();
+        forward_lines(name.clone(), "stderr", BufReader::new(stderr));
+        let mut stdout = BufReader::new(stdout);
         let wait_ready = async {
-            while let Some(line) = stdout.next_line().await.transpose() {
-                let line = line.map_err(|e| format!("reading its stdout: {e}"))?;
+            while let Some(line) = read_bounded_line(&mut stdout).await {
                 if let Some(addr) = parse_ready_line(&line) {
                     return Ok(addr);
                 }
+                let line = escape_control(&line);
                 tracing::info!(plugin = %name, stream = "stdout", "{line}");
             }
             Err("it closed stdout without printing the readiness line".to_owned())
@@ -310,10 +335,15 @@ impl PluginProcess {
     }
 }
 
-pub(super) fn verify_checksum(config: &LaunchConfig) -> Result<(), Error> {
+/// Checks `config`'s program against its checksum, if it has one, and returns the config set
+/// to run a private copy of the checked bytes (see [`LaunchConfig::checksum`]).
+pub(super) fn verify_checksum(mut config: LaunchConfig) -> Result<LaunchConfig, Error> {
     let Some(expected) = &config.checksum else {
-        return Ok(());
+        return Ok(config);
     };
+    if config.verified.is_some() {
+        return Ok(config);
+    }
     let bytes = std::fs::read(&config.program).map_err(|e| {
         Error::unavailable(format!(
             "cannot read plugin {:?} at {} to check its checksum: {e}",
@@ -332,15 +362,71 @@ pub(super) fn verify_checksum(config: &LaunchConfig) -> Result<(), Error> {
             ),
         ));
     }
-    Ok(())
+    let copy = VerifiedCopy::write(&config.name, &config.program, &bytes)?;
+    config.verified = Some(Arc::new(copy));
+    Ok(config)
 }
 
-fn forward_lines<R>(name: String, stream: &'static str, mut lines: tokio::io::Lines<R>)
+/// A checked plugin binary, copied into a fresh directory that only this user can enter; both
+/// are removed when the last launch config holding it is dropped.
+#[derive(Debug)]
+struct VerifiedCopy {
+    dir: PathBuf,
+    program: PathBuf,
+}
+
+impl VerifiedCopy {
+    fn write(name: &str, original: &std::path::Path, bytes: &[u8]) -> Result<Self, Error> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+        let failed = |what: &str, e: std::io::Error| {
+            Error::unavailable(format!(
+                "cannot prepare the checked copy of plugin {name:?} ({}): {what}: {e}",
+                original.display()
+            ))
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let suffix = crate::identity::hex(&crate::identity::random_bytes::<8>(&rng)?);
+        let dir = std::env::temp_dir().join(format!("connect-plugin-{suffix}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| failed("creating its directory", e))?;
+        let copy = Self {
+            program: dir.join(
+                original
+                    .file_name()
+                    .unwrap_or(std::ffi::OsStr::new("plugin")),
+            ),
+            dir,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&copy.program)
+            .map_err(|e| failed("creating it", e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| failed("writing it", e))?;
+        Ok(copy)
+    }
+}
+
+impl Drop for VerifiedCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn forward_lines<R>(name: String, stream: &'static str, mut reader: R)
 where
     R: tokio::io::AsyncBufRead + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
+        while let Some(line) = read_bounded_line(&mut reader).await {
+            let line = escape_control(&line);
             tracing::info!(plugin = %name, stream, "{line}");
         }
     });

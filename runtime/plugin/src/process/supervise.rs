@@ -56,7 +56,8 @@ impl SupervisedPlugin {
     /// # Errors
     /// As for [`PluginProcess::launch`]: the first start must succeed.
     pub async fn launch(config: LaunchConfig) -> Result<Self, Error> {
-        verify_checksum(&config)?;
+        // Restarts run the same checked copy, kept for as long as the supervisor runs.
+        let config = verify_checksum(config)?;
         let process = PluginProcess::spawn(&config, 0).await?;
         let (state_tx, state) = watch::channel(PluginState::Running {
             endpoint: process.endpoint(),
