@@ -355,3 +355,174 @@ async fn calls_flow_plugin_to_plugin_through_the_host() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
+
+/// Abuse suite (security issue, item 3): the gateway forwards only procedures under the
+/// provider's registered `endpoint_path`, so a caller cannot reach the provider's handshake,
+/// its identity control RPCs, or any other service it happens to serve.
+#[tokio::test]
+async fn only_procedures_under_the_registered_endpoint_path_are_routed() {
+    use connect_plugin::proto::connectplugin::v1::{
+        HandshakeRequest, HandshakeServiceClient, PluginIdentityClient, SetRuntimeIdentityRequest,
+    };
+
+    let (host_url, _provider, provider_id) = host_with_provider().await;
+    let caller = Client::new(ClientConfig::new(&host_url).self_id("caller", "1.0.0")).unwrap();
+    caller.connect().await.unwrap();
+    let mut headers = http::HeaderMap::new();
+    caller.runtime_identity().unwrap().apply(&mut headers);
+    let routed = caller
+        .channel()
+        .derive(&format!("/services/interop/{provider_id}"), headers)
+        .unwrap();
+
+    let refused = HandshakeServiceClient::new(routed.clone())
+        .handshake(HandshakeRequest::default())
+        .await
+        .expect_err("the provider's handshake is not exposed");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("endpoint_path"), "{refused}");
+    let refused = PluginIdentityClient::new(routed.clone())
+        .set_runtime_identity(SetRuntimeIdentityRequest {
+            runtime_id: "hijacked".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("control RPCs are not exposed");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // A registered procedure still routes, and nothing past it sneaks through.
+    let interop = connect_plugin::dispense::<InteropServicePlugin>(&routed);
+    interop.unary(Payload::default()).await.unwrap();
+    let sneaky = routed
+        .derive(
+            "/interop.v1.InteropService/../connectplugin.v1.HandshakeService",
+            http::HeaderMap::new(),
+        )
+        .unwrap();
+    let refused = HandshakeServiceClient::new(sneaky)
+        .handshake(HandshakeRequest::default())
+        .await
+        .expect_err("a path below the endpoint is not a procedure of it");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+}
+
+#[tokio::test]
+async fn a_registration_must_name_one_service() {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+
+    let host_url = serve_host(ServiceRegistry::new()).await;
+    let provider = Client::new(
+        ClientConfig::new(&host_url)
+            .self_id("greedy", "1.0.0")
+            .provides(["interop"]),
+    )
+    .unwrap();
+    for path in ["", "/", "//", "/a/b/", "/nodot/", "/../x.y/"] {
+        let request = provider
+            .authenticated(RegisterServiceRequest {
+                service_type: "interop".into(),
+                version: "1.0.0".into(),
+                endpoint_path: path.into(),
+                metadata: [("base_url".to_owned(), "http://127.0.0.1:1".to_owned())].into(),
+            })
+            .await
+            .unwrap();
+        let refused = provider
+            .registry()
+            .register_service(request)
+            .await
+            .expect_err(path);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{path:?}: {refused}");
+    }
+}
+
+/// Abuse suite (security issue, item 3): the gateway honours the caller's
+/// `Connect-Timeout-Ms`. A provider process stopped with SIGSTOP accepts connections (the
+/// kernel does) and never answers; the routed call ends with `deadline_exceeded` within its
+/// timeout and 10%, not `unavailable` much later.
+#[tokio::test]
+async fn a_routed_call_to_a_stopped_provider_ends_at_the_callers_deadline() {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+    use kv::v1::{GetRequest, KvServicePlugin};
+
+    let host_url = serve_host(ServiceRegistry::new()).await;
+    let kv_process =
+        connect_plugin_tests::launch_kv_plugin(env!("CARGO_BIN_EXE_e2e-kv-plugin")).await;
+    let provider = Client::new(
+        ClientConfig::new(&host_url)
+            .self_id("kv-provider", "1.0.0")
+            .provides(["kv"]),
+    )
+    .unwrap();
+    let request = provider
+        .authenticated(RegisterServiceRequest {
+            service_type: "kv".into(),
+            version: "1.0.0".into(),
+            endpoint_path: "/kv.v1.KVService/".into(),
+            metadata: [("base_url".to_owned(), kv_process.endpoint())].into(),
+        })
+        .await
+        .unwrap();
+    provider.registry().register_service(request).await.unwrap();
+    let caller = Client::new(ClientConfig::new(&host_url).self_id("caller", "1.0.0")).unwrap();
+    let kv = caller.provider::<KvServicePlugin>("").await.unwrap();
+    kv.get(GetRequest { key: "k".into() })
+        .await
+        .expect("routed while the provider runs");
+
+    let pid = kv_process.id().unwrap().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // A raw caller that sends Connect-Timeout-Ms and then simply waits: what it sees is the
+    // host's doing (our own client would give up by itself at the deadline).
+    let timeout = Duration::from_millis(500);
+    let identity = caller.runtime_identity().unwrap();
+    let bearer = format!("Bearer {}", identity.token);
+    let provider_id = provider.runtime_identity().unwrap().runtime_id.clone();
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        raw_http1(
+            host_url.trim_start_matches("http://").parse().unwrap(),
+            "POST",
+            &format!("/services/kv/{provider_id}/kv.v1.KVService/Get"),
+            &[
+                ("content-type", "application/json"),
+                ("connect-protocol-version", "1"),
+                ("connect-timeout-ms", "500"),
+                ("x-plugin-runtime-id", &identity.runtime_id),
+                ("authorization", &bearer),
+            ],
+            b"{\"key\":\"k\"}",
+        ),
+    )
+    .await;
+    let took = started.elapsed();
+    // And our own client, with the same timeout.
+    let outcome = kv
+        .get(Request::new(GetRequest { key: "k".into() }).with_timeout(timeout))
+        .await;
+    signal("-CONT");
+    let answer = answer.expect("the host answers a call to a stopped provider");
+    assert!(
+        answer.text().contains("deadline_exceeded"),
+        "{} {}",
+        answer.status,
+        answer.text()
+    );
+    assert!(
+        took < timeout + timeout / 10,
+        "the host answered after {took:?}, the caller's timeout is {timeout:?}"
+    );
+    let error = outcome.expect_err("a stopped provider cannot answer");
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{error}");
+    kv.get(GetRequest { key: "k".into() })
+        .await
+        .expect("routed again once the provider runs");
+}

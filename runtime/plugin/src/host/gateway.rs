@@ -102,8 +102,9 @@ async fn route(
             "{path} is not a routed call: expected /services/<type>/<provider id>/<package.Service>/<Method>"
         )));
     };
-    // A replaced provider's calls go to its replacement.
-    let (provider_id, base) = registry.route_target(service_type, provider_id)?;
+    // A replaced provider's calls go to its replacement; only registered procedures route.
+    let (provider_id, base) = registry.route_target(service_type, provider_id, procedure)?;
+    let deadline = call_deadline(request.headers())?;
     let provider_id = provider_id.as_str();
     let query = request
         .uri()
@@ -135,15 +136,19 @@ async fn route(
     })));
     // Counted until the response body is done, so a drain waits for streams too.
     let guard = registry.track(provider_id);
-    let response = upstreams
-        .get(&base, provider_id)?
-        .send(http::Request::from_parts(parts, body))
-        .await
-        .map_err(|e| {
-            Error::unavailable(format!(
-                "provider {provider_id:?} of {service_type:?} is unreachable: {e}"
-            ))
-        })?;
+    let upstream = upstreams.get(&base, provider_id)?;
+    let send = upstream.send(http::Request::from_parts(parts, body));
+    let sent = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, send)
+            .await
+            .map_err(|_| past_deadline(provider_id, service_type))?,
+        None => send.await,
+    };
+    let response = sent.map_err(|e| {
+        Error::unavailable(format!(
+            "provider {provider_id:?} of {service_type:?} is unreachable: {e}"
+        ))
+    })?;
     let (parts, body) = response.into_parts();
     let body = Tracked {
         body: body.map_err(|e| {
@@ -152,6 +157,7 @@ async fn route(
                 format!("the provider's response broke off: {e}"),
             )
         }),
+        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         _guard: guard,
     };
     Ok(http::Response::from_parts(
@@ -160,9 +166,41 @@ async fn route(
     ))
 }
 
-/// A response body that keeps its call counted in flight until it is done or dropped.
+/// The caller's deadline, from its `Connect-Timeout-Ms`: the provider gets the same header,
+/// and the host itself stops waiting for the provider once it has passed.
+fn call_deadline(headers: &http::HeaderMap) -> Result<Option<tokio::time::Instant>, Error> {
+    let Some(value) = headers.get("connect-timeout-ms") else {
+        return Ok(None);
+    };
+    let millis = value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Error::invalid_argument(
+                "Connect-Timeout-Ms must be a positive integer of at most 10 digits",
+            )
+        })?;
+    Ok(Some(
+        tokio::time::Instant::now() + Duration::from_millis(millis),
+    ))
+}
+
+fn past_deadline(provider_id: &str, service_type: &str) -> Error {
+    Error::new(
+        Code::DeadlineExceeded,
+        format!(
+            "provider {provider_id:?} of {service_type:?} did not answer before the caller's deadline"
+        ),
+    )
+}
+
+/// A response body that keeps its call counted in flight until it is done or dropped, and
+/// fails once the caller's deadline has passed (a provider that stalls mid-stream).
 struct Tracked<B> {
     body: B,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     _guard: InflightGuard,
 }
 
@@ -177,7 +215,21 @@ where
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            return std::task::Poll::Ready(frame);
+        }
+        let passed = self
+            .deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if passed {
+            self.deadline = None;
+            return std::task::Poll::Ready(Some(Err(Error::new(
+                Code::DeadlineExceeded,
+                "the provider did not finish the response before the caller's deadline",
+            ))));
+        }
+        std::task::Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

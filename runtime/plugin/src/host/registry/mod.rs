@@ -459,16 +459,33 @@ impl ServiceRegistry {
         &self,
         service_type: &str,
         provider_id: &str,
+        procedure: &str,
     ) -> Result<(String, String), Error> {
         let state = self.state();
         let id = resolve_in(&state, provider_id);
-        let provider = state
+        let mut registrations = state
             .providers
             .get(service_type)
-            .and_then(|providers| providers.iter().find(|p| p.runtime_id == id))
+            .into_iter()
+            .flatten()
+            .filter(|p| p.runtime_id == id)
+            .peekable();
+        if registrations.peek().is_none() {
+            return Err(Error::unavailable(format!(
+                "no provider {id:?} of service {service_type:?} is registered"
+            )));
+        }
+        // Only what the provider registered is reachable through the host: not its control
+        // RPCs, nor any other service it serves.
+        let provider = registrations
+            .find(|p| {
+                procedure
+                    .strip_prefix(p.endpoint_path.trim_start_matches('/'))
+                    .is_some_and(|method| !method.is_empty() && !method.contains('/'))
+            })
             .ok_or_else(|| {
-                Error::unavailable(format!(
-                    "no provider {id:?} of service {service_type:?} is registered"
+                Error::new(Code::PermissionDenied, format!(
+                    "provider {id:?} of {service_type:?} does not expose {procedure:?} through the host: only procedures under its registered endpoint_path are routed"
                 ))
             })?;
         if state.health.get(id) == Some(&HealthState::Unhealthy) {
@@ -560,12 +577,7 @@ impl ServiceRegistry {
     ) -> Result<String, Error> {
         validate_service_type(&request.service_type)?;
         let version = Version::parse(&request.version)?;
-        if !request.endpoint_path.is_empty() && !request.endpoint_path.starts_with('/') {
-            return Err(Error::invalid_argument(format!(
-                "endpoint_path {:?} must start with '/'",
-                request.endpoint_path
-            )));
-        }
+        validate_endpoint_path(&request.endpoint_path)?;
         let registration_id = format!(
             "reg-{}",
             identity::hex(&identity::random_bytes::<8>(&self.inner.rng)?)
@@ -810,6 +822,29 @@ fn endpoint(provider: &Provider) -> wire::ServiceEndpoint {
         ),
         metadata: provider.metadata.clone(),
     }
+}
+
+/// The services a registration exposes through the host: `/<package>.<Service>/`. Only
+/// procedures under it are routed, so it must name a service, not the whole provider.
+fn validate_endpoint_path(path: &str) -> Result<(), Error> {
+    let service = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.strip_suffix('/'))
+        .unwrap_or_default();
+    let valid = service.contains('.')
+        && service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+        && !service.starts_with('.')
+        && !service.ends_with('.')
+        && !service.contains("..");
+    if !valid {
+        return Err(Error::invalid_argument(format!(
+            "endpoint_path {path:?} must name one service as /<package>.<Service>/, e.g. \
+             \"/kv.v1.KVService/\": the host routes only procedures under it"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_service_type(service_type: &str) -> Result<(), Error> {
