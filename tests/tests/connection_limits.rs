@@ -156,8 +156,9 @@ async fn idle_connections_close_gracefully_but_open_streams_stay() {
         "the idle connection was closed and a new one opened"
     );
 
-    // A server stream that lasts longer than the idle timeout is a call in flight: not cut.
-    let mut stream = client(&url)
+    // A server stream that lasts longer than the idle timeout is a call in flight: its
+    // connection is neither cut nor closed, and the next call goes over it too.
+    let mut stream = interop
         .server_stream(Payload {
             text: "slow".into(),
             count: 1,
@@ -169,6 +170,16 @@ async fn idle_connections_close_gracefully_but_open_streams_stay() {
         .into_message();
     let first = stream.message().await.expect("the stream is not cut");
     assert_eq!(first.map(|m| m.text).as_deref(), Some("slow"));
+    assert!(stream.message().await.unwrap().is_none());
+    interop
+        .unary(Payload::default())
+        .await
+        .expect("a call right after the stream");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "no new connection: the stream's connection stayed open past the idle timeout"
+    );
 }
 
 #[tokio::test]
@@ -209,33 +220,66 @@ async fn at_the_connection_cap_new_clients_evict_idle_sockets() {
     );
 }
 
+/// Calls stalled on purpose (a client-streaming call whose body never comes, no deadline) hold
+/// their connections no better than idle sockets: at the cap they are evicted for new clients.
 #[tokio::test]
-async fn at_the_cap_with_every_connection_busy_new_ones_wait_then_get_served() {
-    let url = serve_interop_with(Server::new().max_connections(3)).await;
-    // Three connections, each with a call in flight for 1.5 s.
-    let mut busy = Vec::new();
-    for _ in 0..3 {
-        let interop = client(&url);
-        busy.push(tokio::spawn(async move {
-            interop
-                .unary(Payload {
-                    sleep_ms: 1500,
-                    ..Payload::default()
-                })
-                .await
-        }));
+async fn at_the_cap_stalled_calls_do_not_lock_out_new_clients() {
+    let url = serve_interop_with(Server::new().max_connections(5)).await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut socket = TcpStream::connect(addr_of(&url)).await.unwrap();
+        socket
+            .write_all(
+                b"POST /interop.v1.InteropService/ClientStream HTTP/1.1\r\nHost: x\r\n\
+                  Content-Type: application/connect+proto\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        stalled.push(socket);
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    answers(&url).await;
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(700),
-        "a fourth connection was served after {waited:?}, before any busy one ended"
-    );
-    for call in busy {
-        call.await.unwrap().expect("busy calls are never evicted");
+    for _ in 0..3 {
+        answers(&url).await;
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "new clients waited {:?} behind stalled calls",
+        started.elapsed()
+    );
+    // The cap holds: stalled calls were evicted, not merely outnumbered.
+    let mut open = 0;
+    for socket in &mut stalled {
+        let mut buf = [0u8; 1];
+        let still_open = tokio::time::timeout(Duration::from_millis(20), socket.read(&mut buf))
+            .await
+            .is_err();
+        open += usize::from(still_open);
+    }
+    assert!(
+        open <= 5,
+        "{open} stalled calls still hold connections with a cap of 5"
+    );
+}
+
+/// A peer that sends the HTTP/2 preface and nothing else never finishes the handshake; it is
+/// closed by the idle timeout and the close deadline instead of living forever.
+#[tokio::test]
+async fn an_unfinished_http2_preface_is_closed() {
+    let url = serve_interop_with(
+        Server::new()
+            .handshake_timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let mut socket = TcpStream::connect(addr_of(&url)).await.unwrap();
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    answers(&url).await;
+    let took = closed_within(&mut socket, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
 }
 
 #[tokio::test]

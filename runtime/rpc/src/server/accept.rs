@@ -6,10 +6,13 @@
 //!   handshake timeout, or it is closed (an idle or trickling socket must not hold a slot).
 //! - A connection with no call in flight for the idle timeout is closed gracefully (HTTP/2
 //!   GOAWAY, or HTTP/1.1 keep-alive ended); a long stream is a call in flight, so it stays.
-//! - At most `max_connections` are open. At the cap, a new connection evicts the connection
-//!   that has been idle longest (one that never sent a request counts as idle); only when every
-//!   connection has a call in flight does accepting pause until one closes, leaving new
-//!   connections queued in the kernel's backlog instead of failing them.
+//! - A connection told to close (idle, or evicted) that has not closed within the handshake
+//!   timeout is dropped: a peer cannot keep it by ignoring the GOAWAY.
+//! - At most `max_connections` are open. At the cap, a new connection evicts a sixteenth of
+//!   the cap at once: first connections that never sent a request, then idle ones, then busy
+//!   ones whose calls made no progress for longest (a call stalled on purpose, with no body or
+//!   a closed flow-control window, holds its connection no better than an idle socket).
+//!   Accepting never pauses, so new clients are always let in.
 //!
 //! This module moves bytes between sockets and hyper; it does not route or look at requests
 //! (the router does) and knows nothing of the Connect protocol.
@@ -20,7 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -103,36 +106,22 @@ pub(crate) async fn run(
     });
     let mut live = Live::new();
     let mut tasks = JoinSet::new();
+    // Task id -> connection id, so a connection whose task panicked leaves the count too.
+    let mut task_ids = HashMap::new();
     let mut signal = std::pin::pin!(shutdown.signal);
     let mut accept_failures = 0u32;
-    // A connection accepted at the cap when nothing could be evicted waits here (holding
-    // back further accepts) until a connection ends or goes idle.
-    let mut parked: Option<(Conn, SocketAddr)> = None;
     loop {
-        if parked.is_some()
-            && (live.len() < limits.max_connections || live.evict_idlest(limits.max_connections))
-            && let Some((stream, peer)) = parked.take()
-        {
-            let (id, activity) = live.add();
-            let connection = Connection {
-                id,
-                activity,
-                shared: Arc::clone(&shared),
-                peer,
-            };
-            tasks.spawn(connection.serve(stream));
-        }
-        // At the cap, a new connection evicts the idlest one; with nothing idle to evict,
-        // accept nothing until a connection ends or goes idle.
-        let at_cap = live.len() >= limits.max_connections;
-        let can_accept = parked.is_none() && (!at_cap || live.has_idle());
         tokio::select! {
-            Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(id) = ended {
+            Some(ended) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let task = match ended {
+                    Ok((task, _)) => task,
+                    Err(e) => e.id(),
+                };
+                if let Some(id) = task_ids.remove(&task) {
                     live.remove(id);
                 }
             }
-            accepted = incoming.accept(), if can_accept => {
+            accepted = incoming.accept() => {
                 let (stream, peer) = match accepted {
                     Some(Ok(accepted)) => accepted,
                     // Every in-memory connector is gone: nobody can connect any more.
@@ -150,17 +139,14 @@ pub(crate) async fn run(
                     }
                 };
                 accept_failures = 0;
-                if live.len() >= limits.max_connections && !live.evict_idlest(limits.max_connections) {
-                    // The idle one seen before accepting got busy meanwhile.
-                    parked = Some((stream, peer));
-                    continue;
+                if live.len() >= limits.max_connections {
+                    live.evict(limits.max_connections);
                 }
                 let (id, activity) = live.add();
                 let connection = Connection { id, activity, shared: Arc::clone(&shared), peer };
-                tasks.spawn(connection.serve(stream));
+                let task = tasks.spawn(connection.serve(stream));
+                task_ids.insert(task.id(), id);
             }
-            // Calls ending do not wake this loop; look again shortly.
-            () = tokio::time::sleep(Duration::from_millis(50)), if !can_accept => {}
             () = &mut signal => break,
         }
     }
@@ -211,44 +197,36 @@ impl Live {
         self.connections.remove(&id);
     }
 
-    fn has_idle(&self) -> bool {
-        self.connections.values().any(|a| a.evictable())
-    }
-
-    /// Tells the connections idle longest (and not told already) to close: a sixteenth of
-    /// the cap at once, so that a flood of new connections costs one scan per batch instead of
-    /// one per connection. False if every connection has a call in flight. The evicted ones
-    /// leave the count at once; their tasks end shortly after.
-    fn evict_idlest(&mut self, cap: usize) -> bool {
-        let mut idle: Vec<(u64, u64)> = self
+    /// Tells a sixteenth of the cap to close at once (so that a flood of new connections
+    /// costs one scan per batch, not one per connection): first connections that never sent a
+    /// request, then idle ones, then busy ones by oldest progress. They leave the count at
+    /// once; their tasks end shortly after.
+    fn evict(&mut self, cap: usize) {
+        let mut candidates: Vec<((u8, u64), u64)> = self
             .connections
             .iter()
-            .filter(|(_, a)| a.evictable())
-            .map(|(id, a)| (a.last_millis(), *id))
+            .map(|(id, a)| (a.eviction_order(), *id))
             .collect();
-        if idle.is_empty() {
-            return false;
+        let batch = (cap / 16).clamp(1, candidates.len().max(1));
+        if batch < candidates.len() {
+            candidates.select_nth_unstable(batch - 1);
         }
-        let batch = (cap / 16).clamp(1, idle.len());
-        if batch < idle.len() {
-            idle.select_nth_unstable(batch - 1);
-        }
-        for (_, id) in &idle[..batch] {
+        for (_, id) in candidates.iter().take(batch) {
             if let Some(activity) = self.connections.remove(id) {
                 activity.evict();
             }
         }
-        true
     }
 }
 
-/// One connection's calls: how many are in flight and when the last started or ended.
+/// One connection's calls: how many are in flight, whether it ever had one, and when the
+/// last one started, made progress (a response frame) or ended.
 struct Activity {
     epoch: Instant,
     inflight: AtomicUsize,
-    /// Milliseconds after `epoch` of the last call's start or end (or the accept).
+    used: AtomicBool,
+    /// Milliseconds after `epoch` of the last start, progress or end (or the accept).
     last: AtomicU64,
-    evicted: std::sync::atomic::AtomicBool,
     evict: Notify,
 }
 
@@ -257,16 +235,12 @@ impl Activity {
         let activity = Self {
             epoch,
             inflight: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
             last: AtomicU64::new(0),
-            evicted: std::sync::atomic::AtomicBool::new(false),
             evict: Notify::new(),
         };
         activity.touch();
         activity
-    }
-
-    fn evictable(&self) -> bool {
-        self.inflight() == 0 && !self.evicted.load(Ordering::Acquire)
     }
 
     fn inflight(&self) -> usize {
@@ -282,24 +256,45 @@ impl Activity {
         self.last.store(now, Ordering::Relaxed);
     }
 
+    /// Lower goes first: never used, then idle, then busy; older activity first.
+    fn eviction_order(&self) -> (u8, u64) {
+        let class = if !self.used.load(Ordering::Relaxed) {
+            0
+        } else if self.inflight() == 0 {
+            1
+        } else {
+            2
+        };
+        (class, self.last_millis())
+    }
+
     fn evict(&self) {
-        self.evicted.store(true, Ordering::Release);
         self.evict.notify_one();
     }
 
-    /// Completes once no call has been in flight for `timeout`.
+    /// Completes once no call has been in flight for `timeout` (never, for a zero timeout).
     async fn idle(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
         loop {
             let since = Duration::from_millis(self.last_millis());
-            tokio::time::sleep_until(self.epoch + since + timeout).await;
-            // A call may have started or ended meanwhile.
-            let since = Duration::from_millis(self.last_millis());
-            if self.inflight() == 0 && self.epoch.elapsed() >= since + timeout {
-                return;
-            }
+            let Some(at) = since
+                .checked_add(timeout)
+                .and_then(|d| self.epoch.checked_add(d))
+            else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(at).await;
+            // In-flight first: a call ending right now has touched `last` before its count
+            // drops.
             if self.inflight() > 0 {
-                // Check again one timeout after the calls in flight could have ended.
                 tokio::time::sleep(timeout).await;
+                continue;
+            }
+            let since = Duration::from_millis(self.last_millis());
+            if self.epoch.elapsed() >= since.saturating_add(timeout) {
+                return;
             }
         }
     }
@@ -311,6 +306,7 @@ struct CallGuard(Arc<Activity>);
 impl CallGuard {
     fn start(activity: &Arc<Activity>) -> Self {
         activity.inflight.fetch_add(1, Ordering::AcqRel);
+        activity.used.store(true, Ordering::Relaxed);
         activity.touch();
         Self(Arc::clone(activity))
     }
@@ -337,7 +333,12 @@ impl http_body::Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &frame {
+            // Progress: a call that keeps sending is not stalled.
+            self._call.0.touch();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -443,29 +444,33 @@ impl Connection {
         let idle = self.shared.limits.idle_timeout;
         let stop = self.shared.stop.clone();
         let protocols = &self.shared.protocols;
+        let grace = self.shared.limits.handshake_timeout;
         match wire {
             Wire::Http2 => {
                 let conn = protocols.http2.serve_connection(io, service);
-                watch_connection(conn, &self.activity, idle, stop).await
+                watch_connection(conn, &self.activity, idle, grace, stop).await
             }
             Wire::Http1 => {
                 let conn = protocols.http1.serve_connection(io, service);
-                watch_connection(conn, &self.activity, idle, stop).await
+                watch_connection(conn, &self.activity, idle, grace, stop).await
             }
             Wire::Sniff => {
                 let conn = protocols.auto.serve_connection(io, service);
-                watch_connection(conn, &self.activity, idle, stop).await
+                watch_connection(conn, &self.activity, idle, grace, stop).await
             }
         }
     }
 }
 
 /// Runs `conn` to its end, starting its graceful shutdown when the server stops or it has been
-/// idle for `idle`.
+/// idle for `idle`. An idle connection that has not closed `grace` after being told to (a peer
+/// that ignores the GOAWAY, or never finished its HTTP/2 preface) is dropped; at a server stop
+/// the server's shutdown timeout bounds it instead.
 async fn watch_connection<C>(
     conn: C,
     activity: &Activity,
     idle: Duration,
+    grace: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), BoxError>
 where
@@ -474,7 +479,14 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut closing = false;
+    let mut forced: Option<Instant> = None;
     loop {
+        let force = async {
+            match forced {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = conn.as_mut() => return result.map_err(Into::into),
             _ = stop.wait_for(|stop| *stop), if !closing => {
@@ -484,6 +496,11 @@ where
             () = activity.idle(idle), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+                forced = Instant::now().checked_add(grace);
+            }
+            () = force => {
+                tracing::debug!("connection did not close after its GOAWAY; dropping it");
+                return Ok(());
             }
         }
     }
@@ -541,8 +558,11 @@ impl Protocols {
 /// The protocol of a cleartext TCP connection, from its first three bytes (without consuming
 /// them); `None` if they do not arrive within `timeout` or the peer closes first.
 async fn sniff(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Wire> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
     let mut first = [0u8; 3];
+    let mut pause = Duration::from_millis(5);
     loop {
         match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
             Ok(Ok(n)) if n >= first.len() => {
@@ -554,13 +574,15 @@ async fn sniff(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Wire
             }
             // Closed, failed, or nothing in time.
             Ok(Ok(0) | Err(_)) | Err(_) => return None,
-            // A partial first packet: peek returns at once while bytes wait, so wait a little
-            // before looking again (rare: requests start in one packet).
+            // A partial first packet: peek returns at once while bytes wait, so wait before
+            // looking again, longer each time (rare for real clients, whose requests start in
+            // one packet; a peer trickling bytes must not cost a wake-up every few ms).
             Ok(Ok(_)) => {
                 if Instant::now() >= deadline {
                     return None;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(320));
             }
         }
     }

@@ -49,6 +49,8 @@ pub async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // On Windows SO_REUSEADDR would let another process bind the same port.
+    #[cfg(unix)]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
@@ -207,8 +209,10 @@ impl Server {
     }
 
     /// How long a connection may go without a call in flight before it is closed gracefully
-    /// (default 120 s). A stream that stays open is a call in flight; clients reconnect on
-    /// their next call.
+    /// (default 120 s; `Duration::ZERO` never closes idle connections). A stream that stays
+    /// open is a call in flight; clients reconnect on their next call. A connection that has
+    /// not closed within the handshake timeout after its GOAWAY is dropped. (Idle HTTP/1.1
+    /// connections close sooner, at the header read timeout.)
     #[must_use]
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.connections.idle_timeout = timeout;
@@ -216,8 +220,10 @@ impl Server {
     }
 
     /// The most connections open at once (default 10,000, or three quarters of the process's
-    /// file descriptor limit when lower). At the cap a new connection evicts the one idle
-    /// longest; when every connection has a call in flight, accepting pauses until one closes.
+    /// file descriptor limit when lower). At the cap a new connection evicts a sixteenth of
+    /// the cap: connections that never sent a request first, then idle ones, then those whose
+    /// calls made no progress for longest. Accepting never pauses, so a flood of idle or
+    /// stalled connections cannot lock new clients out.
     #[must_use]
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.connections.max_connections = connections.max(1);
@@ -226,7 +232,8 @@ impl Server {
 
     /// How long a unary request's body may take to arrive once its headers have (default 30 s;
     /// the client's `Connect-Timeout-Ms` bounds it too); past it, `deadline_exceeded`.
-    /// Streaming requests are bounded by their deadline and the idle timeout instead.
+    /// Streaming requests are bounded by their deadline; a stalled one without a deadline
+    /// holds its connection only until the server needs the slot (see `max_connections`).
     #[must_use]
     pub fn request_body_timeout(mut self, timeout: Duration) -> Self {
         self.limits.body_timeout = timeout;
