@@ -239,3 +239,19 @@ pub async fn register_interop(provider: &connect_plugin::Client, base_url: Strin
         .await
         .expect("registered");
 }
+
+/// A service registry whose host lets anyone with the magic cookie join and declare what it
+/// provides (connect-plugin-go's behaviour, off by default): for tests of other features
+/// whose in-process plugins have no launching host to hand them a join token.
+pub fn open_registry() -> connect_plugin::ServiceRegistry {
+    let registry = connect_plugin::ServiceRegistry::new();
+    registry.join_policy().set_open(true);
+    registry
+}
+
+/// [`open_registry`] with a lease.
+pub fn open_registry_with_lease(lease: std::time::Duration) -> connect_plugin::ServiceRegistry {
+    let registry = connect_plugin::ServiceRegistry::with_lease(lease);
+    registry.join_policy().set_open(true);
+    registry
+}

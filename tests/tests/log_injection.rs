@@ -51,15 +51,29 @@ async fn plugin_text_cannot_forge_or_rewrite_host_log_lines() {
         .capability(TracingLogger::definition())
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let joining = connect_plugin::handshake::JoinPolicy::new();
+    joining
+        .allow(
+            Some("chatty"),
+            "chatty-join-token-0123456789",
+            Vec::<String>::new(),
+        )
+        .unwrap();
     let host = tokio::spawn(connect_plugin::serve(
         ServeConfig::new()
             .broker(broker)
+            .join_policy(joining)
             .listener(listener)
             .stop_signal(async {
                 let _ = stopped.await;
             }),
     ));
-    let plugin = Client::new(ClientConfig::new(&url).self_id("chatty", "1.0.0")).unwrap();
+    let plugin = Client::new(
+        ClientConfig::new(&url)
+            .self_id("chatty", "1.0.0")
+            .join_token("chatty-join-token-0123456789"),
+    )
+    .unwrap();
     let grant = plugin.request_capability("logger", "").await.unwrap();
     connect_plugin::dispense::<LoggerPlugin>(grant.channel())
         .log(LogRequest {

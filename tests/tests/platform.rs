@@ -78,11 +78,9 @@ async fn wait_state(
 #[tokio::test]
 async fn cache_is_degraded_without_a_logger_and_healthy_once_one_appears() {
     use connect_plugin::proto::connectplugin::v1::{ServiceState, WatchServiceRequest};
-    use connect_plugin::{
-        Client, ClientConfig, LaunchConfig, PluginProcess, ServeConfig, ServiceRegistry,
-    };
+    use connect_plugin::{Client, ClientConfig, LaunchConfig, PluginProcess, ServeConfig};
 
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(connect_plugin::serve(
@@ -135,6 +133,7 @@ async fn the_packaged_host_runs_plugins_from_a_config_file() {
     let config = serde_json::json!({
         "lease_seconds": 30,
         "logger_capability": true,
+        "join_tokens": [{ "plugin": "app", "token_env": "APP_JOIN_TOKEN" }],
         "plugins": [
             { "name": "logger-plugin", "path": env!("CARGO_BIN_EXE_e2e-logger-plugin"), "managed": true,
               "provides": [{ "type": "logger", "version": "0.1.0" }] },
@@ -146,6 +145,7 @@ async fn the_packaged_host_runs_plugins_from_a_config_file() {
     std::fs::write(&path, config.to_string()).unwrap();
     let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-connect-plugin-host"))
         .arg(&path)
+        .env("APP_JOIN_TOKEN", "app-token-0123456789abcdef")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -175,7 +175,9 @@ async fn the_packaged_host_runs_plugins_from_a_config_file() {
     let url = url.expect("the host printed its URL");
 
     let app = connect_plugin::Client::new(
-        connect_plugin::ClientConfig::new(&url).self_id("app", "1.0.0"),
+        connect_plugin::ClientConfig::new(&url)
+            .self_id("app", "1.0.0")
+            .join_token("app-token-0123456789abcdef"),
     )
     .unwrap();
     let caps = &app.connect().await.unwrap().host_capabilities;

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use connect_plugin::host::platform::{Platform, PluginSpec};
 use connect_plugin::{
-    Client, ClientConfig, Code, LaunchConfig, ServeConfig, ServiceRegistry,
-    plugin::ServiceDependency,
+    Client, ClientConfig, Code, LaunchConfig, ServeConfig, plugin::ServiceDependency,
 };
 use platform::cache::{CacheServicePlugin, GetRequest, SetRequest};
 
@@ -100,7 +99,7 @@ async fn rounds(ok: &AtomicUsize, n: usize) {
 
 #[tokio::test]
 async fn model_a_replacing_the_logger_under_traffic_fails_no_call() {
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(connect_plugin::serve(
@@ -149,7 +148,7 @@ async fn model_a_replacing_the_logger_under_traffic_fails_no_call() {
 
 #[tokio::test]
 async fn add_replace_under_traffic_and_remove() {
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(connect_plugin::serve(
@@ -261,7 +260,7 @@ async fn add_replace_under_traffic_and_remove() {
 #[tokio::test]
 async fn model_a_the_host_manages_the_plugins_identity() {
     use connect_plugin::proto::capability::logger::v1::{LogRequest, LoggerPlugin};
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(connect_plugin::serve(

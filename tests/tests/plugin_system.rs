@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use connect_plugin::handshake::JoinPolicy;
 use connect_plugin::proto::capability::logger::v1::{
     LogRequest, Logger, LoggerPlugin, LoggerServer,
 };
@@ -276,7 +277,12 @@ async fn log_via(
 async fn capability_broker_grants_and_refuses_misuse() {
     let logger = RecordingLogger::default();
     let broker = broker(&logger, Duration::from_secs(60));
-    let (url, _stop, _task) = start(kv_config().broker(broker.clone())).await;
+    let (url, _stop, _task) = start(
+        kv_config()
+            .broker(broker.clone())
+            .join_policy(JoinPolicy::open()),
+    )
+    .await;
 
     let plugin_a = Client::new(ClientConfig::new(&url).self_id("plugin-a", "1.0.0")).unwrap();
     let caps = &plugin_a.connect().await.unwrap().host_capabilities;
@@ -413,8 +419,12 @@ async fn grant_token(client: &Client) -> (String, String) {
 #[tokio::test]
 async fn expired_grants_are_refused() {
     let logger = RecordingLogger::default();
-    let (url, _stop, _task) =
-        start(kv_config().broker(broker(&logger, Duration::from_millis(50)))).await;
+    let (url, _stop, _task) = start(
+        kv_config()
+            .broker(broker(&logger, Duration::from_millis(50)))
+            .join_policy(JoinPolicy::open()),
+    )
+    .await;
     let plugin = Client::new(ClientConfig::new(&url).self_id("p", "1")).unwrap();
     let grant = plugin.request_capability("logger", "").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

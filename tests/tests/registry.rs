@@ -45,7 +45,7 @@ fn registration(service_type: &str, version: &str) -> RegisterServiceRequest {
 
 #[tokio::test]
 async fn register_discover_and_watch_through_health_changes() {
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     let url = host(&registry).await;
     let logger = plugin(&url, "logger", &["logger"]);
     let cache = plugin(&url, "cache", &["cache"]);
@@ -169,7 +169,7 @@ async fn register_discover_and_watch_through_health_changes() {
 
 #[tokio::test]
 async fn misuse_is_refused() {
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     let url = host(&registry).await;
     let logger = plugin(&url, "logger", &["logger"]);
     let cache = plugin(&url, "cache", &["cache"]);
@@ -245,7 +245,7 @@ async fn misuse_is_refused() {
 
 #[tokio::test]
 async fn round_robin_really_alternates_between_providers() {
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     registry.set_strategy("logger", SelectionStrategy::RoundRobin);
     let url = host(&registry).await;
     let mut ids = Vec::new();
@@ -292,7 +292,7 @@ async fn round_robin_really_alternates_between_providers() {
 
 #[tokio::test]
 async fn a_plugin_that_stops_heartbeating_expires_and_watchers_hear_it() {
-    let registry = ServiceRegistry::with_lease(Duration::from_millis(300));
+    let registry = connect_plugin_tests::open_registry_with_lease(Duration::from_millis(300));
     let url = host(&registry).await;
     let logger = std::sync::Arc::new(plugin(&url, "logger", &["logger"]));
     logger
@@ -354,7 +354,7 @@ async fn a_self_registering_plugin_registers_again_when_its_host_restarts() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");
-    let first = ServiceRegistry::new();
+    let first = connect_plugin_tests::open_registry();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let host_a = tokio::spawn(connect_plugin::serve(
         ServeConfig::new()
@@ -380,7 +380,7 @@ async fn a_self_registering_plugin_registers_again_when_its_host_restarts() {
     // The host restarts: a new process knows nothing of the plugin.
     stop.send(()).unwrap();
     host_a.await.unwrap().unwrap();
-    let second = ServiceRegistry::new();
+    let second = connect_plugin_tests::open_registry();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(connect_plugin::serve(
         ServeConfig::new()

@@ -117,7 +117,7 @@ async fn register_provider(
 /// A host with a registry, and a provider plugin of "interop" registered with it: the host's
 /// URL, and the provider's client and runtime id.
 async fn host_with_provider() -> (String, Client, String) {
-    let host_url = serve_host(ServiceRegistry::new()).await;
+    let host_url = serve_host(connect_plugin_tests::open_registry()).await;
     let service = InteropServiceServer::new(WhoCalls).into_service();
     let (provider, provider_id) = register_provider(&host_url, "echo", service).await;
     (host_url, provider, provider_id)
@@ -137,7 +137,7 @@ impl InteropService for Named {
 
 #[tokio::test]
 async fn routed_calls_take_turns_between_providers_with_round_robin() {
-    let registry = ServiceRegistry::new();
+    let registry = connect_plugin_tests::open_registry();
     registry.set_strategy("interop", SelectionStrategy::RoundRobin);
     let host_url = serve_host(registry).await;
     let mut providers = Vec::new();
@@ -410,7 +410,7 @@ async fn only_procedures_under_the_registered_endpoint_path_are_routed() {
 async fn a_registration_must_name_one_service() {
     use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
 
-    let host_url = serve_host(ServiceRegistry::new()).await;
+    let host_url = serve_host(connect_plugin_tests::open_registry()).await;
     let provider = Client::new(
         ClientConfig::new(&host_url)
             .self_id("greedy", "1.0.0")
@@ -445,7 +445,7 @@ async fn a_routed_call_to_a_stopped_provider_ends_at_the_callers_deadline() {
     use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
     use kv::v1::{GetRequest, KvServicePlugin};
 
-    let host_url = serve_host(ServiceRegistry::new()).await;
+    let host_url = serve_host(connect_plugin_tests::open_registry()).await;
     let kv_process =
         connect_plugin_tests::launch_kv_plugin(env!("CARGO_BIN_EXE_e2e-kv-plugin")).await;
     let provider = Client::new(

@@ -145,14 +145,14 @@ async fn connect_node_client_over_tls_with_both_http_versions() {
 
 #[tokio::test]
 async fn plugins_call_each_other_through_a_tls_host() {
-    use connect_plugin::{Client, ClientConfig, ServeConfig, ServiceRegistry};
+    use connect_plugin::{Client, ClientConfig, ServeConfig};
 
     let (cert, key) = certificate();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_url = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(connect_plugin::serve(
         ServeConfig::new()
-            .registry(ServiceRegistry::new())
+            .registry(connect_plugin_tests::open_registry())
             .tls(ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap())
             .listener(listener),
     ));

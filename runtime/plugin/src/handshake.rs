@@ -38,12 +38,190 @@ pub(crate) struct HandshakeServer {
     pub(crate) plugins: Vec<wire::PluginInfo>,
     pub(crate) capabilities: Arc<dyn Fn() -> Vec<wire::Capability> + Send + Sync>,
     pub(crate) identities: Arc<IdentityStore>,
+    /// Who gets a runtime identity.
+    pub(crate) join: JoinPolicy,
     /// Told of every identity issued (a host's registry records what the plugin provides).
     pub(crate) on_join: Option<JoinHook>,
 }
 
-/// Called with each runtime id the handshake issues and the request that asked for it.
-pub(crate) type JoinHook = Arc<dyn Fn(&str, &wire::HandshakeRequest) + Send + Sync>;
+/// Called with each runtime id the handshake issues and the service types it may provide.
+pub(crate) type JoinHook = Arc<dyn Fn(&str, &[String]) + Send + Sync>;
+
+/// The client metadata key carrying a join token in the handshake.
+pub const JOIN_TOKEN_KEY: &str = "join_token";
+
+/// The environment variable a host sets for a plugin it launches, holding the plugin's
+/// per-launch join token; [`crate::ClientConfig::new`] reads it.
+pub const JOIN_TOKEN_ENV: &str = "CONNECT_PLUGIN_JOIN_TOKEN";
+
+/// Who may join: which handshakes get a runtime identity (the credential for calling a host's
+/// registry, lifecycle, routing and capabilities), and which service types each may provide.
+///
+/// The magic cookie proves nothing (it is public), so by default a handshake gets an identity
+/// only with a join token ([`JOIN_TOKEN_KEY`] in its client metadata) that the host knows:
+/// - a per-launch token, made by [`JoinPolicy::issue`] when the host starts the plugin and
+///   handed to that child alone (environment variable [`JOIN_TOKEN_ENV`]);
+/// - an operator's token for a self-registering plugin, set with [`JoinPolicy::allow`].
+///
+/// A token names the plugin (its `self_id`) and what it may provide; what a plugin declares
+/// about itself is ignored. Without a token a handshake still learns versions and plugins, but
+/// gets no identity. [`JoinPolicy::open`] restores connect-plugin-go's behaviour (anyone with
+/// the cookie joins and declares what it provides) for peers that cannot present a token;
+/// serving with it logs a warning. Cheap to clone: clones share one policy.
+#[derive(Clone, Default)]
+pub struct JoinPolicy {
+    inner: Arc<std::sync::Mutex<Tokens>>,
+}
+
+#[derive(Default)]
+struct Tokens {
+    open: bool,
+    /// SHA-256 of a token (hex) -> what it admits.
+    grants: HashMap<String, Grant>,
+}
+
+#[derive(Clone)]
+struct Grant {
+    /// The `self_id` the token belongs to; `None` for a token shared by several plugins.
+    plugin_id: Option<String>,
+    provides: Vec<String>,
+}
+
+impl std::fmt::Debug for JoinPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens = self.tokens();
+        f.debug_struct("JoinPolicy")
+            .field("open", &tokens.open)
+            .field("tokens", &tokens.grants.len())
+            .finish()
+    }
+}
+
+/// The longest join token accepted.
+const MAX_JOIN_TOKEN: usize = 256;
+
+impl JoinPolicy {
+    /// A closed policy: only holders of a join token get an identity.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An open policy, as connect-plugin-go: any client that presents the magic cookie and a
+    /// `self_id` gets an identity and may provide the service types it declares. Tokens still
+    /// work, and then bind the plugin to what they admit. Only for peers that cannot present a
+    /// join token, on a network where every local process is trusted.
+    pub fn open() -> Self {
+        let policy = Self::default();
+        policy.tokens().open = true;
+        policy
+    }
+
+    /// Whether anyone with the cookie may join.
+    pub fn is_open(&self) -> bool {
+        self.tokens().open
+    }
+
+    /// Opens or closes this (shared) policy; see [`JoinPolicy::open`].
+    pub fn set_open(&self, open: bool) {
+        self.tokens().open = open;
+    }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, Tokens> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Admits the plugin `plugin_id` (its `self_id`) with `token`, allowed to provide
+    /// `provides` (an operator's join token for a self-registering plugin). `plugin_id` `None`
+    /// makes a token shared by several plugins, each joining under its own `self_id`.
+    ///
+    /// # Errors
+    /// `invalid_argument` for a token shorter than 16 or longer than 256 characters.
+    pub fn allow<I, S>(
+        &self,
+        plugin_id: Option<&str>,
+        token: &str,
+        provides: I,
+    ) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        if token.len() < 16 || token.len() > MAX_JOIN_TOKEN {
+            return Err(Error::invalid_argument(
+                "a join token must have 16 to 256 characters (use a random one, e.g. 32 hex digits)",
+            ));
+        }
+        let grant = Grant {
+            plugin_id: plugin_id.map(str::to_owned),
+            provides: provides.into_iter().map(Into::into).collect(),
+        };
+        self.tokens().grants.insert(digest(token), grant);
+        Ok(())
+    }
+
+    /// A fresh random token admitting `plugin_id` with `provides`, for a plugin the host is
+    /// about to launch: hand it to that child alone (environment variable [`JOIN_TOKEN_ENV`]).
+    ///
+    /// # Errors
+    /// `internal` if the random generator fails.
+    pub fn issue<I, S>(&self, plugin_id: &str, provides: I) -> Result<String, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let rng = ring::rand::SystemRandom::new();
+        let token = crate::identity::hex(&crate::identity::random_bytes::<32>(&rng)?);
+        self.allow(Some(plugin_id), &token, provides)?;
+        Ok(token)
+    }
+
+    /// Forgets `token`: it admits no one any more.
+    pub fn revoke(&self, token: &str) {
+        self.tokens().grants.remove(&digest(token));
+    }
+
+    /// What the handshake `request` is admitted with: the service types its identity may
+    /// provide, or `None` when it gets no identity.
+    pub(crate) fn admit(&self, request: &wire::HandshakeRequest) -> Option<Vec<String>> {
+        let tokens = self.tokens();
+        let presented = request
+            .client_metadata
+            .get(JOIN_TOKEN_KEY)
+            .filter(|t| !t.is_empty() && t.len() <= MAX_JOIN_TOKEN);
+        if let Some(token) = presented {
+            // Looked up by digest: no comparison of secrets that could leak through timing.
+            if let Some(grant) = tokens.grants.get(&digest(token))
+                && grant
+                    .plugin_id
+                    .as_deref()
+                    .is_none_or(|id| id == request.self_id)
+            {
+                return Some(grant.provides.clone());
+            }
+            tracing::warn!(self_id = %request.self_id, "handshake with an unknown join token");
+            return None;
+        }
+        tokens.open.then(|| {
+            request
+                .client_metadata
+                .get(PROVIDES_KEY)
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+}
+
+fn digest(token: &str) -> String {
+    crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
 
 /// The client metadata key listing the service types a plugin provides, comma-separated
 /// (`"logger,cache"`); a host with a registry lets it register those.
@@ -122,12 +300,20 @@ impl HandshakeServer {
         };
         if !request.self_id.is_empty() {
             validate_self_id(&request.self_id)?;
-            let identity = self.identities.issue(&request.self_id)?;
-            if let Some(on_join) = &self.on_join {
-                on_join(&identity.runtime_id, request);
+            // Without an admitting credential the handshake succeeds but issues no identity.
+            if let Some(provides) = self.join.admit(request) {
+                let identity = self.identities.issue(&request.self_id)?;
+                if let Some(on_join) = &self.on_join {
+                    on_join(&identity.runtime_id, &provides);
+                }
+                response.runtime_id = identity.runtime_id;
+                response.runtime_token = identity.token;
+            } else {
+                tracing::info!(
+                    self_id = %request.self_id,
+                    "handshake without a join credential: no runtime identity issued"
+                );
             }
-            response.runtime_id = identity.runtime_id;
-            response.runtime_token = identity.token;
         }
         Ok(response)
     }
@@ -161,6 +347,7 @@ mod tests {
             }],
             capabilities: Arc::new(Vec::new),
             identities: Arc::new(IdentityStore::new(Duration::from_secs(60))),
+            join: JoinPolicy::open(),
             on_join: None,
         }
     }

@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use connect_plugin::handshake::{JOIN_TOKEN_ENV, JoinPolicy};
 use connect_plugin::proto::connectplugin::health::v1::{
     HealthCheckRequest, HealthServicePlugin, ServingStatus,
 };
@@ -59,12 +60,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let host_url = format!("http://{}", listener.local_addr()?);
             let broker = CapabilityBroker::new().capability(TracingLogger::definition())?;
+            // Only the process launched here may join and ask for the logger: it alone gets
+            // the join token.
+            let joining = JoinPolicy::new();
+            let token = joining.issue("kv-plugin", Vec::<String>::new())?;
             tokio::spawn(connect_plugin::serve(
-                ServeConfig::new().broker(broker).listener(listener),
+                ServeConfig::new()
+                    .broker(broker)
+                    .join_policy(joining)
+                    .listener(listener),
             ));
-            let process =
-                PluginProcess::launch(LaunchConfig::new("kv", program).env("HOST_URL", &host_url))
-                    .await?;
+            let process = PluginProcess::launch(
+                LaunchConfig::new("kv", program)
+                    .env("HOST_URL", &host_url)
+                    .env(JOIN_TOKEN_ENV, token),
+            )
+            .await?;
             println!(
                 "launched kv-plugin (pid {}) at {}",
                 process.id().unwrap_or_default(),

@@ -30,7 +30,32 @@ struct Config {
     lease_seconds: Option<u64>,
     #[serde(default)]
     logger_capability: bool,
+    /// Upstream-compatible joining: any local process with the magic cookie may join and
+    /// declare what it provides. Off by default; logs a warning when on.
+    #[serde(default)]
+    open_registration: bool,
+    /// Join tokens for plugins that start on their own (deployment model B). Plugins this
+    /// host launches get a token of their own automatically.
+    #[serde(default)]
+    join_tokens: Vec<JoinToken>,
     plugins: Vec<PluginConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinToken {
+    /// The plugin's `self_id`; absent for a token shared by several plugins.
+    #[serde(default)]
+    plugin: Option<String>,
+    /// The token itself, or
+    #[serde(default)]
+    token: Option<String>,
+    /// the environment variable of this host holding it (keeps secrets out of the file).
+    #[serde(default)]
+    token_env: Option<String>,
+    /// The service types it may provide.
+    #[serde(default)]
+    provides: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +117,28 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.broker(CapabilityBroker::new().capability(TracingLogger::definition())?);
     }
     let host = builder.start().await?;
+    let joining = host.registry().join_policy();
+    joining.set_open(config.open_registration);
+    for (i, join) in config.join_tokens.iter().enumerate() {
+        let token = match (&join.token, &join.token_env) {
+            (Some(token), None) => token.clone(),
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| format!("join_tokens[{i}]: environment variable {var} is not set"))?,
+            _ => {
+                return Err(format!(
+                    "join_tokens[{i}]: give exactly one of \"token\" and \"token_env\""
+                )
+                .into());
+            }
+        };
+        joining
+            .allow(
+                join.plugin.as_deref(),
+                &token,
+                join.provides.iter().cloned(),
+            )
+            .map_err(|e| format!("join_tokens[{i}]: {}", e.message()))?;
+    }
 
     let dependency = |service_type: &String| ServiceDependency {
         service_type: service_type.clone(),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use connect_plugin::handshake::JOIN_TOKEN_ENV;
 use connect_plugin::host::depgraph::{DependencyGraph, PluginNode};
 use connect_plugin::{
     LaunchConfig, PluginProcess, ServeConfig, ServiceRegistry, plugin::ServiceDependency,
@@ -80,6 +81,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut running = Vec::new();
     for name in &order {
         let path = plugin_path(name);
+        let provided = graph
+            .get(name)
+            .map(|n| n.provides.clone())
+            .unwrap_or_default();
+        // Each plugin joins with a token only it receives, admitting it as `name` providing
+        // what the graph says.
+        let token = registry
+            .join_policy()
+            .issue(name, provided.iter().map(|(t, _)| t.clone()))?;
         if !path.exists() {
             return Err(format!("{} not found: build the example with `cargo build -p platform`, or set PLATFORM_PLUGIN_DIR", path.display()).into());
         }
@@ -87,6 +97,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             // The app does its work and exits; show what it printed.
             let output = tokio::process::Command::new(&path)
                 .env("HOST_URL", &host_url)
+                .env(JOIN_TOKEN_ENV, &token)
                 .output()
                 .await?;
             print!("{}", String::from_utf8_lossy(&output.stdout));
@@ -100,13 +111,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let process = PluginProcess::launch(
-            LaunchConfig::new(name.clone(), &path).env("HOST_URL", &host_url),
+            LaunchConfig::new(name.clone(), &path)
+                .env("HOST_URL", &host_url)
+                .env(JOIN_TOKEN_ENV, &token),
         )
         .await?;
-        let provided = graph
-            .get(name)
-            .map(|n| n.provides.clone())
-            .unwrap_or_default();
         for (service_type, _) in &provided {
             registry
                 .wait_for_provider(service_type, Duration::from_secs(10))

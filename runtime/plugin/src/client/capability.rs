@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::Client;
 use crate::identity::RuntimeIdentity;
 use crate::proto::connectplugin::v1 as wire;
-use crate::{Channel, Code, Error, Request};
+use crate::{Channel, Error, Request};
 
 /// A capability grant with a channel that calls the capability.
 #[derive(Debug, Clone)]
@@ -43,12 +43,7 @@ impl Client {
         capability_type: &str,
         min_version: &str,
     ) -> Result<CapabilityGrant, Error> {
-        let identity = self.connect().await?.identity.clone().ok_or_else(|| {
-            Error::new(
-                Code::FailedPrecondition,
-                "requesting a capability needs a runtime identity: set ClientConfig::self_id",
-            )
-        })?;
+        let identity = self.identity("requesting a capability").await?;
         let mut request = Request::new(wire::RequestCapabilityRequest {
             capability_type: capability_type.to_owned(),
             min_version: min_version.to_owned(),

@@ -63,16 +63,32 @@ impl std::fmt::Debug for ClientConfig {
 
 impl ClientConfig {
     /// A configuration for the server at `endpoint` (e.g. `http://127.0.0.1:8080`).
+    ///
+    /// A plugin launched by a host finds its per-launch join token in the environment
+    /// ([`JOIN_TOKEN_ENV`](crate::handshake::JOIN_TOKEN_ENV)); it is sent with the handshake.
     pub fn new(endpoint: impl Into<String>) -> Self {
+        let mut metadata = HashMap::new();
+        if let Ok(token) = std::env::var(crate::handshake::JOIN_TOKEN_ENV) {
+            metadata.insert(crate::handshake::JOIN_TOKEN_KEY.to_owned(), token);
+        }
         Self {
             endpoint: endpoint.into(),
             plugins: Vec::new(),
             app_protocol_versions: vec![1],
             cookie: (MAGIC_COOKIE_KEY.to_owned(), MAGIC_COOKIE_VALUE.to_owned()),
             self_id: None,
-            metadata: HashMap::new(),
+            metadata,
             channel: Box::new(|b| b),
         }
+    }
+
+    /// Joins the host with `token` (an operator's join token for this plugin; see
+    /// [`JoinPolicy`](crate::handshake::JoinPolicy)), instead of one from the environment.
+    #[must_use]
+    pub fn join_token(mut self, token: impl Into<String>) -> Self {
+        self.metadata
+            .insert(crate::handshake::JOIN_TOKEN_KEY.to_owned(), token.into());
+        self
     }
 
     /// Replaces the endpoint.
@@ -382,15 +398,32 @@ impl Client {
     /// # Errors
     /// `failed_precondition` without a runtime identity (set [`ClientConfig::self_id`]).
     pub async fn authenticated<T>(&self, message: T) -> Result<Request<T>, Error> {
-        let identity = self.connect().await?.identity.clone().ok_or_else(|| {
-            Error::new(
-                Code::FailedPrecondition,
-                "this call needs a runtime identity: set ClientConfig::self_id",
-            )
-        })?;
+        let identity = self.identity("this call").await?;
         let mut request = Request::new(message);
         identity.apply(request.metadata_mut());
         Ok(request)
+    }
+
+    /// The runtime identity the handshake issued, or an error that says why there is none.
+    pub(crate) async fn identity(&self, what: &str) -> Result<RuntimeIdentity, Error> {
+        let handshake = self.connect().await?;
+        if let Some(identity) = &handshake.identity {
+            return Ok(identity.clone());
+        }
+        let why = if self.self_id.is_none() {
+            "set ClientConfig::self_id".to_owned()
+        } else {
+            format!(
+                "the host at {} issued none: it admits plugins that present a join token \
+                 (ClientConfig::join_token, or {} set by the host that launched this plugin)",
+                self.endpoint,
+                crate::handshake::JOIN_TOKEN_ENV
+            )
+        };
+        Err(Error::new(
+            Code::FailedPrecondition,
+            format!("{what} needs a runtime identity: {why}"),
+        ))
     }
 
     /// Closes the client: later calls to [`Client::connect`] and [`Client::dispense`] fail.

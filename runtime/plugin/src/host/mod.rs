@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::handshake::PROVIDES_KEY;
 use crate::proto::connectplugin::v1::{
     CapabilityBrokerServer, PluginLifecycleServer, ServiceRegistryServer,
 };
@@ -63,18 +62,16 @@ impl ServeConfig {
 
     /// Serves a service registry (and `PluginLifecycle.ReportHealth`): plugins register what
     /// they provide and discover providers, and calls between them are routed under
-    /// `/services/`. A plugin may register the types it declared in its handshake.
+    /// `/services/`. The handshake admits plugins by the registry's
+    /// [`ServiceRegistry::join_policy`], and a plugin may register the types its join token
+    /// admits (in open mode, the types it declared).
     #[must_use]
     pub fn registry(mut self, registry: ServiceRegistry) -> Self {
+        self = self.join_policy(registry.join_policy().clone());
         let parts = self.host_parts();
         let allowed = registry.clone();
-        parts.on_join = Some(Arc::new(move |runtime_id, request| {
-            if let Some(provides) = request.client_metadata.get(PROVIDES_KEY) {
-                allowed.allow(
-                    runtime_id,
-                    provides.split(',').map(str::trim).filter(|t| !t.is_empty()),
-                );
-            }
+        parts.on_join = Some(Arc::new(move |runtime_id, provides| {
+            allowed.allow(runtime_id, provides.iter().cloned());
         }));
         parts
             .mounts

@@ -115,8 +115,24 @@ impl Platform {
             .flat_map(|(t, _)| self.registry.providers(t))
             .map(|p| p.runtime_id)
             .collect();
-        let process =
-            PluginProcess::launch(spec.launch.clone().env("HOST_URL", &self.host_url)).await?;
+        // The child alone learns its join token, which admits it as `spec.name` providing
+        // what the spec says, whatever it declares about itself.
+        let token = self
+            .registry
+            .join_policy()
+            .issue(&spec.name, spec.provides.iter().map(|(t, _)| t.clone()))?;
+        let launch = spec
+            .launch
+            .clone()
+            .env("HOST_URL", &self.host_url)
+            .env(crate::handshake::JOIN_TOKEN_ENV, &token);
+        let process = match PluginProcess::launch(launch).await {
+            Ok(process) => process,
+            Err(e) => {
+                self.registry.join_policy().revoke(&token);
+                return Err(e);
+            }
+        };
         let mut runtime_id = None;
         for (service_type, _) in &spec.provides {
             let found = self

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
-use crate::handshake::{HandshakeServer, JoinHook};
+use crate::handshake::{HandshakeServer, JoinHook, JoinPolicy};
 use crate::health::HealthServer;
 use crate::identity::{DEFAULT_TOKEN_TTL, IdentityStore};
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE, PluginServer, PluginSet};
@@ -67,6 +67,7 @@ pub struct ServeConfig {
     cookie: (String, String),
     server_metadata: HashMap<String, String>,
     health: HealthServer,
+    join: JoinPolicy,
     host: HostParts,
     token_ttl: Duration,
     max_message_size: Option<usize>,
@@ -114,6 +115,7 @@ impl ServeConfig {
             cookie: (MAGIC_COOKIE_KEY.to_owned(), MAGIC_COOKIE_VALUE.to_owned()),
             server_metadata: HashMap::new(),
             health: HealthServer::new(),
+            join: JoinPolicy::new(),
             host: HostParts::default(),
             token_ttl: DEFAULT_TOKEN_TTL,
             max_message_size: None,
@@ -207,6 +209,14 @@ impl ServeConfig {
     #[must_use]
     pub fn health(mut self, health: HealthServer) -> Self {
         self.health = health;
+        self
+    }
+
+    /// Who gets a runtime identity in the handshake (default: only holders of a join token;
+    /// see [`JoinPolicy`]). [`ServeConfig::registry`] sets the registry's policy.
+    #[must_use]
+    pub fn join_policy(mut self, policy: JoinPolicy) -> Self {
+        self.join = policy;
         self
     }
 
@@ -321,6 +331,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         cookie,
         mut server_metadata,
         health,
+        join,
         host,
         token_ttl,
         max_message_size,
@@ -381,6 +392,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         plugins: infos,
         capabilities: host.capabilities.unwrap_or_else(|| Arc::new(Vec::new)),
         identities: Arc::clone(&identities),
+        join: join.clone(),
         on_join: host.on_join,
     };
     server = server
@@ -397,6 +409,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
             .map_err(|e| Error::internal(format!("writing the readiness line to stdout: {e}")))?;
     }
     tracing::info!(address = %where_, plugins = ?names, "listening");
+    if join.is_open() {
+        tracing::warn!(
+            address = %where_,
+            "open joining: any local process with the public magic cookie can get a runtime identity and provide services; use join tokens instead where peers can present them"
+        );
+    }
     let stop = async {
         match stop {
             Some(stop) => stop.await,

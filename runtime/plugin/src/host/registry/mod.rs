@@ -141,6 +141,7 @@ impl Drop for InflightGuard {
 
 struct Inner {
     lease: Option<std::time::Duration>,
+    join: crate::handshake::JoinPolicy,
     state: Mutex<State>,
     events: broadcast::Sender<wire::WatchServiceEvent>,
     identities: OnceLock<Arc<IdentityStore>>,
@@ -190,12 +191,19 @@ impl ServiceRegistry {
         Self {
             inner: Arc::new(Inner {
                 lease,
+                join: crate::handshake::JoinPolicy::new(),
                 state: Mutex::new(State::default()),
                 events: broadcast::channel(WATCH_BUFFER).0,
                 identities: OnceLock::new(),
                 rng: SystemRandom::new(),
             }),
         }
+    }
+
+    /// Who may join this registry's host and what each may provide (closed by default: only
+    /// holders of a join token). Shared: tokens added here admit plugins at once.
+    pub fn join_policy(&self) -> &crate::handshake::JoinPolicy {
+        &self.inner.join
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
