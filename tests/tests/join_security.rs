@@ -159,3 +159,35 @@ async fn open_joining_is_an_explicit_opt_in() {
         .expect("open mode admits self-declared providers");
     assert_eq!(registry.providers("logger").len(), 1);
 }
+
+/// The defaults are closed everywhere an identity can be issued: a plain `ServeConfig` (a
+/// broker-only host) and a `Host`.
+#[tokio::test]
+async fn every_default_is_closed() {
+    use connect_plugin::CapabilityBroker;
+    use connect_plugin::host::broker::TracingLogger;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let broker = CapabilityBroker::new()
+        .capability(TracingLogger::definition())
+        .unwrap();
+    tokio::spawn(connect_plugin::serve(
+        ServeConfig::new().broker(broker).listener(listener),
+    ));
+    let stranger = Client::new(ClientConfig::new(&url).self_id("stranger", "1.0.0")).unwrap();
+    let refused = stranger
+        .request_capability("logger", "")
+        .await
+        .expect_err("no identity, no capability");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(stranger.connect().await.unwrap().identity.is_none());
+
+    let host = connect_plugin::Host::builder().start().await.unwrap();
+    let stranger = Client::new(ClientConfig::new(host.url()).self_id("stranger", "1.0.0")).unwrap();
+    assert!(
+        stranger.connect().await.unwrap().identity.is_none(),
+        "a Host admits no one without a token"
+    );
+    host.shutdown().await;
+}

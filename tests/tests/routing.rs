@@ -417,7 +417,16 @@ async fn a_registration_must_name_one_service() {
             .provides(["interop"]),
     )
     .unwrap();
-    for path in ["", "/", "//", "/a/b/", "/nodot/", "/../x.y/"] {
+    for path in [
+        "",
+        "/",
+        "//",
+        "/a/b/",
+        "/nodot/",
+        "/../x.y/",
+        "/connectplugin.v1.PluginIdentity/",
+        "/grpc.health.v1.Health/",
+    ] {
         let request = provider
             .authenticated(RegisterServiceRequest {
                 service_type: "interop".into(),

@@ -85,6 +85,19 @@ struct Grant {
     /// The `self_id` the token belongs to; `None` for a token shared by several plugins.
     plugin_id: Option<String>,
     provides: Vec<String>,
+    /// The runtime ids this token was admitted with, newest last (the last few).
+    admitted: Vec<String>,
+}
+
+/// How many runtime ids a token remembers having admitted.
+const ADMITTED_KEPT: usize = 8;
+
+/// What a handshake was admitted with.
+pub(crate) struct Admission {
+    /// The service types its identity may provide.
+    pub(crate) provides: Vec<String>,
+    /// The digest of the join token that admitted it (none in open mode without a token).
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for JoinPolicy {
@@ -112,7 +125,7 @@ impl JoinPolicy {
     /// join token, on a network where every local process is trusted.
     pub fn open() -> Self {
         let policy = Self::default();
-        policy.tokens().open = true;
+        policy.set_open(true);
         policy
     }
 
@@ -123,6 +136,11 @@ impl JoinPolicy {
 
     /// Opens or closes this (shared) policy; see [`JoinPolicy::open`].
     pub fn set_open(&self, open: bool) {
+        if open {
+            tracing::warn!(
+                "open joining: any local process with the public magic cookie can get a runtime identity and provide services; use join tokens where peers can present them"
+            );
+        }
         self.tokens().open = open;
     }
 
@@ -153,9 +171,13 @@ impl JoinPolicy {
                 "a join token must have 16 to 256 characters (use a random one, e.g. 32 hex digits)",
             ));
         }
+        if let Some(id) = plugin_id {
+            validate_self_id(id)?;
+        }
         let grant = Grant {
             plugin_id: plugin_id.map(str::to_owned),
             provides: provides.into_iter().map(Into::into).collect(),
+            admitted: Vec::new(),
         };
         self.tokens().grants.insert(digest(token), grant);
         Ok(())
@@ -182,9 +204,31 @@ impl JoinPolicy {
         self.tokens().grants.remove(&digest(token));
     }
 
-    /// What the handshake `request` is admitted with: the service types its identity may
-    /// provide, or `None` when it gets no identity.
-    pub(crate) fn admit(&self, request: &wire::HandshakeRequest) -> Option<Vec<String>> {
+    /// The runtime ids the handshakes presenting `token` were given, newest last: how a host
+    /// that launched a plugin knows which registrations are that process's.
+    pub fn admitted(&self, token: &str) -> Vec<String> {
+        self.tokens()
+            .grants
+            .get(&digest(token))
+            .map(|grant| grant.admitted.clone())
+            .unwrap_or_default()
+    }
+
+    /// Remembers that the handshake admitted by `admission` was given `runtime_id`.
+    pub(crate) fn record(&self, admission: &Admission, runtime_id: &str) {
+        let Some(token) = &admission.token else {
+            return;
+        };
+        if let Some(grant) = self.tokens().grants.get_mut(token) {
+            if grant.admitted.len() == ADMITTED_KEPT {
+                grant.admitted.remove(0);
+            }
+            grant.admitted.push(runtime_id.to_owned());
+        }
+    }
+
+    /// What the handshake `request` is admitted with, or `None` when it gets no identity.
+    pub(crate) fn admit(&self, request: &wire::HandshakeRequest) -> Option<Admission> {
         let tokens = self.tokens();
         let presented = request
             .client_metadata
@@ -192,19 +236,23 @@ impl JoinPolicy {
             .filter(|t| !t.is_empty() && t.len() <= MAX_JOIN_TOKEN);
         if let Some(token) = presented {
             // Looked up by digest: no comparison of secrets that could leak through timing.
-            if let Some(grant) = tokens.grants.get(&digest(token))
+            let token = digest(token);
+            if let Some(grant) = tokens.grants.get(&token)
                 && grant
                     .plugin_id
                     .as_deref()
                     .is_none_or(|id| id == request.self_id)
             {
-                return Some(grant.provides.clone());
+                return Some(Admission {
+                    provides: grant.provides.clone(),
+                    token: Some(token),
+                });
             }
             tracing::warn!(self_id = %request.self_id, "handshake with an unknown join token");
             return None;
         }
-        tokens.open.then(|| {
-            request
+        tokens.open.then(|| Admission {
+            provides: request
                 .client_metadata
                 .get(PROVIDES_KEY)
                 .map(|list| {
@@ -214,7 +262,8 @@ impl JoinPolicy {
                         .map(str::to_owned)
                         .collect()
                 })
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            token: None,
         })
     }
 }
@@ -301,10 +350,11 @@ impl HandshakeServer {
         if !request.self_id.is_empty() {
             validate_self_id(&request.self_id)?;
             // Without an admitting credential the handshake succeeds but issues no identity.
-            if let Some(provides) = self.join.admit(request) {
+            if let Some(admission) = self.join.admit(request) {
                 let identity = self.identities.issue(&request.self_id)?;
+                self.join.record(&admission, &identity.runtime_id);
                 if let Some(on_join) = &self.on_join {
-                    on_join(&identity.runtime_id, &provides);
+                    on_join(&identity.runtime_id, &admission.provides);
                 }
                 response.runtime_id = identity.runtime_id;
                 response.runtime_token = identity.token;

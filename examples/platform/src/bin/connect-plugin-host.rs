@@ -169,6 +169,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             base.join(&plugin.path)
         };
         let mut launch = LaunchConfig::new(name.clone(), program);
+        // Operators' tokens stay with the host: no plugin sees another's.
+        for var in config
+            .join_tokens
+            .iter()
+            .filter_map(|j| j.token_env.as_ref())
+        {
+            launch = launch.env_remove(var);
+        }
         if let Some(sum) = &plugin.checksum {
             launch = launch.checksum(sum);
         }

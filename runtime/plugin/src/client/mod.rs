@@ -65,14 +65,18 @@ impl ClientConfig {
     /// A configuration for the server at `endpoint` (e.g. `http://127.0.0.1:8080`).
     ///
     /// A plugin launched by a host finds its per-launch join token in the environment
-    /// ([`JOIN_TOKEN_ENV`](crate::handshake::JOIN_TOKEN_ENV)); it is sent with the handshake.
+    /// ([`JOIN_TOKEN_ENV`](crate::handshake::JOIN_TOKEN_ENV)); it is sent with the handshake
+    /// only to that host (`endpoint` equal to `HOST_URL`) and only with a `self_id`.
     pub fn new(endpoint: impl Into<String>) -> Self {
+        let endpoint = endpoint.into();
         let mut metadata = HashMap::new();
-        if let Ok(token) = std::env::var(crate::handshake::JOIN_TOKEN_ENV) {
+        let own_host = std::env::var("HOST_URL")
+            .is_ok_and(|host| host.trim_end_matches('/') == endpoint.trim_end_matches('/'));
+        if let (true, Ok(token)) = (own_host, std::env::var(crate::handshake::JOIN_TOKEN_ENV)) {
             metadata.insert(crate::handshake::JOIN_TOKEN_KEY.to_owned(), token);
         }
         Self {
-            endpoint: endpoint.into(),
+            endpoint,
             plugins: Vec::new(),
             app_protocol_versions: vec![1],
             cookie: (MAGIC_COOKIE_KEY.to_owned(), MAGIC_COOKIE_VALUE.to_owned()),
@@ -272,6 +276,10 @@ impl Client {
 
     async fn handshake(&self) -> Result<HandshakeInfo, Error> {
         let mut client_metadata = self.metadata.clone();
+        if self.self_id.is_none() {
+            // A token only serves to join: it is not shown to servers this client merely calls.
+            client_metadata.remove(crate::handshake::JOIN_TOKEN_KEY);
+        }
         client_metadata.insert("client_version".into(), env!("CARGO_PKG_VERSION").into());
         let versions: Vec<String> = self
             .app_protocol_versions

@@ -16,7 +16,7 @@
 //! [`crate::host::registry`]'s, and the startup order and impact come from
 //! [`crate::host::depgraph`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -109,12 +109,6 @@ impl Platform {
 
     /// Launches `spec` and waits until it has registered what it provides.
     async fn start(&self, spec: &PluginSpec) -> Result<(PluginProcess, String), Error> {
-        let known: HashSet<String> = spec
-            .provides
-            .iter()
-            .flat_map(|(t, _)| self.registry.providers(t))
-            .map(|p| p.runtime_id)
-            .collect();
         // The child alone learns its join token, which admits it as `spec.name` providing
         // what the spec says, whatever it declares about itself.
         let token = self
@@ -138,11 +132,14 @@ impl Platform {
             let found = self
                 .registry
                 .wait_for(self.timeout, || {
+                    // Only a registration by the process launched here, known by its token:
+                    // not whoever else registers the type meanwhile.
+                    let ours = self.registry.join_policy().admitted(&token);
                     self.registry
                         .providers(service_type)
                         .into_iter()
                         .map(|p| p.runtime_id)
-                        .find(|id| !known.contains(id))
+                        .find(|id| ours.contains(id))
                 })
                 .await
                 .map_err(|_| {
@@ -242,11 +239,22 @@ impl Platform {
             .get_plugin_info(wire::GetPluginInfoRequest {})
             .await?
             .into_message();
-        spec.provides = info
+        let declared = info
             .provides
             .iter()
-            .map(|d| (d.r#type.clone(), d.version.clone()))
-            .collect();
+            .map(|d| (d.r#type.clone(), d.version.clone()));
+        // What the spec says it may provide bounds what the plugin declares about itself.
+        spec.provides = if spec.provides.is_empty() {
+            tracing::warn!(
+                plugin = %spec.name,
+                "no provides in the spec of a managed plugin: trusting what it declares"
+            );
+            declared.collect()
+        } else {
+            declared
+                .filter(|(t, _)| spec.provides.iter().any(|(allowed, _)| allowed == t))
+                .collect()
+        };
         spec.requires = info
             .requires
             .iter()

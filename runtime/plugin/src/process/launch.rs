@@ -31,6 +31,7 @@ pub struct LaunchConfig {
     program: PathBuf,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
     start_timeout: Duration,
     checksum: Option<String>,
     pub(super) restart: RestartPolicy,
@@ -124,6 +125,7 @@ impl LaunchConfig {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            env_remove: Vec::new(),
             start_timeout: Duration::from_secs(10),
             checksum: None,
             restart: RestartPolicy::never(),
@@ -170,6 +172,16 @@ impl LaunchConfig {
         self
     }
 
+    /// Does not pass this host's environment variable `key` on to the plugin (for secrets the
+    /// host holds, such as operators' join tokens). A host's own join token
+    /// (`CONNECT_PLUGIN_JOIN_TOKEN`) is never passed on; the plugin gets its own with
+    /// [`LaunchConfig::env`].
+    #[must_use]
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env_remove.push(key.into());
+        self
+    }
+
     /// How long to wait for the readiness line (default 10 s).
     #[must_use]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
@@ -213,6 +225,12 @@ impl PluginProcess {
             .env("PORT", port.to_string())
             .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
             .env(LAUNCHED_ENV, MAGIC_COOKIE_VALUE)
+            // This process's own join token is its alone.
+            .env_remove(crate::handshake::JOIN_TOKEN_ENV);
+        for key in &config.env_remove {
+            command.env_remove(key);
+        }
+        command
             .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

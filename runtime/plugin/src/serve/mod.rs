@@ -410,10 +410,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     }
     tracing::info!(address = %where_, plugins = ?names, "listening");
     if join.is_open() {
-        tracing::warn!(
-            address = %where_,
-            "open joining: any local process with the public magic cookie can get a runtime identity and provide services; use join tokens instead where peers can present them"
-        );
+        tracing::warn!(address = %where_, "serving with open joining");
     }
     let stop = async {
         match stop {

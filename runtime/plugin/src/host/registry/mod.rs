@@ -600,7 +600,7 @@ impl ServiceRegistry {
                 return Err(Error::new(
                     Code::PermissionDenied,
                     format!(
-                        "plugin {runtime_id} not authorized to register service type {}: declare it in the handshake (client metadata \"{PROVIDES_KEY}\")",
+                        "plugin {runtime_id} not authorized to register service type {}: its join token does not admit it (in open mode: declare it in the handshake, client metadata \"{PROVIDES_KEY}\")",
                         request.service_type
                     ),
                 ));
@@ -839,7 +839,12 @@ fn validate_endpoint_path(path: &str) -> Result<(), Error> {
         .strip_prefix('/')
         .and_then(|rest| rest.strip_suffix('/'))
         .unwrap_or_default();
-    let valid = service.contains('.')
+    // The system's own services are never exposed through the host.
+    let reserved = ["connectplugin.", "grpc."]
+        .iter()
+        .any(|prefix| service.starts_with(prefix));
+    let valid = !reserved
+        && service.contains('.')
         && service
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
@@ -849,7 +854,8 @@ fn validate_endpoint_path(path: &str) -> Result<(), Error> {
     if !valid {
         return Err(Error::invalid_argument(format!(
             "endpoint_path {path:?} must name one service as /<package>.<Service>/, e.g. \
-             \"/kv.v1.KVService/\": the host routes only procedures under it"
+             \"/kv.v1.KVService/\", and not one of the system's own (connectplugin.*, grpc.*): \
+             the host routes only procedures under it"
         )));
     }
     Ok(())
