@@ -27,6 +27,17 @@ fn client(url: &str) -> InteropServiceClient {
     InteropServicePlugin::client(channel)
 }
 
+/// How many of `sockets` the server has not closed (a read does not end within 20 ms).
+async fn still_open(sockets: &mut [TcpStream]) -> usize {
+    let mut open = 0;
+    for socket in sockets {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(20), socket.read(&mut buf)).await;
+        open += usize::from(read.is_err());
+    }
+    open
+}
+
 /// A fresh client (its own connection) answers a unary call.
 async fn answers(url: &str) {
     let reply = client(url)
@@ -206,14 +217,7 @@ async fn at_the_connection_cap_new_clients_evict_idle_sockets() {
         started.elapsed()
     );
     // The evicted sockets were closed, not left hanging: at most the cap remains open.
-    let mut open = 0;
-    for socket in &mut idle {
-        let mut buf = [0u8; 1];
-        let still_open = tokio::time::timeout(Duration::from_millis(20), socket.read(&mut buf))
-            .await
-            .is_err();
-        open += usize::from(still_open);
-    }
+    let open = still_open(&mut idle).await;
     assert!(
         open <= 20,
         "{open} idle sockets still open with a cap of 20"
@@ -248,14 +252,7 @@ async fn at_the_cap_stalled_calls_do_not_lock_out_new_clients() {
         started.elapsed()
     );
     // The cap holds: stalled calls were evicted, not merely outnumbered.
-    let mut open = 0;
-    for socket in &mut stalled {
-        let mut buf = [0u8; 1];
-        let still_open = tokio::time::timeout(Duration::from_millis(20), socket.read(&mut buf))
-            .await
-            .is_err();
-        open += usize::from(still_open);
-    }
+    let open = still_open(&mut stalled).await;
     assert!(
         open <= 5,
         "{open} stalled calls still hold connections with a cap of 5"

@@ -20,6 +20,12 @@ async fn host() -> (String, ServiceRegistry) {
         .join_policy()
         .allow(Some("logger-plugin"), LOGGER_TOKEN, ["logger"])
         .unwrap();
+    let url = serve_registry(&registry).await;
+    (url, registry)
+}
+
+/// Serves a host with `registry` on a free port; its URL.
+async fn serve_registry(registry: &ServiceRegistry) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(connect_plugin::serve(
@@ -27,7 +33,7 @@ async fn host() -> (String, ServiceRegistry) {
             .registry(registry.clone())
             .listener(listener),
     ));
-    (url, registry)
+    url
 }
 
 fn registration(service_type: &str) -> RegisterServiceRequest {
@@ -138,13 +144,7 @@ async fn open_joining_is_an_explicit_opt_in() {
     let registry = ServiceRegistry::new();
     assert!(!registry.join_policy().is_open(), "closed by default");
     registry.join_policy().set_open(true);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(connect_plugin::serve(
-        ServeConfig::new()
-            .registry(registry.clone())
-            .listener(listener),
-    ));
+    let url = serve_registry(&registry).await;
     // Upstream behaviour: the cookie and a declaration are enough.
     let go_like = Client::new(
         ClientConfig::new(&url)
