@@ -191,3 +191,59 @@ async fn every_default_is_closed() {
     );
     host.shutdown().await;
 }
+
+/// Abuse suite (security issue, item 4): what one plugin can make the host keep is bounded,
+/// and a removed plugin's identity ends with it.
+#[tokio::test]
+async fn registrations_and_metadata_are_bounded_and_identities_end_with_their_plugin() {
+    let (url, registry) = host().await;
+    let logger = Client::new(
+        ClientConfig::new(&url)
+            .self_id("logger-plugin", "1.0.0")
+            .join_token(LOGGER_TOKEN),
+    )
+    .unwrap();
+    let mut accepted = 0;
+    let mut exhausted = 0;
+    for _ in 0..40 {
+        let request = logger.authenticated(registration("logger")).await.unwrap();
+        match logger.registry().register_service(request).await {
+            Ok(_) => accepted += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(
+        (accepted, exhausted),
+        (32, 8),
+        "32 registrations per plugin"
+    );
+
+    let mut fat = registration("logger");
+    fat.metadata.insert("blob".into(), "x".repeat(2048));
+    let refused = logger
+        .registry()
+        .register_service(logger.authenticated(fat).await.unwrap())
+        .await
+        .expect_err("a 2 KiB metadata value");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let mut many = registration("logger");
+    many.metadata
+        .extend((0..40).map(|i| (format!("k{i}"), "v".to_owned())));
+    let refused = logger
+        .registry()
+        .register_service(logger.authenticated(many).await.unwrap())
+        .await
+        .expect_err("41 metadata entries");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    // Removing the plugin ends its identity: it cannot call the host any more.
+    let id = logger.runtime_identity().unwrap().runtime_id.clone();
+    assert_eq!(registry.remove_runtime(&id), 32);
+    let refused = logger
+        .registry()
+        .register_service(logger.authenticated(registration("logger")).await.unwrap())
+        .await
+        .expect_err("a removed plugin's identity is gone");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}

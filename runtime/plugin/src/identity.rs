@@ -64,6 +64,10 @@ struct Entry {
     expires: Instant,
 }
 
+/// The most runtime identities alive at once in one host; a handshake flood past it gets
+/// `resource_exhausted` instead of growing the store.
+pub(crate) const MAX_LIVE_IDENTITIES: usize = 10_000;
+
 /// Issues and checks runtime identities.
 pub(crate) struct IdentityStore {
     ttl: Duration,
@@ -113,7 +117,19 @@ impl IdentityStore {
         let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&self.rng)?);
         let mut entries = self.entries();
         let now = Instant::now();
-        entries.retain(|_, e| e.expires > now);
+        // Expired entries go with the periodic sweep; here only when the store is full, so
+        // issuing stays O(1) however many identities live.
+        if entries.len() >= MAX_LIVE_IDENTITIES {
+            entries.retain(|_, e| e.expires > now);
+            if entries.len() >= MAX_LIVE_IDENTITIES {
+                return Err(Error::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "this host has {MAX_LIVE_IDENTITIES} live runtime identities, its limit; try again later"
+                    ),
+                ));
+            }
+        }
         let runtime_id = loop {
             let suffix = random_bytes::<4>(&self.rng)?;
             let id = format!("{base}-{}", hex(&suffix));
@@ -142,6 +158,11 @@ impl IdentityStore {
             }
             Some(entry) => constant_time_eq(entry.token.as_bytes(), token.as_bytes()),
         }
+    }
+
+    /// Ends `runtime_id`'s identity at once (its plugin has gone); whether it was live.
+    pub(crate) fn revoke(&self, runtime_id: &str) -> bool {
+        self.entries().remove(runtime_id).is_some()
     }
 
     /// Removes expired identities; returns how many.
@@ -203,6 +224,23 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_store_is_bounded_and_identities_can_be_revoked() {
+        let store = IdentityStore::new(Duration::from_secs(60));
+        let mut last = None;
+        for _ in 0..MAX_LIVE_IDENTITIES {
+            last = Some(store.issue("flood").unwrap());
+        }
+        let refused = store.issue("one-more").unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let last = last.unwrap();
+        assert!(store.validate(&last.runtime_id, &last.token));
+        assert!(store.revoke(&last.runtime_id));
+        assert!(!store.validate(&last.runtime_id, &last.token), "revoked");
+        store.issue("one-more").expect("room again after a revoke");
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -566,6 +566,21 @@ impl ServiceRegistry {
             }
             state.health.remove(runtime_id);
             state.allowed.remove(runtime_id);
+            state.last_seen.remove(runtime_id);
+            // Maps shrink with their plugins: calls addressed to a replaced provider keep
+            // going to its replacement only while the replacement lives.
+            state.aliases.retain(|_, target| target != runtime_id);
+            if state
+                .inflight
+                .get(runtime_id)
+                .is_some_and(|i| i.count.load(std::sync::atomic::Ordering::Acquire) == 0)
+            {
+                state.inflight.remove(runtime_id);
+            }
+        }
+        // Its identity ends with it: a removed plugin cannot call the host any more.
+        if let Some(identities) = self.inner.identities.get() {
+            identities.revoke(runtime_id);
         }
         for service_type in types {
             self.notify(&service_type);
@@ -586,6 +601,7 @@ impl ServiceRegistry {
         validate_service_type(&request.service_type)?;
         let version = Version::parse(&request.version)?;
         validate_endpoint_path(&request.endpoint_path)?;
+        validate_metadata(&request.metadata)?;
         let registration_id = format!(
             "reg-{}",
             identity::hex(&identity::random_bytes::<8>(&self.inner.rng)?)
@@ -602,6 +618,21 @@ impl ServiceRegistry {
                     format!(
                         "plugin {runtime_id} not authorized to register service type {}: its join token does not admit it (in open mode: declare it in the handshake, client metadata \"{PROVIDES_KEY}\")",
                         request.service_type
+                    ),
+                ));
+            }
+            let (mine, all) = state
+                .providers
+                .values()
+                .flatten()
+                .fold((0, 0), |(m, a), p| {
+                    (m + usize::from(p.runtime_id == runtime_id), a + 1)
+                });
+            if mine >= MAX_REGISTRATIONS_PER_PLUGIN || all >= MAX_REGISTRATIONS {
+                return Err(Error::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "too many registrations: at most {MAX_REGISTRATIONS_PER_PLUGIN} per plugin and {MAX_REGISTRATIONS} in all (plugin {runtime_id} has {mine}); unregister some first"
                     ),
                 ));
             }
@@ -736,11 +767,13 @@ impl ServiceRegistry {
                     .map(|p| {
                         p.metadata
                             .get("weight")
-                            .and_then(|w| w.parse().ok())
+                            .and_then(|w| w.parse::<u64>().ok())
                             .unwrap_or(1)
+                            .min(MAX_WEIGHT)
                     })
                     .collect();
-                let total: u64 = weights.iter().sum();
+                // Bounded weights: the sum of up to MAX_REGISTRATIONS cannot overflow.
+                let total: u64 = weights.iter().fold(0, |sum, w| sum.saturating_add(*w));
                 if total == 0 {
                     0
                 } else {
@@ -830,6 +863,39 @@ fn endpoint(provider: &Provider) -> wire::ServiceEndpoint {
         ),
         metadata: provider.metadata.clone(),
     }
+}
+
+/// The largest `weight` the weighted strategy counts; larger ones count as this.
+const MAX_WEIGHT: u64 = 1_000_000;
+
+/// The most registrations one plugin may hold.
+pub const MAX_REGISTRATIONS_PER_PLUGIN: usize = 32;
+/// The most registrations a registry holds in all.
+pub const MAX_REGISTRATIONS: usize = 10_000;
+/// Limits on a registration's metadata: entries, and bytes of a key and of a value.
+pub const MAX_METADATA_ENTRIES: usize = 32;
+const MAX_METADATA_KEY: usize = 128;
+const MAX_METADATA_VALUE: usize = 1024;
+
+fn validate_metadata(metadata: &HashMap<String, String>) -> Result<(), Error> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(Error::invalid_argument(format!(
+            "registration metadata has {} entries; at most {MAX_METADATA_ENTRIES} are kept",
+            metadata.len()
+        )));
+    }
+    if let Some((key, value)) = metadata
+        .iter()
+        .find(|(k, v)| k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
+    {
+        return Err(Error::invalid_argument(format!(
+            "registration metadata entry {:?} is too long: keys may have {MAX_METADATA_KEY} bytes, values {MAX_METADATA_VALUE} (this one {} and {})",
+            key.chars().take(40).collect::<String>(),
+            key.len(),
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The services a registration exposes through the host: `/<package>.<Service>/`. Only
