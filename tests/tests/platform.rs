@@ -216,3 +216,37 @@ async fn the_packaged_host_runs_plugins_from_a_config_file() {
     assert!(exit.success(), "{exit}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Security issue, item 7 (part): a host serving cleartext on a non-loopback address says so.
+#[tokio::test]
+async fn cleartext_on_a_non_loopback_address_is_warned_about() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("connect-plugin-cleartext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("host.json");
+    std::fs::write(&path, r#"{ "addr": "0.0.0.0:0", "plugins": [] }"#).unwrap();
+    let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-connect-plugin-host"))
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("WARN") && line.contains("cleartext on a non-loopback address") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        warned,
+        Ok(true),
+        "no cleartext warning from a host on 0.0.0.0"
+    );
+    let _ = host.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

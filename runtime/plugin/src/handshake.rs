@@ -248,7 +248,9 @@ impl JoinPolicy {
                     token: Some(token),
                 });
             }
-            tracing::warn!(self_id = %request.self_id, "handshake with an unknown join token");
+            if log_allowed() {
+                tracing::warn!(self_id = %request.self_id, "handshake with an unknown join token");
+            }
             return None;
         }
         tokens.open.then(|| Admission {
@@ -266,6 +268,17 @@ impl JoinPolicy {
             token: None,
         })
     }
+}
+
+/// Whether a refused handshake may be logged now: at most one line a second, so strangers
+/// cannot flood the host's log by handshaking in a loop.
+fn log_allowed() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.swap(now, Ordering::Relaxed) != now
 }
 
 fn digest(token: &str) -> String {
@@ -358,7 +371,7 @@ impl HandshakeServer {
                 }
                 response.runtime_id = identity.runtime_id;
                 response.runtime_token = identity.token;
-            } else {
+            } else if log_allowed() {
                 tracing::info!(
                     self_id = %request.self_id,
                     "handshake without a join credential: no runtime identity issued"

@@ -409,6 +409,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
             .map_err(|e| Error::internal(format!("writing the readiness line to stdout: {e}")))?;
     }
     tracing::info!(address = %where_, plugins = ?names, "listening");
+    if let Some(local) = local
+        && !local.ip().is_loopback()
+        && !server.has_tls()
+    {
+        tracing::warn!(
+            address = %local,
+            "serving cleartext on a non-loopback address: calls, runtime tokens and join tokens cross the network unencrypted; configure TLS (ServeConfig::tls)"
+        );
+    }
     if join.is_open() {
         tracing::warn!(address = %where_, "serving with open joining");
     }
