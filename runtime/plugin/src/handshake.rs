@@ -281,6 +281,32 @@ fn log_allowed() -> bool {
     LAST.swap(now, Ordering::Relaxed) != now
 }
 
+/// A token issued for a process this host launched, revoked when the ticket is dropped (the
+/// process was removed, replaced or stopped), so it cannot be used again.
+pub(crate) struct JoinTicket {
+    policy: JoinPolicy,
+    token: String,
+}
+
+impl JoinTicket {
+    pub(crate) fn new(policy: &JoinPolicy, token: String) -> Self {
+        Self {
+            policy: policy.clone(),
+            token,
+        }
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl Drop for JoinTicket {
+    fn drop(&mut self) {
+        self.policy.revoke(&self.token);
+    }
+}
+
 fn digest(token: &str) -> String {
     crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
@@ -424,6 +450,27 @@ mod tests {
             requested_plugins: vec!["kv".into(), "missing".into()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_launch_ticket_admits_its_plugin_until_dropped() {
+        let policy = JoinPolicy::new();
+        let ticket = JoinTicket::new(&policy, policy.issue("cache-plugin", ["cache"]).unwrap());
+        let mut joining = request();
+        joining.self_id = "cache-plugin".into();
+        joining
+            .client_metadata
+            .insert(JOIN_TOKEN_KEY.into(), ticket.token().to_owned());
+        let admitted = policy.admit(&joining).expect("admitted with its token");
+        assert_eq!(admitted.provides, ["cache"]);
+        joining.self_id = "other".into();
+        assert!(policy.admit(&joining).is_none(), "bound to its plugin id");
+        joining.self_id = "cache-plugin".into();
+        drop(ticket);
+        assert!(
+            policy.admit(&joining).is_none(),
+            "revoked once the launched process is gone"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 
 use super::depgraph::{DependencyGraph, Impact, PluginNode};
 use super::registry::ServiceRegistry;
+use crate::handshake::JoinTicket;
 use crate::plugin::ServiceDependency;
 use crate::process::{LaunchConfig, PluginProcess};
 use crate::proto::connectplugin::v1::{self as wire, HealthState};
@@ -49,6 +50,8 @@ struct Running {
     process: PluginProcess,
     runtime_id: String,
     spec: PluginSpec,
+    /// The join token this process was launched with, revoked when it goes.
+    _ticket: Option<JoinTicket>,
 }
 
 /// Plugin processes managed by a host at runtime.
@@ -108,25 +111,25 @@ impl Platform {
     }
 
     /// Launches `spec` and waits until it has registered what it provides.
-    async fn start(&self, spec: &PluginSpec) -> Result<(PluginProcess, String), Error> {
+    async fn start(
+        &self,
+        spec: &PluginSpec,
+    ) -> Result<(PluginProcess, String, Option<JoinTicket>), Error> {
         // The child alone learns its join token, which admits it as `spec.name` providing
         // what the spec says, whatever it declares about itself.
-        let token = self
-            .registry
-            .join_policy()
-            .issue(&spec.name, spec.provides.iter().map(|(t, _)| t.clone()))?;
+        let policy = self.registry.join_policy();
+        let ticket = JoinTicket::new(
+            policy,
+            policy.issue(&spec.name, spec.provides.iter().map(|(t, _)| t.clone()))?,
+        );
+        let token = ticket.token();
         let launch = spec
             .launch
             .clone()
             .env("HOST_URL", &self.host_url)
-            .env(crate::handshake::JOIN_TOKEN_ENV, &token);
-        let process = match PluginProcess::launch(launch).await {
-            Ok(process) => process,
-            Err(e) => {
-                self.registry.join_policy().revoke(&token);
-                return Err(e);
-            }
-        };
+            .env(crate::handshake::JOIN_TOKEN_ENV, token);
+        // A failed start drops the ticket, which revokes the token.
+        let process = PluginProcess::launch(launch).await?;
         let mut runtime_id = None;
         for (service_type, _) in &spec.provides {
             let found = self
@@ -134,7 +137,7 @@ impl Platform {
                 .wait_for(self.timeout, || {
                     // Only a registration by the process launched here, known by its token:
                     // not whoever else registers the type meanwhile.
-                    let ours = self.registry.join_policy().admitted(&token);
+                    let ours = self.registry.join_policy().admitted(token);
                     self.registry
                         .providers(service_type)
                         .into_iter()
@@ -168,7 +171,7 @@ impl Platform {
                     )
                 })?;
         }
-        Ok((process, runtime_id))
+        Ok((process, runtime_id, Some(ticket)))
     }
 
     /// Adds a plugin: checks its startup dependencies are provided, starts it and waits until
@@ -186,7 +189,7 @@ impl Platform {
             ));
         }
         let mut spec = spec;
-        let (process, runtime_id) = self.launch(&mut spec, &plugins).await?;
+        let (process, runtime_id, ticket) = self.launch(&mut spec, &plugins).await?;
         tracing::info!(plugin = %spec.name, %runtime_id, "added");
         plugins.insert(
             spec.name.clone(),
@@ -194,6 +197,7 @@ impl Platform {
                 process,
                 runtime_id: runtime_id.clone(),
                 spec,
+                _ticket: ticket,
             },
         );
         Ok(runtime_id)
@@ -226,7 +230,7 @@ impl Platform {
         &self,
         spec: &mut PluginSpec,
         others: &HashMap<String, Running>,
-    ) -> Result<(PluginProcess, String), Error> {
+    ) -> Result<(PluginProcess, String, Option<JoinTicket>), Error> {
         if !spec.managed {
             Self::check(others, spec)?;
             return self.start(spec).await;
@@ -298,7 +302,7 @@ impl Platform {
                     )
                 })?;
         }
-        Ok((process, runtime_id))
+        Ok((process, runtime_id, None))
     }
 
     /// What removing plugin `name` would affect.
@@ -340,7 +344,7 @@ impl Platform {
             .remove(name)
             .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
         let mut spec = spec;
-        let (process, runtime_id) = match self.launch(&mut spec, &plugins).await {
+        let (process, runtime_id, ticket) = match self.launch(&mut spec, &plugins).await {
             Ok(started) => started,
             Err(error) => {
                 plugins.insert(name.to_owned(), old);
@@ -357,6 +361,7 @@ impl Platform {
                 process,
                 runtime_id: runtime_id.clone(),
                 spec,
+                _ticket: ticket,
             },
         );
         drained?;
