@@ -322,7 +322,7 @@ impl Drop for CallGuard {
 /// A response body that keeps its call counted in flight until it is done.
 pub(crate) struct TrackedBody {
     body: Body,
-    _call: CallGuard,
+    call: CallGuard,
 }
 
 impl http_body::Body for TrackedBody {
@@ -336,7 +336,7 @@ impl http_body::Body for TrackedBody {
         let frame = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &frame {
             // Progress: a call that keeps sending is not stalled.
-            self._call.0.touch();
+            self.call.0.touch();
         }
         frame
     }
@@ -437,7 +437,7 @@ impl Connection {
             let call = CallGuard::start(&activity);
             async move {
                 let response = router.handle(request.map(RecvBody::Hyper)).await;
-                Ok::<_, Infallible>(response.map(|body| TrackedBody { body, _call: call }))
+                Ok::<_, Infallible>(response.map(|body| TrackedBody { body, call }))
             }
         });
         let io = TokioIo::new(io);
