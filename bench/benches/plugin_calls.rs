@@ -523,9 +523,7 @@ async fn cold_start(runs: usize) -> Option<(f64, f64)> {
             connect_plugin::PluginProcess::launch(connect_plugin::LaunchConfig::new("kv", &plugin))
                 .await
                 .ok()?;
-        let kv = connect_plugin::dispense::<kv::v1::KvServicePlugin>(
-            &Channel::new(process.endpoint()).ok()?,
-        );
+        let kv = connect_plugin::dispense::<kv::v1::KvServicePlugin>(&process.channel().ok()?);
         kv.get(kv::v1::GetRequest { key: "k".into() }).await.ok()?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         tokio::time::sleep(Duration::from_millis(200)).await;

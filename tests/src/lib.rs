@@ -79,10 +79,24 @@ pub async fn start_node_server(http: &str) -> NodeServer {
     }
 }
 
-/// Launches the example KV plugin as a real child process on a free port.
+/// Launches the example KV plugin as a real child process on a free port. It answers only
+/// calls carrying its launch secret (`PluginProcess::channel`).
 pub async fn launch_kv_plugin(kv_plugin_bin: &str) -> PluginProcess {
     PluginProcess::launch(
         LaunchConfig::new("kv", kv_plugin_bin).start_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .expect("kv-plugin starts and prints its readiness line")
+}
+
+/// [`launch_kv_plugin`] with `LaunchConfig::answer_anyone`: for protocol tests whose peers
+/// (raw sockets, other Connect implementations, the routing gateway for a provider this host
+/// did not launch) do not carry a launch secret.
+pub async fn launch_kv_plugin_for_anyone(kv_plugin_bin: &str) -> PluginProcess {
+    PluginProcess::launch(
+        LaunchConfig::new("kv", kv_plugin_bin)
+            .start_timeout(Duration::from_secs(20))
+            .answer_anyone(),
     )
     .await
     .expect("kv-plugin starts and prints its readiness line")

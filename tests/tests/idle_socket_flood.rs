@@ -7,7 +7,6 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use connect_plugin::Channel;
 use connect_plugin_tests::launch_kv_plugin;
 use kv::v1::{GetRequest, KvServicePlugin, PutRequest};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -20,7 +19,7 @@ const HOLD_SOCKETS: &str = env!("CARGO_BIN_EXE_hold-sockets");
 async fn twenty_thousand_idle_sockets_do_not_stop_a_well_behaved_client() {
     let plugin = launch_kv_plugin(KV_PLUGIN).await;
     let addr = plugin.addr().to_string();
-    let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(plugin.endpoint()).unwrap());
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&plugin.channel().unwrap());
     kv.put(PutRequest {
         key: "k".into(),
         value: "v".into(),
@@ -67,7 +66,8 @@ async fn twenty_thousand_idle_sockets_do_not_stop_a_well_behaved_client() {
     // A new client, on a new connection, while all of them are held open.
     let started = Instant::now();
     let fresh = connect_plugin::dispense::<KvServicePlugin>(
-        &Channel::builder(plugin.endpoint())
+        &plugin
+            .channel_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap(),

@@ -4,17 +4,30 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use connect_plugin::Channel;
+use connect_plugin::PluginProcess;
+use connect_plugin::serve::host_only::LAUNCH_SECRET_HEADER;
 use connect_plugin_tests::{launch_kv_plugin, node_tool, repo_root};
 use kv::v1::{KvServicePlugin, PutRequest};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const KV_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-kv-plugin");
 
-fn buf_curl(url: &str, h2c: bool, method: &str, data: &str) -> tokio::process::Command {
+/// `buf curl` calling `plugin`, with its launch secret as a header.
+fn buf_curl(
+    plugin: &PluginProcess,
+    h2c: bool,
+    method: &str,
+    data: &str,
+) -> tokio::process::Command {
+    let url = plugin.endpoint();
+    let secret = plugin
+        .launch_secret()
+        .and_then(|s| s.to_str().ok())
+        .expect("the plugin was launched with a launch secret");
     let mut command = tokio::process::Command::new(node_tool("buf"));
     command
         .current_dir(repo_root())
+        .args(["-H", &format!("{LAUNCH_SECRET_HEADER}: {secret}")])
         .args([
             "curl",
             "--schema",
@@ -48,11 +61,11 @@ async fn run(mut command: tokio::process::Command) -> (bool, String, String) {
 #[tokio::test]
 async fn buf_curl_calls_our_plugin_unary_and_errors() {
     let plugin = launch_kv_plugin(KV_PLUGIN).await;
-    let url = plugin.endpoint();
+    let url = &plugin;
     for h2c in [false, true] {
         let key = if h2c { "h2c" } else { "http1" };
         let (ok, out, err) = run(buf_curl(
-            &url,
+            url,
             h2c,
             "Put",
             &format!(r#"{{"key":"{key}","value":"dmFsdWU="}}"#),
@@ -61,20 +74,19 @@ async fn buf_curl_calls_our_plugin_unary_and_errors() {
         assert!(ok, "Put failed: {out} {err}");
         assert_eq!(out.trim(), "{}");
 
-        let (ok, out, err) =
-            run(buf_curl(&url, h2c, "Get", &format!(r#"{{"key":"{key}"}}"#))).await;
+        let (ok, out, err) = run(buf_curl(url, h2c, "Get", &format!(r#"{{"key":"{key}"}}"#))).await;
         assert!(ok, "Get failed: {out} {err}");
         assert!(
             out.contains(r#""value": "dmFsdWU=""#) && out.contains(r#""found": true"#),
             "{out}"
         );
 
-        let (ok, out, err) = run(buf_curl(&url, h2c, "Get", r#"{"key":""}"#)).await;
+        let (ok, out, err) = run(buf_curl(url, h2c, "Get", r#"{"key":""}"#)).await;
         assert!(!ok, "an empty key must fail: {out}");
         assert!(err.contains(r#""code": "invalid_argument""#), "{err}");
         assert!(err.contains("key must not be empty"), "{err}");
 
-        let (ok, _, err) = run(buf_curl(&url, h2c, "Get", r#"{"key": 5}"#)).await;
+        let (ok, _, err) = run(buf_curl(url, h2c, "Get", r#"{"key": 5}"#)).await;
         assert!(
             !ok,
             "a request that does not match the schema is refused: {err}"
@@ -85,11 +97,11 @@ async fn buf_curl_calls_our_plugin_unary_and_errors() {
 #[tokio::test]
 async fn buf_curl_reads_a_server_stream_and_its_end_stream_error() {
     let plugin = launch_kv_plugin(KV_PLUGIN).await;
-    let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(plugin.endpoint()).unwrap());
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&plugin.channel().unwrap());
     for h2c in [false, true] {
         let prefix = if h2c { "w2/" } else { "w1/" };
         let mut command = buf_curl(
-            &plugin.endpoint(),
+            &plugin,
             h2c,
             "Watch",
             &format!(r#"{{"prefix":"{prefix}"}}"#),

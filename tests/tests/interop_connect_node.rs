@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use connect_plugin::{Channel, Code, rpc::Codec, rpc::HttpVersion};
-use connect_plugin_tests::{launch_kv_plugin, node, repo_root, start_node_server};
+use connect_plugin_tests::{launch_kv_plugin_for_anyone, node, repo_root, start_node_server};
 use kv::v1::{DeleteRequest, EventType, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 
 const KV_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-kv-plugin");
 
 #[tokio::test]
 async fn connect_node_client_calls_our_plugin() {
-    let plugin = launch_kv_plugin(KV_PLUGIN).await;
+    let plugin = launch_kv_plugin_for_anyone(KV_PLUGIN).await;
     for http in ["1.1", "2"] {
         for codec in ["proto", "json"] {
             let output = tokio::time::timeout(

@@ -4,8 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use connect_plugin::{Channel, Code, Request, rpc::HttpVersion};
-use connect_plugin_tests::{launch_kv_plugin, raw_http1};
+use connect_plugin::{Code, Request, rpc::HttpVersion};
+use connect_plugin_tests::{launch_kv_plugin, launch_kv_plugin_for_anyone, raw_http1};
 use kv::v1::{GetRequest, KvServicePlugin, PutRequest, WatchRequest};
 
 const KV_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-kv-plugin");
@@ -50,7 +50,8 @@ async fn kv_host_demo_launches_the_plugin_and_runs_every_rpc() {
 
 #[tokio::test]
 async fn kv_host_uses_plugin_endpoint_when_set() {
-    let plugin = launch_kv_plugin(KV_PLUGIN).await;
+    // A plugin run by hand (no launch secret) answers whoever calls it.
+    let plugin = launch_kv_plugin_for_anyone(KV_PLUGIN).await;
     let output = tokio::process::Command::new(KV_HOST)
         .env("PLUGIN_ENDPOINT", plugin.endpoint())
         .output()
@@ -70,7 +71,8 @@ async fn typed_client_over_both_http_versions_and_codecs() {
             connect_plugin::rpc::Codec::Proto,
             connect_plugin::rpc::Codec::Json,
         ] {
-            let channel = Channel::builder(plugin.endpoint())
+            let channel = plugin
+                .channel_builder()
                 .http_version(version)
                 .codec(codec)
                 .build()
@@ -93,7 +95,7 @@ async fn typed_client_over_both_http_versions_and_codecs() {
 #[tokio::test]
 async fn client_timeout_is_deadline_exceeded_and_watch_ends_cleanly_on_drop() {
     let plugin = launch_kv_plugin(KV_PLUGIN).await;
-    let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(plugin.endpoint()).unwrap());
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&plugin.channel().unwrap());
     // A watch with a short timeout and no changes: the client's deadline ends it.
     let mut watch = kv
         .watch(
@@ -114,7 +116,7 @@ async fn client_timeout_is_deadline_exceeded_and_watch_ends_cleanly_on_drop() {
 
 #[tokio::test]
 async fn bad_input_gets_connect_errors_and_the_server_stays_up() {
-    let plugin = launch_kv_plugin(KV_PLUGIN).await;
+    let plugin = launch_kv_plugin_for_anyone(KV_PLUGIN).await;
     let addr = plugin.addr();
     let json = [("content-type", "application/json")];
 

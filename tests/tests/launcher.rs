@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connect_plugin::{
-    Channel, Client, Code, InMemoryPlugin, LaunchConfig, PluginProcess, ServeConfig,
-    SupervisedPlugin, process::PluginState, process::RestartPolicy,
+    Client, Code, InMemoryPlugin, LaunchConfig, PluginProcess, ServeConfig, SupervisedPlugin,
+    process::PluginState, process::RestartPolicy,
 };
 use kv::MemoryStore;
 use kv::v1::{DeleteRequest, GetRequest, KvServicePlugin, PutRequest, WatchRequest};
@@ -55,7 +55,7 @@ async fn kill_9_is_noticed_within_a_second_and_the_plugin_comes_back() {
     else {
         panic!("not running: {:?}", plugin.state());
     };
-    let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(&endpoint).unwrap());
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&plugin.channel().unwrap());
     kv.put(PutRequest {
         key: "k".into(),
         value: "v".into(),
@@ -236,7 +236,7 @@ async fn a_plugin_file_replaced_after_its_checksum_check_is_not_what_runs() {
         !endpoint.ends_with(":9"),
         "the replacement ran: it announced {endpoint}"
     );
-    let kv = connect_plugin::dispense::<KvServicePlugin>(&Channel::new(&endpoint).unwrap());
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&plugin.channel().unwrap());
     kv.put(PutRequest {
         key: "k".into(),
         value: "v".into(),

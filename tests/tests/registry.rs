@@ -230,8 +230,12 @@ async fn misuse_is_refused() {
         .insert("authorization", "Bearer not-the-token".parse().unwrap());
     let err = cache.registry().register_service(forged).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
-    let err = cache
-        .registry()
+    // Without the identity headers (a channel that is not the client's, which puts them on
+    // every call).
+    let bare = connect_plugin::proto::connectplugin::v1::ServiceRegistryClient::new(
+        connect_plugin::Channel::new(cache.channel().base_url()).unwrap(),
+    );
+    let err = bare
         .register_service(registration("logger", "1.0.0"))
         .await
         .unwrap_err();

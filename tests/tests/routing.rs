@@ -456,7 +456,8 @@ async fn a_routed_call_to_a_stopped_provider_ends_at_the_callers_deadline() {
 
     let host_url = serve_host(connect_plugin_tests::open_registry()).await;
     let kv_process =
-        connect_plugin_tests::launch_kv_plugin(env!("CARGO_BIN_EXE_e2e-kv-plugin")).await;
+        connect_plugin_tests::launch_kv_plugin_for_anyone(env!("CARGO_BIN_EXE_e2e-kv-plugin"))
+            .await;
     let provider = Client::new(
         ClientConfig::new(&host_url)
             .self_id("kv-provider", "1.0.0")

@@ -44,8 +44,26 @@ pub(crate) struct HandshakeServer {
     pub(crate) on_join: Option<JoinHook>,
 }
 
-/// Called with each runtime id the handshake issues and the service types it may provide.
-pub(crate) type JoinHook = Arc<dyn Fn(&str, &[String]) + Send + Sync>;
+/// Called with each runtime id the handshake issues and what it was admitted with.
+pub(crate) type JoinHook = Arc<dyn Fn(&str, &Admission) + Send + Sync>;
+
+/// Where a host may reach a plugin admitted by a join token: what a registration's
+/// `base_url` may be, and the launch secret the host's calls carry.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Reach {
+    /// At the address it registers from (its peer address; `localhost` from loopback).
+    #[default]
+    Own,
+    /// A process this host is launching, whose address is not known yet: not routed to.
+    Launching,
+    /// A process this host launched: only at `endpoint`, with its launch secret.
+    Launched {
+        endpoint: String,
+        secret: Option<http::HeaderValue>,
+    },
+    /// Only at these base URLs (the operator's allow-list).
+    Listed(Arc<[String]>),
+}
 
 /// The client metadata key carrying a join token in the handshake.
 pub const JOIN_TOKEN_KEY: &str = "join_token";
@@ -85,6 +103,8 @@ struct Grant {
     /// The `self_id` the token belongs to; `None` for a token shared by several plugins.
     plugin_id: Option<String>,
     provides: Vec<String>,
+    /// Where its plugin may be reached.
+    reach: Reach,
     /// The runtime ids this token was admitted with, newest last (the last few).
     admitted: Vec<String>,
 }
@@ -96,6 +116,8 @@ const ADMITTED_KEPT: usize = 8;
 pub(crate) struct Admission {
     /// The service types its identity may provide.
     pub(crate) provides: Vec<String>,
+    /// Where its plugin may be reached.
+    pub(crate) reach: Reach,
     /// The digest of the join token that admitted it (none in open mode without a token).
     token: Option<String>,
 }
@@ -177,6 +199,7 @@ impl JoinPolicy {
         let grant = Grant {
             plugin_id: plugin_id.map(str::to_owned),
             provides: provides.into_iter().map(Into::into).collect(),
+            reach: Reach::Own,
             admitted: Vec::new(),
         };
         self.tokens().grants.insert(digest(token), grant);
@@ -197,6 +220,65 @@ impl JoinPolicy {
         let token = crate::identity::hex(&crate::identity::random_bytes::<32>(&rng)?);
         self.allow(Some(plugin_id), &token, provides)?;
         Ok(token)
+    }
+
+    /// Lets the plugins admitted by `token` register only at these base URLs (scheme, host
+    /// and port must match one of them), for plugins that do not call the host from the
+    /// address they serve on (behind NAT, a Kubernetes Service, a proxy). Without a list a
+    /// registration's `base_url` must name the address the plugin calls from (`localhost` or
+    /// any loopback address when it calls from loopback).
+    ///
+    /// # Errors
+    /// `not_found` for a token not allowed; `invalid_argument` for a base URL that is not an
+    /// absolute `http://` or `https://` URL.
+    pub fn allow_addresses<I, S>(&self, token: &str, base_urls: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let list: Vec<String> = base_urls.into_iter().map(Into::into).collect();
+        for url in &list {
+            crate::address::Origin::parse(url)?;
+        }
+        let mut tokens = self.tokens();
+        let grant = tokens.grants.get_mut(&digest(token)).ok_or_else(|| {
+            Error::not_found("no such join token: allow it first (JoinPolicy::allow)")
+        })?;
+        grant.reach = Reach::Listed(list.into());
+        Ok(())
+    }
+
+    /// A token for a process about to be launched: its plugin is not routed to until
+    /// [`JoinPolicy::launched`] says where it listens.
+    pub(crate) fn issue_launch(
+        &self,
+        plugin_id: &str,
+        provides: &[String],
+    ) -> Result<String, Error> {
+        let token = self.issue(plugin_id, provides.iter().cloned())?;
+        if let Some(grant) = self.tokens().grants.get_mut(&digest(&token)) {
+            grant.reach = Reach::Launching;
+        }
+        Ok(token)
+    }
+
+    /// The process launched with `token` listens at `endpoint` and takes `secret`; returns
+    /// the runtime ids already admitted with the token.
+    pub(crate) fn launched(
+        &self,
+        token: &str,
+        endpoint: &str,
+        secret: Option<http::HeaderValue>,
+    ) -> Vec<String> {
+        let mut tokens = self.tokens();
+        let Some(grant) = tokens.grants.get_mut(&digest(token)) else {
+            return Vec::new();
+        };
+        grant.reach = Reach::Launched {
+            endpoint: endpoint.to_owned(),
+            secret,
+        };
+        grant.admitted.clone()
     }
 
     /// Forgets `token`: it admits no one any more.
@@ -245,6 +327,7 @@ impl JoinPolicy {
             {
                 return Some(Admission {
                     provides: grant.provides.clone(),
+                    reach: grant.reach.clone(),
                     token: Some(token),
                 });
             }
@@ -265,6 +348,7 @@ impl JoinPolicy {
                         .collect()
                 })
                 .unwrap_or_default(),
+            reach: Reach::Own,
             token: None,
         })
     }
@@ -354,10 +438,18 @@ fn validate_self_id(self_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The server metadata entry telling clients how long runtime tokens live (milliseconds), so
+/// they renew in time.
+pub const TOKEN_TTL_KEY: &str = "runtime_token_ttl_ms";
+
 impl HandshakeServer {
+    /// Handshakes `request`, whose call carried `headers`: a client that presents a live
+    /// identity of its own `self_id` there renews it (same runtime id, fresh token) instead of
+    /// joining again.
     pub(crate) fn handshake(
         &self,
         request: &wire::HandshakeRequest,
+        headers: &http::HeaderMap,
     ) -> Result<wire::HandshakeResponse, Error> {
         if request.magic_cookie_key != self.cookie_key
             || request.magic_cookie_value != self.cookie_value
@@ -388,12 +480,22 @@ impl HandshakeServer {
         };
         if !request.self_id.is_empty() {
             validate_self_id(&request.self_id)?;
+            response.server_metadata.insert(
+                TOKEN_TTL_KEY.to_owned(),
+                self.identities.ttl().as_millis().to_string(),
+            );
+            let renewed = headers
+                .contains_key(crate::identity::RUNTIME_ID_HEADER)
+                .then(|| self.identities.renew(headers, &request.self_id));
             // Without an admitting credential the handshake succeeds but issues no identity.
-            if let Some(admission) = self.join.admit(request) {
+            if let Some(Ok(identity)) = renewed {
+                response.runtime_id = identity.runtime_id;
+                response.runtime_token = identity.token;
+            } else if let Some(admission) = self.join.admit(request) {
                 let identity = self.identities.issue(&request.self_id)?;
                 self.join.record(&admission, &identity.runtime_id);
                 if let Some(on_join) = &self.on_join {
-                    on_join(&identity.runtime_id, &admission.provides);
+                    on_join(&identity.runtime_id, &admission);
                 }
                 response.runtime_id = identity.runtime_id;
                 response.runtime_token = identity.token;
@@ -413,7 +515,7 @@ impl HandshakeService for HandshakeServer {
         &self,
         request: Request<wire::HandshakeRequest>,
     ) -> Result<Response<wire::HandshakeResponse>, Error> {
-        HandshakeServer::handshake(self, request.message()).map(Response::new)
+        HandshakeServer::handshake(self, request.message(), request.metadata()).map(Response::new)
     }
 }
 
@@ -475,7 +577,9 @@ mod tests {
 
     #[test]
     fn a_good_handshake_lists_only_served_plugins() {
-        let r = server().handshake(&request()).unwrap();
+        let r = server()
+            .handshake(&request(), &http::HeaderMap::new())
+            .unwrap();
         assert_eq!((r.core_protocol_version, r.app_protocol_version), (1, 1));
         assert_eq!(r.plugins.len(), 1);
         assert_eq!(r.server_metadata["server_version"], "x");
@@ -486,7 +590,9 @@ mod tests {
     fn wrong_cookie_is_invalid_argument() {
         let mut req = request();
         req.magic_cookie_value = "nope".into();
-        let err = server().handshake(&req).unwrap_err();
+        let err = server()
+            .handshake(&req, &http::HeaderMap::new())
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert_eq!(
             err.message(),
@@ -494,7 +600,10 @@ mod tests {
         );
         req.magic_cookie_key = String::new();
         assert_eq!(
-            server().handshake(&req).unwrap_err().code(),
+            server()
+                .handshake(&req, &http::HeaderMap::new())
+                .unwrap_err()
+                .code(),
             Code::InvalidArgument
         );
     }
@@ -503,7 +612,9 @@ mod tests {
     fn wrong_core_version_is_invalid_argument() {
         let mut req = request();
         req.core_protocol_version = 2;
-        let err = server().handshake(&req).unwrap_err();
+        let err = server()
+            .handshake(&req, &http::HeaderMap::new())
+            .unwrap_err();
         assert_eq!(
             err.message(),
             "unsupported core protocol version: 2 (server supports: 1)"
@@ -514,7 +625,9 @@ mod tests {
     fn app_version_mismatch_is_failed_precondition() {
         let mut req = request();
         req.app_protocol_version = 3;
-        let err = server().handshake(&req).unwrap_err();
+        let err = server()
+            .handshake(&req, &http::HeaderMap::new())
+            .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
         assert!(
             err.message()
@@ -529,11 +642,20 @@ mod tests {
         req.app_protocol_version = 3;
         req.client_metadata
             .insert(APP_VERSIONS_KEY.into(), "1,2,3".into());
-        assert_eq!(server().handshake(&req).unwrap().app_protocol_version, 2);
+        assert_eq!(
+            server()
+                .handshake(&req, &http::HeaderMap::new())
+                .unwrap()
+                .app_protocol_version,
+            2
+        );
         req.client_metadata
             .insert(APP_VERSIONS_KEY.into(), "3,4".into());
         assert_eq!(
-            server().handshake(&req).unwrap_err().code(),
+            server()
+                .handshake(&req, &http::HeaderMap::new())
+                .unwrap_err()
+                .code(),
             Code::FailedPrecondition
         );
     }
@@ -542,17 +664,23 @@ mod tests {
     fn self_id_gets_an_identity_and_bad_ones_are_refused() {
         let mut req = request();
         req.self_id = "cache-plugin".into();
-        let r = server().handshake(&req).unwrap();
+        let r = server().handshake(&req, &http::HeaderMap::new()).unwrap();
         assert!(r.runtime_id.starts_with("cache-plugin-"));
         assert!(!r.runtime_token.is_empty());
         req.self_id = "evil/../id".into();
         assert_eq!(
-            server().handshake(&req).unwrap_err().code(),
+            server()
+                .handshake(&req, &http::HeaderMap::new())
+                .unwrap_err()
+                .code(),
             Code::InvalidArgument
         );
         req.self_id = "x".repeat(200);
         assert_eq!(
-            server().handshake(&req).unwrap_err().code(),
+            server()
+                .handshake(&req, &http::HeaderMap::new())
+                .unwrap_err()
+                .code(),
             Code::InvalidArgument
         );
     }

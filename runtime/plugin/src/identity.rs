@@ -62,6 +62,9 @@ impl RuntimeIdentity {
 struct Entry {
     token: String,
     expires: Instant,
+    /// The token this one replaced at a renewal, still good until its own expiry (calls
+    /// already on their way with it must not fail).
+    previous: Option<(String, Instant)>,
 }
 
 /// The most runtime identities alive at once in one host; a handshake flood past it gets
@@ -80,6 +83,22 @@ pub(crate) fn random_bytes<const N: usize>(rng: &SystemRandom) -> Result<[u8; N]
     rng.fill(&mut bytes)
         .map_err(|_| Error::internal("the system random number generator failed"))?;
     Ok(bytes)
+}
+
+/// The runtime id prefix made from a `self_id`.
+fn sanitize(self_id: &str) -> String {
+    self_id
+        .trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a token matched.
@@ -102,18 +121,7 @@ impl IdentityStore {
 
     /// Issues a new identity for a plugin calling itself `self_id`.
     pub(crate) fn issue(&self, self_id: &str) -> Result<RuntimeIdentity, Error> {
-        let base: String = self_id
-            .trim()
-            .to_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let base = sanitize(self_id);
         let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&self.rng)?);
         let mut entries = self.entries();
         let now = Instant::now();
@@ -142,8 +150,47 @@ impl IdentityStore {
             Entry {
                 token: token.clone(),
                 expires: now + self.ttl,
+                previous: None,
             },
         );
+        Ok(RuntimeIdentity { runtime_id, token })
+    }
+
+    /// How long tokens live.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Renews the identity the `headers` authenticate, if it belongs to `self_id`: the same
+    /// runtime id with a fresh token living a full lifetime; the old token stays good until it
+    /// would have expired.
+    ///
+    /// # Errors
+    /// As for [`IdentityStore::authenticate`]; `permission_denied` for another plugin's
+    /// identity.
+    pub(crate) fn renew(
+        &self,
+        headers: &HeaderMap,
+        self_id: &str,
+    ) -> Result<RuntimeIdentity, Error> {
+        let runtime_id = self.authenticate(headers)?;
+        if !runtime_id.starts_with(&format!("{}-", sanitize(self_id))) {
+            return Err(Error::new(
+                Code::PermissionDenied,
+                format!("runtime identity {runtime_id:?} is not {self_id:?}'s"),
+            ));
+        }
+        let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&self.rng)?);
+        let mut entries = self.entries();
+        let entry = entries.get_mut(&runtime_id).ok_or_else(|| {
+            Error::new(
+                Code::Unauthenticated,
+                format!("runtime identity {runtime_id:?} ended while it was renewed"),
+            )
+        })?;
+        let old = std::mem::replace(&mut entry.token, token.clone());
+        entry.previous = Some((old, entry.expires));
+        entry.expires = Instant::now() + self.ttl;
         Ok(RuntimeIdentity { runtime_id, token })
     }
 
@@ -156,7 +203,13 @@ impl IdentityStore {
                 entries.remove(runtime_id);
                 false
             }
-            Some(entry) => constant_time_eq(entry.token.as_bytes(), token.as_bytes()),
+            Some(entry) => {
+                constant_time_eq(entry.token.as_bytes(), token.as_bytes())
+                    || entry.previous.as_ref().is_some_and(|(previous, expires)| {
+                        *expires > Instant::now()
+                            && constant_time_eq(previous.as_bytes(), token.as_bytes())
+                    })
+            }
         }
     }
 

@@ -54,6 +54,7 @@ extern crate self as connect_plugin;
 #[path = "gen/mod.rs"]
 pub mod proto;
 
+mod address;
 pub mod client;
 pub mod deploy;
 pub mod handshake;

@@ -11,6 +11,7 @@
 //! - The in-memory transport (in-process plugins): `memory_pair`, `serve_memory`,
 //!   `memory_channel`.
 //! - `or_timeout`: a default timeout for a channel built elsewhere.
+//! - `guard`: a check every request must pass (a launched plugin answers only its host).
 //!
 //! Not an API for users: it changes with `connect-plugin`.
 
@@ -21,13 +22,19 @@ use std::time::Duration;
 pub use crate::body::{Body, RecvBody};
 pub use crate::channel::h2::{BoxError, H2Connection};
 pub use crate::memory::MemoryConnector;
-pub use crate::server::RawHandler;
 use crate::server::Router;
+pub use crate::server::{Guard, RawHandler};
 use crate::{Channel, ChannelBuilder, Server};
 
 /// A unary Connect error response: the code's HTTP status and the JSON error body.
 pub fn error_response(error: &crate::Error) -> http::Response<Body> {
     crate::server::error_response(error)
+}
+
+/// Checks every request to `server` with `guard` before routing it (a plugin that answers
+/// only its host); a refusal is answered with the error's code.
+pub fn guard(server: Server, guard: Guard) -> Server {
+    server.guard(guard)
 }
 
 /// Serves plain HTTP requests at exactly `path` with `handler`.
@@ -53,7 +60,7 @@ impl Dispatcher {
 
     /// Handles one request as the server would.
     pub async fn handle(&self, request: http::Request<RecvBody>) -> http::Response<Body> {
-        self.0.handle(request).await
+        self.0.handle(request, None).await
     }
 }
 

@@ -81,19 +81,16 @@ pub(crate) enum Conn {
 
 impl Incoming {
     /// The next connection; `None` when an in-memory listener has no connectors left.
-    pub(crate) async fn accept(&mut self) -> Option<io::Result<(Conn, std::net::SocketAddr)>> {
+    pub(crate) async fn accept(
+        &mut self,
+    ) -> Option<io::Result<(Conn, Option<std::net::SocketAddr>)>> {
         match self {
             Incoming::Tcp(listener) => Some(listener.accept().await.map(|(stream, peer)| {
                 // Without TCP_NODELAY small HTTP/1.1 responses can wait on Nagle's algorithm.
                 let _ = stream.set_nodelay(true);
-                (Conn::Tcp(stream), peer)
+                (Conn::Tcp(stream), Some(peer))
             })),
-            Incoming::Memory(rx) => rx.recv().await.map(|pipe| {
-                Ok((
-                    Conn::Memory(pipe),
-                    std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                ))
-            }),
+            Incoming::Memory(rx) => rx.recv().await.map(|pipe| Ok((Conn::Memory(pipe), None))),
         }
     }
 }

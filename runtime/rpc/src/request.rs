@@ -4,6 +4,7 @@
 //! end-stream metadata, `Connect-Timeout-Ms`) is handled by [`crate::server`] and
 //! [`crate::channel`].
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -15,6 +16,7 @@ pub struct Request<T> {
     message: T,
     metadata: HeaderMap,
     timeout: Option<Duration>,
+    peer: Option<SocketAddr>,
 }
 
 impl<T> Request<T> {
@@ -24,14 +26,21 @@ impl<T> Request<T> {
             message,
             metadata: HeaderMap::new(),
             timeout: None,
+            peer: None,
         }
     }
 
-    pub(crate) fn from_parts(message: T, metadata: HeaderMap, timeout: Option<Duration>) -> Self {
+    pub(crate) fn from_parts(
+        message: T,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+        peer: Option<SocketAddr>,
+    ) -> Self {
         Self {
             message,
             metadata,
             timeout,
+            peer,
         }
     }
 
@@ -63,6 +72,14 @@ impl<T> Request<T> {
     /// The call's timeout: set by a client, or the client's `Connect-Timeout-Ms` on a server.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// On a server, the address of the peer the call came from: the TCP peer of the
+    /// connection (a proxy in front of the server, if any). `None` on a client, and for calls
+    /// that did not arrive over a socket of this server (in-memory, or mounted in another
+    /// server with [`crate::Server::into_http_service`]).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     /// Sets the timeout for this call (client side); it is sent as `Connect-Timeout-Ms` and

@@ -37,10 +37,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let (endpoint, process) = match std::env::var("PLUGIN_ENDPOINT") {
+    let (config, process) = match std::env::var("PLUGIN_ENDPOINT") {
         Ok(endpoint) => {
             println!("using the plugin at {endpoint}");
-            (endpoint, None)
+            (ClientConfig::new(endpoint), None)
         }
         Err(_) => {
             let program = std::env::var_os("KV_PLUGIN_BIN")
@@ -81,12 +81,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 process.id().unwrap_or_default(),
                 process.endpoint()
             );
-            (process.endpoint(), Some(process))
+            // The plugin answers only this host: the config carries its launch secret.
+            (process.client_config(), Some(process))
         }
     };
 
     let client = Client::new(
-        ClientConfig::new(&endpoint)
+        config
             .plugin::<KvServicePlugin>()
             .channel(|c| c.timeout(Duration::from_secs(10))),
     )?;

@@ -116,6 +116,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .env(JOIN_TOKEN_ENV, &token),
         )
         .await?;
+        // Its registrations must point at this process, and calls routed to it carry the
+        // launch secret it answers to.
+        registry.launched(&token, &process)?;
         for (service_type, _) in &provided {
             registry
                 .wait_for_provider(service_type, Duration::from_secs(10))

@@ -23,8 +23,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 mod capability;
 pub mod discovery;
@@ -34,10 +36,11 @@ pub use capability::CapabilityGrant;
 pub use provider::Heartbeat;
 
 use crate::handshake::{APP_VERSIONS_KEY, CORE_PROTOCOL_VERSION};
-use crate::identity::RuntimeIdentity;
+use crate::identity::{RUNTIME_ID_HEADER, RuntimeIdentity};
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use crate::proto::connectplugin::v1 as wire;
 use crate::rpc::ChannelBuilder;
+use crate::rpc::{Interceptor, MethodDescriptor};
 use crate::{Channel, Code, Error, Plugin, Request};
 
 /// How to reach and greet a plugin server.
@@ -49,6 +52,7 @@ pub struct ClientConfig {
     self_id: Option<(String, String)>,
     metadata: HashMap<String, String>,
     channel: Box<dyn FnOnce(ChannelBuilder) -> ChannelBuilder + Send>,
+    launch_secret: Option<http::HeaderValue>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -83,7 +87,17 @@ impl ClientConfig {
             self_id: None,
             metadata,
             channel: Box::new(|b| b),
+            launch_secret: None,
         }
+    }
+
+    /// Sends the launch secret of a plugin this host launched on every call (what
+    /// [`PluginProcess::client_config`](crate::process::PluginProcess::client_config) sets;
+    /// see [`crate::serve::host_only`]).
+    #[must_use]
+    pub fn launch_secret(mut self, secret: http::HeaderValue) -> Self {
+        self.launch_secret = Some(secret);
+        self
     }
 
     /// Joins the host with `token` (an operator's join token for this plugin; see
@@ -190,7 +204,58 @@ pub struct HandshakeInfo {
     pub identity: Option<RuntimeIdentity>,
 }
 
+/// The runtime identity a client holds now, shared with the interceptor that puts it on every
+/// call, so a renewed token reaches channels derived earlier ([`Client::provider`]).
+#[derive(Default)]
+struct Held {
+    identity: RwLock<Option<(RuntimeIdentity, Option<Instant>)>>,
+}
+
+impl Held {
+    fn get(&self) -> Option<(RuntimeIdentity, Option<Instant>)> {
+        self.identity
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, identity: Option<(RuntimeIdentity, Option<Instant>)>) {
+        *self
+            .identity
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = identity;
+    }
+}
+
+/// Puts the held identity on every call that carries none of its own.
+struct CarryIdentity(Arc<Held>);
+
+impl Interceptor for CarryIdentity {
+    fn before(&self, _: &MethodDescriptor, headers: &mut http::HeaderMap) -> Result<(), Error> {
+        if !headers.contains_key(RUNTIME_ID_HEADER)
+            && let Some((identity, _)) = &*self
+                .0
+                .identity
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            identity.apply(headers);
+        }
+        Ok(())
+    }
+}
+
+/// When to renew a token living `ttl`, issued now: at two thirds of its life.
+fn renew_at(ttl: Duration) -> Instant {
+    Instant::now() + ttl.mul_f64(2.0 / 3.0)
+}
+
 /// A connection to a plugin server: lazy, handshakes once, dispenses typed clients.
+///
+/// A client that joined a host with a `self_id` keeps its runtime identity alive: it renews
+/// the token at two thirds of its lifetime (a handshake presenting the identity; the runtime id
+/// stays the same), and joins again (a new identity) when the host no longer knows it, for
+/// example after the host restarted ([`Client::rejoin`]; heartbeats do this by themselves).
 pub struct Client {
     channel: Channel,
     endpoint: String,
@@ -199,7 +264,10 @@ pub struct Client {
     cookie: (String, String),
     self_id: Option<(String, String)>,
     metadata: HashMap<String, String>,
-    handshake: OnceCell<HandshakeInfo>,
+    handshake: RwLock<Option<Arc<HandshakeInfo>>>,
+    /// Held while handshaking, so concurrent first uses or renewals make one handshake.
+    handshaking: tokio::sync::Mutex<()>,
+    held: Arc<Held>,
     closed: AtomicBool,
     /// The health last reported, re-sent by heartbeats.
     last_health: std::sync::Mutex<(wire::HealthState, String)>,
@@ -209,7 +277,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("endpoint", &self.endpoint)
-            .field("connected", &self.handshake.initialized())
+            .field("connected", &self.handshake_info().is_some())
             .finish()
     }
 }
@@ -220,12 +288,30 @@ impl Client {
     /// # Errors
     /// `invalid_argument` for a bad endpoint or an empty version list.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        let joins = config.self_id.is_some();
+        Self::build(config, joins)
+    }
+
+    /// Builds the client; `carries_identity` for one that will hold a runtime identity (only
+    /// those pay for putting it on calls).
+    fn build(config: ClientConfig, carries_identity: bool) -> Result<Self, Error> {
         if config.app_protocol_versions.is_empty() {
             return Err(Error::invalid_argument(
                 "app_protocol_versions must not be empty",
             ));
         }
-        let channel = (config.channel)(Channel::builder(config.endpoint.clone())).build()?;
+        let held = Arc::new(Held::default());
+        let mut builder = (config.channel)(Channel::builder(config.endpoint.clone()));
+        if carries_identity {
+            builder = builder.interceptor(CarryIdentity(Arc::clone(&held)));
+        }
+        if let Some(secret) = config.launch_secret {
+            builder = builder.header(
+                http::HeaderName::from_static(crate::serve::host_only::LAUNCH_SECRET_HEADER),
+                secret,
+            );
+        }
+        let channel = builder.build()?;
         Ok(Self {
             channel,
             endpoint: config.endpoint,
@@ -234,7 +320,9 @@ impl Client {
             cookie: config.cookie,
             self_id: config.self_id,
             metadata: config.metadata,
-            handshake: OnceCell::new(),
+            handshake: RwLock::new(None),
+            handshaking: tokio::sync::Mutex::new(()),
+            held,
             closed: AtomicBool::new(false),
             last_health: std::sync::Mutex::new((wire::HealthState::Healthy, String::new())),
         })
@@ -246,8 +334,9 @@ impl Client {
     /// # Errors
     /// As for [`Client::new`].
     pub fn with_identity(config: ClientConfig, identity: RuntimeIdentity) -> Result<Self, Error> {
-        let client = Self::new(config)?;
-        let _ = client.handshake.set(HandshakeInfo {
+        let client = Self::build(config, true)?;
+        client.held.set(Some((identity.clone(), None)));
+        client.store(HandshakeInfo {
             app_protocol_version: client
                 .app_protocol_versions
                 .iter()
@@ -267,11 +356,59 @@ impl Client {
     /// # Errors
     /// `failed_precondition` after [`Client::close`] or when versions or plugins do not
     /// match; the server's handshake error otherwise, prefixed with `handshake failed`.
-    pub async fn connect(&self) -> Result<&HandshakeInfo, Error> {
+    pub async fn connect(&self) -> Result<Arc<HandshakeInfo>, Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::new(Code::FailedPrecondition, "the client is closed"));
         }
-        self.handshake.get_or_try_init(|| self.handshake()).await
+        if let Some(done) = self.handshake_info() {
+            return Ok(done);
+        }
+        let _one = self.handshaking.lock().await;
+        if let Some(done) = self.handshake_info() {
+            return Ok(done);
+        }
+        let info = self.handshake().await?;
+        Ok(self.store(info))
+    }
+
+    /// Joins the host again: a fresh handshake, presenting the identity held (which renews it
+    /// if the host still knows it) and the join token (which admits a new identity if it does
+    /// not). For a plugin whose calls come back `unauthenticated` because the host restarted
+    /// or its identity ended; registrations made under an identity the host forgot must be
+    /// made again.
+    ///
+    /// # Errors
+    /// As for [`Client::connect`].
+    pub async fn rejoin(&self) -> Result<Arc<HandshakeInfo>, Error> {
+        let stale = self.handshake_info();
+        let _one = self.handshaking.lock().await;
+        let now = self.handshake_info();
+        // Someone else rejoined while this call waited: that handshake will do.
+        if let Some(now) = now
+            && stale.as_ref().is_none_or(|stale| !Arc::ptr_eq(stale, &now))
+        {
+            return Ok(now);
+        }
+        let info = self.handshake().await?;
+        Ok(self.store(info))
+    }
+
+    /// Keeps `info` as the handshake's outcome and holds its identity.
+    fn store(&self, info: HandshakeInfo) -> Arc<HandshakeInfo> {
+        let ttl = info
+            .server_metadata
+            .get(crate::handshake::TOKEN_TTL_KEY)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        if let Some(identity) = &info.identity {
+            self.held.set(Some((identity.clone(), ttl.map(renew_at))));
+        }
+        let info = Arc::new(info);
+        *self
+            .handshake
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&info));
+        info
     }
 
     async fn handshake(&self) -> Result<HandshakeInfo, Error> {
@@ -390,14 +527,17 @@ impl Client {
         &self.channel
     }
 
-    /// The handshake's outcome, once connected.
-    pub fn handshake_info(&self) -> Option<&HandshakeInfo> {
-        self.handshake.get()
+    /// The handshake's outcome, once connected (the latest, after a renewal or a rejoin).
+    pub fn handshake_info(&self) -> Option<Arc<HandshakeInfo>> {
+        self.handshake
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    /// The runtime identity issued to this client, once connected with a `self_id`.
-    pub fn runtime_identity(&self) -> Option<&RuntimeIdentity> {
-        self.handshake.get().and_then(|h| h.identity.as_ref())
+    /// The runtime identity this client holds now, once connected with a `self_id`.
+    pub fn runtime_identity(&self) -> Option<RuntimeIdentity> {
+        self.held.get().map(|(identity, _)| identity)
     }
 
     /// A request carrying this client's runtime identity, for calls to the host's registry
@@ -414,9 +554,21 @@ impl Client {
 
     /// The runtime identity the handshake issued, or an error that says why there is none.
     pub(crate) async fn identity(&self, what: &str) -> Result<RuntimeIdentity, Error> {
-        let handshake = self.connect().await?;
-        if let Some(identity) = &handshake.identity {
-            return Ok(identity.clone());
+        self.connect().await?;
+        if let Some((identity, renew_at)) = self.held.get() {
+            if renew_at.is_none_or(|at| Instant::now() < at) || self.self_id.is_none() {
+                return Ok(identity);
+            }
+            // Due for renewal; if it fails the token still works until it expires.
+            match self.rejoin().await {
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(host = %self.endpoint, "renewing the runtime token failed: {error}")
+                }
+            }
+            if let Some((identity, _)) = self.held.get() {
+                return Ok(identity);
+            }
         }
         let why = if self.self_id.is_none() {
             "set ClientConfig::self_id".to_owned()
@@ -442,6 +594,6 @@ impl Client {
 
     /// The negotiated app protocol version, once connected.
     pub fn app_protocol_version(&self) -> Option<i32> {
-        self.handshake.get().map(|h| h.app_protocol_version)
+        self.handshake_info().map(|h| h.app_protocol_version)
     }
 }

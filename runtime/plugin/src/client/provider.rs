@@ -48,13 +48,11 @@ impl Client {
             .into_message()
             .endpoint
             .ok_or_else(|| Error::internal("the registry answered without an endpoint"))?;
-        let mut headers = http::HeaderMap::new();
-        if let Some(identity) = self.runtime_identity() {
-            identity.apply(&mut headers);
-        }
-        // Over this client's connection to the host, with its settings (TLS included).
+        // Over this client's connection to the host, with its settings (TLS included); the
+        // channel's interceptor puts the identity held at each call (renewed ones too).
         Ok(P::client(
-            self.channel.derive(&endpoint.endpoint_url, headers)?,
+            self.channel
+                .derive(&endpoint.endpoint_url, http::HeaderMap::new())?,
         ))
     }
 
@@ -91,8 +89,22 @@ impl Client {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                if let Err(error) = client.report_health(state, &reason).await {
-                    tracing::warn!("heartbeat to {} failed: {error}", client.endpoint);
+                match client.report_health(state, &reason).await {
+                    Ok(()) => {}
+                    // The host no longer knows this identity (it restarted, or the identity
+                    // ended): join again, so the next beat goes through.
+                    Err(error) if error.code() == crate::Code::Unauthenticated => {
+                        tracing::warn!(
+                            "heartbeat to {} refused ({error}); joining again",
+                            client.endpoint
+                        );
+                        if let Err(error) = client.rejoin().await {
+                            tracing::warn!("joining {} again failed: {error}", client.endpoint);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!("heartbeat to {} failed: {error}", client.endpoint)
+                    }
                 }
             }
         }))

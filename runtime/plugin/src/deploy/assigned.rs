@@ -6,6 +6,10 @@
 //! Plugin side: serve a [`AssignedIdentity`] (through [`AssignedIdentity::service`]) and wait
 //! for [`AssignedIdentity::assigned`]. Host side: [`crate::host::Platform::add_managed`].
 //!
+//! The identity is taken once: a second `SetRuntimeIdentity` is refused with
+//! `failed_precondition`. A plugin launched by a host answers only that host (its launch
+//! secret, [`crate::serve::host_only`]), so nobody else can assign it first.
+//!
 //! It only answers the host and hands over the assignment: registering and reporting health with it
 //! go through [`crate::Client::with_identity`], and starting the process and issuing the identity
 //! are the host's ([`crate::host::platform`], [`crate::host::registry`]).
@@ -123,15 +127,57 @@ impl wire::PluginIdentity for AssignedIdentity {
                 "runtime_id, runtime_token and host_url are all required",
             ));
         }
-        self.assignment.send_replace(Some(Assignment {
+        let assignment = Assignment {
             identity: RuntimeIdentity {
                 runtime_id: request.runtime_id,
                 token: request.runtime_token,
             },
             host_url: request.host_url,
-        }));
+        };
+        // Taken once: nobody can re-point a plugin at another host or identity later.
+        let mut assignment = Some(assignment);
+        let first = self.assignment.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = assignment.take();
+            true
+        });
+        if !first {
+            return Err(Error::new(
+                Code::FailedPrecondition,
+                "this plugin already has its runtime identity: it takes one, once, from the host that launched it (restart the plugin to assign another)",
+            ));
+        }
         Ok(Response::new(wire::SetRuntimeIdentityResponse {
             acknowledged: true,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::connectplugin::v1::PluginIdentity as _;
+
+    #[tokio::test]
+    async fn the_identity_is_taken_once() {
+        let plugin = AssignedIdentity::new("logger-plugin", "1.0.0", &[], Vec::new());
+        let assign = |id: &str| {
+            Request::new(wire::SetRuntimeIdentityRequest {
+                runtime_id: id.into(),
+                runtime_token: "t".repeat(32),
+                host_url: "http://127.0.0.1:1".into(),
+            })
+        };
+        let first = plugin.set_runtime_identity(assign("first")).await.unwrap();
+        assert!(first.message().acknowledged);
+        let err = plugin
+            .set_runtime_identity(assign("second"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+        assert!(err.message().contains("already has its runtime identity"));
+        assert_eq!(plugin.assigned().await.identity.runtime_id, "first");
     }
 }

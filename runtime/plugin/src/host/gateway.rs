@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use super::registry::{InflightGuard, ServiceRegistry};
 use crate::identity::RUNTIME_ID_HEADER;
 use crate::rpc::__private::{Body, H2Connection, RawHandler, RecvBody, error_response};
+use crate::serve::host_only::LAUNCH_SECRET_HEADER;
 use crate::{Code, Error};
 
 /// Where routed calls are served.
@@ -103,7 +104,8 @@ async fn route(
         )));
     };
     // A replaced provider's calls go to its replacement; only registered procedures route.
-    let (provider_id, base) = registry.route_target(service_type, provider_id, procedure)?;
+    let (provider_id, base, secret) =
+        registry.route_target(service_type, provider_id, procedure)?;
     let deadline = call_deadline(request.headers())?;
     let provider_id = provider_id.as_str();
     let query = request
@@ -124,9 +126,14 @@ async fn route(
     parts.headers.remove(http::header::AUTHORIZATION);
     parts.headers.remove(RUNTIME_ID_HEADER);
     parts.headers.remove(CALLER_ID_HEADER);
+    parts.headers.remove(LAUNCH_SECRET_HEADER);
     parts.headers.remove(http::header::HOST);
     if let Ok(caller) = HeaderValue::from_str(&caller) {
         parts.headers.insert(CALLER_ID_HEADER, caller);
+    }
+    // A provider this host launched answers only calls that carry its launch secret.
+    if let Some(secret) = secret {
+        parts.headers.insert(LAUNCH_SECRET_HEADER, secret);
     }
     let body = Body::Stream(Box::pin(body.map_err(|e| {
         Error::new(

@@ -70,8 +70,8 @@ impl ServeConfig {
         self = self.join_policy(registry.join_policy().clone());
         let parts = self.host_parts();
         let allowed = registry.clone();
-        parts.on_join = Some(Arc::new(move |runtime_id, provides| {
-            allowed.allow(runtime_id, provides.iter().cloned());
+        parts.on_join = Some(Arc::new(move |runtime_id, admission| {
+            allowed.admit(runtime_id, admission);
         }));
         parts
             .mounts

@@ -118,10 +118,8 @@ impl Platform {
         // The child alone learns its join token, which admits it as `spec.name` providing
         // what the spec says, whatever it declares about itself.
         let policy = self.registry.join_policy();
-        let ticket = JoinTicket::new(
-            policy,
-            policy.issue(&spec.name, spec.provides.iter().map(|(t, _)| t.clone()))?,
-        );
+        let provides: Vec<String> = spec.provides.iter().map(|(t, _)| t.clone()).collect();
+        let ticket = JoinTicket::new(policy, policy.issue_launch(&spec.name, &provides)?);
         let token = ticket.token();
         let launch = spec
             .launch
@@ -130,6 +128,9 @@ impl Platform {
             .env(crate::handshake::JOIN_TOKEN_ENV, token);
         // A failed start drops the ticket, which revokes the token.
         let process = PluginProcess::launch(launch).await?;
+        // Now its address is known: its registrations must point there, and routed calls
+        // carry its launch secret.
+        self.registry.launched(token, &process)?;
         let mut runtime_id = None;
         for (service_type, _) in &spec.provides {
             let found = self
@@ -237,8 +238,7 @@ impl Platform {
         }
         // Model A: start it without HOST_URL, ask what it provides, assign its identity.
         let process = PluginProcess::launch(spec.launch.clone()).await?;
-        let identity_client =
-            wire::PluginIdentityClient::new(crate::Channel::new(process.endpoint())?);
+        let identity_client = wire::PluginIdentityClient::new(process.channel()?);
         let info = identity_client
             .get_plugin_info(wire::GetPluginInfoRequest {})
             .await?
@@ -273,6 +273,11 @@ impl Platform {
         let identity = self
             .registry
             .issue_identity(&info.self_id, spec.provides.iter().map(|(t, _)| t.clone()))?;
+        self.registry.bind(
+            &identity.runtime_id,
+            &process.endpoint(),
+            process.launch_secret().cloned(),
+        )?;
         identity_client
             .set_runtime_identity(wire::SetRuntimeIdentityRequest {
                 runtime_id: identity.runtime_id.clone(),

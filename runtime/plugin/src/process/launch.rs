@@ -11,6 +11,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use crate::log::{escape_control, read_bounded_line};
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
+use crate::serve::host_only::{LAUNCH_SECRET_ENV, LAUNCH_SECRET_HEADER};
 use crate::serve::readiness::{LAUNCHED_ENV, READY_PREFIX, READY_SUFFIX, parse_ready_line};
 use crate::{Code, Error};
 
@@ -36,8 +38,25 @@ pub struct LaunchConfig {
     checksum: Option<String>,
     pub(super) restart: RestartPolicy,
     pub(super) on_crash: Option<CrashCallback>,
+    /// Whether the plugin answers only this host.
+    host_only: bool,
+    /// The launch secret, made by [`with_secret`] (kept across a supervisor's restarts).
+    pub(super) secret: Option<http::HeaderValue>,
     /// The checked copy of `program` that runs instead of it (set by [`verify_checksum`]).
     verified: Option<Arc<VerifiedCopy>>,
+}
+
+/// `config` with a fresh launch secret, unless it answers anyone or already has one.
+pub(super) fn with_secret(mut config: LaunchConfig) -> Result<LaunchConfig, Error> {
+    if config.host_only && config.secret.is_none() {
+        let rng = ring::rand::SystemRandom::new();
+        let secret = crate::identity::hex(&crate::identity::random_bytes::<32>(&rng)?);
+        config.secret = Some(
+            http::HeaderValue::from_str(&secret)
+                .map_err(|_| Error::internal("a hex launch secret is a valid header value"))?,
+        );
+    }
+    Ok(config)
 }
 
 /// Linux's "text file busy": executing a file that some process has open for writing.
@@ -130,6 +149,8 @@ impl LaunchConfig {
             checksum: None,
             restart: RestartPolicy::never(),
             on_crash: None,
+            host_only: true,
+            secret: None,
             verified: None,
         }
     }
@@ -182,6 +203,16 @@ impl LaunchConfig {
         self
     }
 
+    /// Lets the plugin answer calls from anyone, not only this host. By default each start
+    /// gets a fresh launch secret (see [`crate::serve::host_only`]) and a plugin served with
+    /// [`crate::serve()`] refuses calls without it; this turns that off, for a plugin that
+    /// other software must call directly (a peer written in another language, a test tool).
+    #[must_use]
+    pub fn answer_anyone(mut self) -> Self {
+        self.host_only = false;
+        self
+    }
+
     /// How long to wait for the readiness line (default 10 s).
     #[must_use]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
@@ -197,6 +228,8 @@ pub struct PluginProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     addr: SocketAddr,
+    /// The secret calls to this process must carry (none with `answer_anyone`).
+    secret: Option<http::HeaderValue>,
 }
 
 impl PluginProcess {
@@ -207,7 +240,7 @@ impl PluginProcess {
     /// readiness within the start timeout; the message names the program and what it printed.
     pub async fn launch(config: LaunchConfig) -> Result<Self, Error> {
         // The checked copy may go once the child has started: it runs from its own inode.
-        let config = verify_checksum(config)?;
+        let config = with_secret(verify_checksum(config)?)?;
         Self::spawn(&config, 0).await
     }
 
@@ -225,13 +258,21 @@ impl PluginProcess {
             .env("PORT", port.to_string())
             .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
             .env(LAUNCHED_ENV, MAGIC_COOKIE_VALUE)
-            // This process's own join token is its alone.
-            .env_remove(crate::handshake::JOIN_TOKEN_ENV);
+            // This process's own join token and launch secret are its alone.
+            .env_remove(crate::handshake::JOIN_TOKEN_ENV)
+            .env_remove(LAUNCH_SECRET_ENV);
         for key in &config.env_remove {
             command.env_remove(key);
         }
+        command.envs(config.env.iter().map(|(k, v)| (k, v)));
+        let secret = config.secret.clone();
+        if let Some(secret) = &secret {
+            command.env(
+                LAUNCH_SECRET_ENV,
+                std::ffi::OsStr::from_bytes(secret.as_bytes()),
+            );
+        }
         command
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -301,6 +342,7 @@ impl PluginProcess {
             child,
             stdin,
             addr,
+            secret,
         })
     }
 
@@ -317,6 +359,44 @@ impl PluginProcess {
     /// The base URL to call the plugin at, e.g. `http://127.0.0.1:43123`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The launch secret this host's calls to the plugin carry (header
+    /// [`LAUNCH_SECRET_HEADER`]); `None` if launched with [`LaunchConfig::answer_anyone`].
+    /// Keep it to this host: whoever holds it can call the plugin.
+    pub fn launch_secret(&self) -> Option<&http::HeaderValue> {
+        self.secret.as_ref()
+    }
+
+    /// A channel to the plugin that carries the launch secret on every call.
+    ///
+    /// # Errors
+    /// `invalid_argument` never in practice (the endpoint is a valid URL).
+    pub fn channel(&self) -> Result<crate::Channel, Error> {
+        self.channel_builder().build()
+    }
+
+    /// A channel builder for the plugin, with the launch secret set, to adjust further
+    /// (timeouts, codec) before building.
+    pub fn channel_builder(&self) -> crate::rpc::ChannelBuilder {
+        let builder = crate::Channel::builder(self.endpoint());
+        match &self.secret {
+            Some(secret) => builder.header(
+                http::HeaderName::from_static(LAUNCH_SECRET_HEADER),
+                secret.clone(),
+            ),
+            None => builder,
+        }
+    }
+
+    /// A [`ClientConfig`](crate::ClientConfig) for the plugin (handshake, dispense) that
+    /// carries the launch secret on every call.
+    pub fn client_config(&self) -> crate::ClientConfig {
+        let config = crate::ClientConfig::new(self.endpoint());
+        match &self.secret {
+            Some(secret) => config.launch_secret(secret.clone()),
+            None => config,
+        }
     }
 
     /// Waits for the process to exit.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::launch::{CrashEvent, LaunchConfig, PluginProcess, verify_checksum};
+use super::launch::{CrashEvent, LaunchConfig, PluginProcess, verify_checksum, with_secret};
 use crate::Error;
 
 /// The life of a [`SupervisedPlugin`].
@@ -48,6 +48,7 @@ pub struct SupervisedPlugin {
     state: watch::Receiver<PluginState>,
     stop: Option<oneshot::Sender<Duration>>,
     task: tokio::task::JoinHandle<()>,
+    secret: Option<http::HeaderValue>,
 }
 
 impl SupervisedPlugin {
@@ -57,8 +58,10 @@ impl SupervisedPlugin {
     /// As for [`PluginProcess::launch`]: the first start must succeed.
     pub async fn launch(config: LaunchConfig) -> Result<Self, Error> {
         // Restarts run the same checked copy, kept for as long as the supervisor runs.
-        let config = verify_checksum(config)?;
+        // ... and one launch secret, so channels made before a crash keep working.
+        let config = with_secret(verify_checksum(config)?)?;
         let process = PluginProcess::spawn(&config, 0).await?;
+        let secret = config.secret.clone();
         let (state_tx, state) = watch::channel(PluginState::Running {
             endpoint: process.endpoint(),
             pid: process.id().unwrap_or_default(),
@@ -72,6 +75,7 @@ impl SupervisedPlugin {
             state,
             stop: Some(stop_tx),
             task,
+            secret,
         })
     }
 
@@ -91,6 +95,26 @@ impl SupervisedPlugin {
             PluginState::Running { endpoint, .. } => Some(endpoint.clone()),
             _ => None,
         }
+    }
+
+    /// A channel to the plugin, carrying its launch secret (the same across restarts), while
+    /// it runs.
+    ///
+    /// # Errors
+    /// `unavailable` when it is not running.
+    pub fn channel(&self) -> Result<crate::Channel, Error> {
+        let endpoint = self
+            .endpoint()
+            .ok_or_else(|| Error::unavailable(format!("plugin {} is not running", self.name)))?;
+        let builder = crate::Channel::builder(endpoint);
+        match &self.secret {
+            Some(secret) => builder.header(
+                http::HeaderName::from_static(crate::serve::host_only::LAUNCH_SECRET_HEADER),
+                secret.clone(),
+            ),
+            None => builder,
+        }
+        .build()
     }
 
     /// A receiver of every state change.

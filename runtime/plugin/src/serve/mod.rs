@@ -36,6 +36,7 @@ use crate::rpc::tls::ServerTls;
 use crate::rpc::{Server, Service};
 use crate::{Code, Error};
 
+pub mod host_only;
 pub mod readiness;
 
 type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -402,6 +403,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     server = rpc_private::route_raw(server, "/readyz", probe(&health));
 
     tasks.push(sweep(Arc::clone(&identities), token_ttl));
+    if let Some(secret) = host_only::from_env() {
+        // Launched with a launch secret: answer only the host that launched us.
+        server = rpc_private::guard(server, host_only::guard(secret));
+    }
 
     let launched = std::env::var(readiness::LAUNCHED_ENV).is_ok_and(|v| v == MAGIC_COOKIE_VALUE);
     if let (true, Some(local)) = (announce, local) {

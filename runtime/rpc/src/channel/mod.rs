@@ -248,6 +248,14 @@ impl ChannelBuilder {
         self
     }
 
+    /// Adds one header sent with every call (after those set with
+    /// [`ChannelBuilder::metadata`], replacing any of the same name).
+    #[must_use]
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.metadata.insert(name, value);
+        self
+    }
+
     /// Builds the channel. No connection is made until the first call.
     ///
     /// # Errors

@@ -365,7 +365,8 @@ struct Connection {
     id: u64,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    /// `None` for in-memory connections.
+    peer: Option<SocketAddr>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -379,12 +380,12 @@ impl Connection {
         let served = tokio::select! {
             served = self.handshake_and_serve(stream) => served,
             () = evicted.evict.notified() => {
-                tracing::debug!(%peer, "connection evicted: the server is at its connection cap");
+                tracing::debug!(peer = ?peer, "connection evicted: the server is at its connection cap");
                 Ok(())
             }
         };
         if let Err(e) = served {
-            tracing::debug!(%peer, error = %e, "connection closed with an error");
+            tracing::debug!(peer = ?peer, error = %e, "connection closed with an error");
         }
         id
     }
@@ -394,7 +395,7 @@ impl Connection {
         match (self.shared.tls.clone(), stream) {
             (None, Conn::Tcp(stream)) => {
                 let Some(wire) = sniff(&stream, handshake_timeout).await else {
-                    tracing::debug!(peer = %self.peer, "no request bytes in time; closing");
+                    tracing::debug!(peer = ?self.peer, "no request bytes in time; closing");
                     return Ok(());
                 };
                 self.drive(stream, wire).await
@@ -406,11 +407,11 @@ impl Connection {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
-                            tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(peer = ?self.peer, error = %e, "TLS handshake failed");
                             return Ok(());
                         }
                         Err(_) => {
-                            tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                            tracing::debug!(peer = ?self.peer, "TLS handshake timed out");
                             return Ok(());
                         }
                     };
@@ -432,11 +433,12 @@ impl Connection {
     {
         let router = Arc::clone(&self.shared.router);
         let activity = Arc::clone(&self.activity);
+        let peer = self.peer;
         let service = hyper::service::service_fn(move |request: http::Request<_>| {
             let router = Arc::clone(&router);
             let call = CallGuard::start(&activity);
             async move {
-                let response = router.handle(request.map(RecvBody::Hyper)).await;
+                let response = router.handle(request.map(RecvBody::Hyper), peer).await;
                 Ok::<_, Infallible>(response.map(|body| TrackedBody { body, call }))
             }
         });

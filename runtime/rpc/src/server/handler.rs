@@ -50,6 +50,8 @@ pub(crate) struct Call {
     pub(crate) max_message_size: usize,
     pub(crate) compress_min_bytes: usize,
     pub(crate) body_timeout: std::time::Duration,
+    /// The connection's peer, if the call came over a socket.
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 impl Call {
@@ -235,7 +237,7 @@ where
             let result = with_deadline(call.deadline, async {
                 let message = call.read_unary::<Req>().await?;
                 let headers = std::mem::take(&mut call.headers);
-                let request = Request::from_parts(message, headers, call.timeout());
+                let request = Request::from_parts(message, headers, call.timeout(), call.peer);
                 (self.f)(request).await
             })
             .await;
@@ -326,7 +328,7 @@ where
                 let mut requests = call.request_stream::<Req>()?;
                 let message = exactly_one(&mut requests, "server-streaming", "request").await?;
                 let headers = std::mem::take(&mut call.headers);
-                let request = Request::from_parts(message, headers, call.timeout());
+                let request = Request::from_parts(message, headers, call.timeout(), call.peer);
                 (self.f)(request).await
             })
             .await;
@@ -374,7 +376,13 @@ where
             let result = with_deadline(call.deadline, async {
                 let requests = call.request_stream::<Req>()?;
                 let headers = std::mem::take(&mut call.headers);
-                (self.f)(Request::from_parts(requests, headers, call.timeout())).await
+                (self.f)(Request::from_parts(
+                    requests,
+                    headers,
+                    call.timeout(),
+                    call.peer,
+                ))
+                .await
             })
             .await;
             match result {
@@ -411,7 +419,13 @@ where
             let result = with_deadline(call.deadline, async {
                 let requests = call.request_stream::<Req>()?;
                 let headers = std::mem::take(&mut call.headers);
-                (self.f)(Request::from_parts(requests, headers, call.timeout())).await
+                (self.f)(Request::from_parts(
+                    requests,
+                    headers,
+                    call.timeout(),
+                    call.peer,
+                ))
+                .await
             })
             .await;
             match result {

@@ -30,9 +30,9 @@ use crate::tls::ServerTls;
 pub use handler::Service;
 pub use http_service::{HttpService, ResponseBody};
 pub(crate) use response::error_response;
-pub use router::RawHandler;
 pub(crate) use router::Router;
 use router::{CallLimits, Route};
+pub use router::{Guard, RawHandler};
 
 pub use crate::protocol::{DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_MESSAGE_SIZE};
 
@@ -76,6 +76,7 @@ pub struct Server {
     shutdown_timeout: Duration,
     tls: Option<ServerTls>,
     connections: accept::ConnectionLimits,
+    guard: Option<Guard>,
 }
 
 impl Default for Server {
@@ -111,6 +112,7 @@ impl Server {
             shutdown_timeout: Duration::from_secs(30),
             tls: None,
             connections: accept::ConnectionLimits::default(),
+            guard: None,
         }
     }
 
@@ -160,6 +162,12 @@ impl Server {
         self
     }
 
+    /// Checks every request with `guard` before routing it.
+    pub(crate) fn guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
     /// Serves plain HTTP requests under `prefix` with `handler` (proxies such as
     /// `/capabilities/`). Connect procedures and exact paths take precedence.
     pub(crate) fn route_prefix(mut self, prefix: impl Into<String>, handler: RawHandler) -> Self {
@@ -177,6 +185,7 @@ impl Server {
             raw: self.raw,
             prefixes,
             limits: self.limits,
+            guard: self.guard,
         })
     }
 

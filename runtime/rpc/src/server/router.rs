@@ -54,10 +54,30 @@ pub(crate) struct Router {
     /// Plain HTTP handlers by path prefix, longest first.
     pub(crate) prefixes: Vec<(String, RawHandler)>,
     pub(crate) limits: CallLimits,
+    /// Checked before anything else, on every request.
+    pub(crate) guard: Option<Guard>,
 }
 
+/// A check every request must pass before it is routed (who may call this server at all);
+/// its error is the response.
+pub type Guard = Arc<dyn Fn(&http::Request<RecvBody>) -> Result<(), Error> + Send + Sync>;
+
 impl Router {
-    pub(crate) async fn handle(&self, request: http::Request<RecvBody>) -> http::Response<Body> {
+    /// Routes `request`, which came from `peer` (if it came over a socket).
+    pub(crate) async fn handle(
+        &self,
+        request: http::Request<RecvBody>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> http::Response<Body> {
+        if let Some(guard) = &self.guard
+            && let Err(refused) = guard(&request)
+        {
+            return error_response_with_status(
+                &refused,
+                StatusCode::from_u16(refused.code().http_status())
+                    .unwrap_or(StatusCode::UNAUTHORIZED),
+            );
+        }
         // One hash lookup on the hot path; plain HTTP routes only when it misses.
         let Some(route) = self.routes.get(request.uri().path()) else {
             return self.handle_other(request).await;
@@ -67,8 +87,8 @@ impl Router {
         let get_allowed =
             kind == StreamKind::Unary && route.method.idempotency == Idempotency::NoSideEffects;
         let call = match parts.method {
-            Method::POST => self.post(parts, body, kind),
-            Method::GET if get_allowed => self.get(parts),
+            Method::POST => self.post(parts, body, kind, peer),
+            Method::GET if get_allowed => self.get(parts, peer),
             ref other => {
                 // P2, G5: only POST, and GET for side-effect-free unary methods.
                 let allow = if get_allowed { "GET, POST" } else { "POST" };
@@ -119,6 +139,7 @@ impl Router {
         parts: http::request::Parts,
         body: RecvBody,
         kind: StreamKind,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<Call, http::Response<Body>> {
         let streaming = kind.is_streaming();
         let content_type = parts
@@ -191,11 +212,16 @@ impl Router {
             max_message_size: self.limits.max_message_size,
             compress_min_bytes: self.limits.compress_min_bytes,
             body_timeout: self.limits.body_timeout,
+            peer,
         })
     }
 
     #[allow(clippy::result_large_err)]
-    fn get(&self, parts: http::request::Parts) -> Result<Call, http::Response<Body>> {
+    fn get(
+        &self,
+        parts: http::request::Parts,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Call, http::Response<Body>> {
         let query = parts.uri.query().unwrap_or_default();
         let request = get::parse_query(query).map_err(|error| {
             if get::is_unsupported_encoding(&error) {
@@ -222,6 +248,7 @@ impl Router {
             max_message_size: self.limits.max_message_size,
             compress_min_bytes: self.limits.compress_min_bytes,
             body_timeout: self.limits.body_timeout,
+            peer,
         })
     }
 }

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ring::rand::SystemRandom;
 use tokio::sync::broadcast;
 
-use crate::handshake::PROVIDES_KEY;
+use crate::address::Origin;
+use crate::handshake::{Admission, PROVIDES_KEY, Reach};
 use crate::identity::{self, IdentityStore, RuntimeIdentity};
 use crate::proto::connectplugin::v1 as wire;
 use crate::proto::connectplugin::v1::{HealthState, ServiceState};
@@ -104,6 +105,8 @@ struct State {
     providers: HashMap<String, Vec<Provider>>,
     /// Service types each runtime id may register.
     allowed: HashMap<String, HashSet<String>>,
+    /// Where the host may reach each runtime id, when not simply at its own address.
+    reach: HashMap<String, Reach>,
     /// The last health each runtime id reported.
     health: HashMap<String, HealthState>,
     strategies: HashMap<String, SelectionStrategy>,
@@ -402,6 +405,83 @@ impl ServiceRegistry {
             .extend(service_types.into_iter().map(Into::into));
     }
 
+    /// Records what the handshake admitted `runtime_id` with: the types it may register and
+    /// where it may be reached.
+    pub(crate) fn admit(&self, runtime_id: &str, admission: &Admission) {
+        let mut state = self.state();
+        state
+            .allowed
+            .entry(runtime_id.to_owned())
+            .or_default()
+            .extend(admission.provides.iter().cloned());
+        if !matches!(admission.reach, Reach::Own) {
+            state
+                .reach
+                .insert(runtime_id.to_owned(), admission.reach.clone());
+        }
+    }
+
+    /// Tells the registry that `process` is the plugin this host launched with `join_token`
+    /// (from [`JoinPolicy::issue`](crate::handshake::JoinPolicy::issue)): its registrations
+    /// must point at the process's address, and calls routed to it carry its launch secret
+    /// (without which it refuses them, see [`crate::serve::host_only`]). Registrations it made
+    /// before this call that point elsewhere are dropped. [`crate::host::Platform`] does this
+    /// for the plugins it starts.
+    ///
+    /// # Errors
+    /// `invalid_argument` never in practice (the process's endpoint is a valid URL).
+    pub fn launched(&self, join_token: &str, process: &crate::PluginProcess) -> Result<(), Error> {
+        let endpoint = process.endpoint();
+        let secret = process.launch_secret().cloned();
+        let ids = self
+            .inner
+            .join
+            .launched(join_token, &endpoint, secret.clone());
+        for id in ids {
+            self.bind(&id, &endpoint, secret.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `runtime_id` is a process this host launched, listening at `endpoint` and answering
+    /// calls that carry `secret` (deployment model A, or see [`ServiceRegistry::launched`]).
+    pub(crate) fn bind(
+        &self,
+        runtime_id: &str,
+        endpoint: &str,
+        secret: Option<http::HeaderValue>,
+    ) -> Result<(), Error> {
+        let origin = Origin::parse(endpoint)?;
+        let mut types = Vec::new();
+        {
+            let mut state = self.state();
+            state.reach.insert(
+                runtime_id.to_owned(),
+                Reach::Launched {
+                    endpoint: endpoint.to_owned(),
+                    secret,
+                },
+            );
+            for (service_type, providers) in &mut state.providers {
+                let before = providers.len();
+                providers.retain(|p| {
+                    p.runtime_id != runtime_id
+                        || p.metadata
+                            .get(BASE_URL_KEY)
+                            .is_none_or(|url| Origin::parse(url).is_ok_and(|o| o == origin))
+                });
+                if providers.len() != before {
+                    tracing::warn!(%runtime_id, %endpoint, %service_type, "dropped a registration that did not point at the launched process");
+                    types.push(service_type.clone());
+                }
+            }
+        }
+        for service_type in types {
+            self.notify(&service_type);
+        }
+        Ok(())
+    }
+
     /// Waits, on registry events, until `check` finds what it looks for.
     pub(crate) async fn wait_for<T>(
         &self,
@@ -468,7 +548,7 @@ impl ServiceRegistry {
         service_type: &str,
         provider_id: &str,
         procedure: &str,
-    ) -> Result<(String, String), Error> {
+    ) -> Result<(String, String, Option<http::HeaderValue>), Error> {
         let state = self.state();
         let id = resolve_in(&state, provider_id);
         let mut registrations = state
@@ -507,7 +587,16 @@ impl ServiceRegistry {
                 BASE_URL_KEY
             ))
         })?;
-        Ok((id.to_owned(), base.clone()))
+        let secret = match state.reach.get(id) {
+            Some(Reach::Launching) => {
+                return Err(Error::unavailable(format!(
+                    "provider {id:?} of service {service_type:?} is still starting"
+                )));
+            }
+            Some(Reach::Launched { secret, .. }) => secret.clone(),
+            _ => None,
+        };
+        Ok((id.to_owned(), base.clone(), secret))
     }
 
     /// Every registration of `service_type`, healthy or not, in registration order
@@ -566,6 +655,7 @@ impl ServiceRegistry {
             }
             state.health.remove(runtime_id);
             state.allowed.remove(runtime_id);
+            state.reach.remove(runtime_id);
             state.last_seen.remove(runtime_id);
             // Maps shrink with their plugins: calls addressed to a replaced provider keep
             // going to its replacement only while the replacement lives.
@@ -588,16 +678,32 @@ impl ServiceRegistry {
         removed
     }
 
-    /// Registers a provider (what `RegisterService` does for an authenticated caller).
+    /// Registers a provider on behalf of `runtime_id` (host side; a plugin's own
+    /// `RegisterService` call is checked further: its `base_url` must be its own address).
     ///
     /// # Errors
-    /// `permission_denied` for a type the caller did not declare; `invalid_argument` for a
-    /// bad type, version or path.
+    /// `permission_denied` for a type the caller did not declare, or a `base_url` where the
+    /// host may not reach it; `invalid_argument` for a bad type, version, path or URL.
     pub fn register(
         &self,
         runtime_id: &str,
         request: &wire::RegisterServiceRequest,
     ) -> Result<String, Error> {
+        self.register_from(runtime_id, request, None)
+    }
+
+    /// [`ServiceRegistry::register`] for a call from `peer`.
+    pub(crate) fn register_from(
+        &self,
+        runtime_id: &str,
+        request: &wire::RegisterServiceRequest,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<String, Error> {
+        let origin = request
+            .metadata
+            .get(BASE_URL_KEY)
+            .map(|url| Origin::parse(url))
+            .transpose()?;
         validate_service_type(&request.service_type)?;
         let version = Version::parse(&request.version)?;
         validate_endpoint_path(&request.endpoint_path)?;
@@ -620,6 +726,9 @@ impl ServiceRegistry {
                         request.service_type
                     ),
                 ));
+            }
+            if let Some((url, origin)) = request.metadata.get(BASE_URL_KEY).zip(origin.as_ref()) {
+                check_reach(state.reach.get(runtime_id), url, origin, peer, runtime_id)?;
             }
             let (mine, all) = state
                 .providers
@@ -842,6 +951,55 @@ impl ServiceRegistry {
 
 /// Follows replacements from `provider_id` to the provider that serves it now. Bounded: a
 /// replacement chain is never longer than the number of aliases.
+/// Whether a registration by `runtime_id`, called from `peer`, may point the host at
+/// `origin`: a launched process only at its own endpoint, a plugin with an operator's list
+/// only at those, any other only at the address it calls from. Host-side registrations
+/// (no peer) are the host's own business.
+fn check_reach(
+    reach: Option<&Reach>,
+    url: &str,
+    origin: &Origin,
+    peer: Option<std::net::SocketAddr>,
+    runtime_id: &str,
+) -> Result<(), Error> {
+    let refuse = |why: String| {
+        Err(Error::new(
+            Code::PermissionDenied,
+            format!("plugin {runtime_id} may not register base_url {url:?}: {why}"),
+        ))
+    };
+    match reach {
+        // Checked when the launched process announces its address.
+        Some(Reach::Launching) => Ok(()),
+        Some(Reach::Launched { endpoint, .. }) => {
+            if Origin::parse(endpoint).is_ok_and(|o| o == *origin) {
+                Ok(())
+            } else {
+                refuse(format!("the host launched it at {endpoint}"))
+            }
+        }
+        Some(Reach::Listed(list)) => {
+            if list
+                .iter()
+                .any(|url| Origin::parse(url).is_ok_and(|o| o == *origin))
+            {
+                Ok(())
+            } else {
+                refuse(format!(
+                    "its join token allows only {list:?} (JoinPolicy::allow_addresses)"
+                ))
+            }
+        }
+        Some(Reach::Own) | None => match peer {
+            Some(peer) if !origin.is_at(peer) => refuse(format!(
+                "it calls from {}, and a plugin registers its own address; an operator can                  allow other addresses for its join token (JoinPolicy::allow_addresses, or                  \"addresses\" in the host's join_tokens)",
+                peer.ip()
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
 fn resolve_in<'s>(state: &'s State, provider_id: &'s str) -> &'s str {
     let mut id = provider_id;
     for _ in 0..=state.aliases.len() {
@@ -953,6 +1111,69 @@ mod tests {
             endpoint_path: "/logger.v1.Logger/".into(),
             metadata: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_launched_provider_is_reached_only_at_its_address_and_with_its_secret() {
+        let registry = ServiceRegistry::new();
+        let policy = registry.join_policy();
+        let token = policy
+            .issue_launch("cache-plugin", &["cache".to_owned()])
+            .unwrap();
+        let handshake = wire::HandshakeRequest {
+            self_id: "cache-plugin".into(),
+            client_metadata: [(crate::handshake::JOIN_TOKEN_KEY.to_owned(), token.clone())].into(),
+            ..Default::default()
+        };
+        let admission = policy.admit(&handshake).expect("admitted");
+        policy.record(&admission, "cache-1");
+        registry.admit("cache-1", &admission);
+        let at = |port: u16| {
+            let mut request = request("cache", "1.0.0");
+            request.endpoint_path = "/cache.v1.Cache/".into();
+            request
+                .metadata
+                .insert(BASE_URL_KEY.into(), format!("http://127.0.0.1:{port}"));
+            request
+        };
+        let loopback = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 5000)));
+
+        // Before the launcher knows where it listens: registered, but not routed to.
+        registry
+            .register_from("cache-1", &at(7000), loopback)
+            .unwrap();
+        let err = registry
+            .route_target("cache", "cache-1", "cache.v1.Cache/Get")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert!(err.message().contains("still starting"), "{err}");
+
+        // It listens at 7001: the registration pointing elsewhere goes, only 7001 is taken.
+        let secret = http::HeaderValue::from_static("s3cret");
+        let ids = policy.launched(&token, "http://127.0.0.1:7001", Some(secret.clone()));
+        for id in ids {
+            registry
+                .bind(&id, "http://127.0.0.1:7001", Some(secret.clone()))
+                .unwrap();
+        }
+        assert!(registry.providers("cache").is_empty());
+        let err = registry
+            .register_from("cache-1", &at(7000), loopback)
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        registry
+            .register_from("cache-1", &at(7001), loopback)
+            .unwrap();
+        let (id, base, carried) = registry
+            .route_target("cache", "cache-1", "cache.v1.Cache/Get")
+            .unwrap();
+        assert_eq!(
+            (id.as_str(), base.as_str(), carried),
+            ("cache-1", "http://127.0.0.1:7001", Some(secret))
+        );
+        // Ends with its plugin.
+        registry.remove_runtime("cache-1");
+        assert!(registry.state().reach.is_empty());
     }
 
     #[test]

@@ -15,7 +15,8 @@ impl wire::ServiceRegistry for ServiceRegistry {
         request: Request<wire::RegisterServiceRequest>,
     ) -> Result<Response<wire::RegisterServiceResponse>, Error> {
         let runtime_id = self.authenticate(request.metadata())?;
-        let registration_id = self.register(&runtime_id, request.message())?;
+        let registration_id =
+            self.register_from(&runtime_id, request.message(), request.peer_addr())?;
         Ok(Response::new(wire::RegisterServiceResponse {
             registration_id,
         }))
