@@ -96,6 +96,8 @@ struct Tokens {
     open: bool,
     /// SHA-256 of a token (hex) -> what it admits.
     grants: HashMap<String, Grant>,
+    /// Plugin id -> what a client certificate naming it admits (mutual TLS).
+    certificates: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -120,6 +122,20 @@ pub(crate) struct Admission {
     pub(crate) reach: Reach,
     /// The digest of the join token that admitted it (none in open mode without a token).
     token: Option<String>,
+    /// Whether a client certificate admitted it.
+    certificate: bool,
+}
+
+impl Admission {
+    /// What admitted it, as the tag its identity keeps and renewals check
+    /// ([`JoinPolicy::still_admits`]).
+    fn tag(&self, self_id: &str) -> String {
+        match (&self.token, self.certificate) {
+            (Some(digest), _) => format!("t:{digest}"),
+            (None, true) => format!("c:{self_id}"),
+            (None, false) => "open".to_owned(),
+        }
+    }
 }
 
 impl std::fmt::Debug for JoinPolicy {
@@ -222,6 +238,33 @@ impl JoinPolicy {
         Ok(token)
     }
 
+    /// Admits the plugin `plugin_id` without a token when it connects over mutual TLS with a
+    /// client certificate, verified against the server's client CA, that names `plugin_id`
+    /// (a DNS subject alternative name equal to it; see
+    /// [`ServerTls::mutual_from_pem`](crate::rpc::tls::ServerTls::mutual_from_pem)). It may
+    /// provide `provides`.
+    ///
+    /// # Errors
+    /// `invalid_argument` for a plugin id that is not a valid certificate name (letters,
+    /// digits, `-` and `.`).
+    pub fn allow_certificate<I, S>(&self, plugin_id: &str, provides: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        validate_self_id(plugin_id)?;
+        if !crate::rpc::tls::PeerCertificate::is_valid_name(plugin_id) {
+            return Err(Error::invalid_argument(format!(
+                "plugin id {plugin_id:?} cannot be named by a certificate: use letters, digits, '-' and '.'"
+            )));
+        }
+        self.tokens().certificates.insert(
+            plugin_id.to_owned(),
+            provides.into_iter().map(Into::into).collect(),
+        );
+        Ok(())
+    }
+
     /// Lets the plugins admitted by `token` register only at these base URLs (scheme, host
     /// and port must match one of them), for plugins that do not call the host from the
     /// address they serve on (behind NAT, a Kubernetes Service, a proxy). Without a list a
@@ -263,22 +306,20 @@ impl JoinPolicy {
     }
 
     /// The process launched with `token` listens at `endpoint` and takes `secret`; returns
-    /// the runtime ids already admitted with the token.
+    /// the runtime ids already admitted with the token (`None` for an unknown token).
     pub(crate) fn launched(
         &self,
         token: &str,
         endpoint: &str,
         secret: Option<http::HeaderValue>,
-    ) -> Vec<String> {
+    ) -> Option<Vec<String>> {
         let mut tokens = self.tokens();
-        let Some(grant) = tokens.grants.get_mut(&digest(token)) else {
-            return Vec::new();
-        };
+        let grant = tokens.grants.get_mut(&digest(token))?;
         grant.reach = Reach::Launched {
             endpoint: endpoint.to_owned(),
             secret,
         };
-        grant.admitted.clone()
+        Some(grant.admitted.clone())
     }
 
     /// Forgets `token`: it admits no one any more.
@@ -297,11 +338,16 @@ impl JoinPolicy {
     }
 
     /// Remembers that the handshake admitted by `admission` was given `runtime_id`.
+    #[cfg(test)]
     pub(crate) fn record(&self, admission: &Admission, runtime_id: &str) {
+        Self::record_in(&mut self.tokens(), admission, runtime_id);
+    }
+
+    fn record_in(tokens: &mut Tokens, admission: &Admission, runtime_id: &str) {
         let Some(token) = &admission.token else {
             return;
         };
-        if let Some(grant) = self.tokens().grants.get_mut(token) {
+        if let Some(grant) = tokens.grants.get_mut(token) {
             if grant.admitted.len() == ADMITTED_KEPT {
                 grant.admitted.remove(0);
             }
@@ -309,9 +355,22 @@ impl JoinPolicy {
         }
     }
 
-    /// What the handshake `request` is admitted with, or `None` when it gets no identity.
-    pub(crate) fn admit(&self, request: &wire::HandshakeRequest) -> Option<Admission> {
-        let tokens = self.tokens();
+    /// What the handshake `request`, made over a connection that presented `certificate`, is
+    /// admitted with, or `None` when it gets no identity.
+    #[cfg(test)]
+    pub(crate) fn admit(
+        &self,
+        request: &wire::HandshakeRequest,
+        certificate: Option<&crate::rpc::tls::PeerCertificate>,
+    ) -> Option<Admission> {
+        Self::admission(&self.tokens(), request, certificate)
+    }
+
+    fn admission(
+        tokens: &Tokens,
+        request: &wire::HandshakeRequest,
+        certificate: Option<&crate::rpc::tls::PeerCertificate>,
+    ) -> Option<Admission> {
         let presented = request
             .client_metadata
             .get(JOIN_TOKEN_KEY)
@@ -329,12 +388,28 @@ impl JoinPolicy {
                     provides: grant.provides.clone(),
                     reach: grant.reach.clone(),
                     token: Some(token),
+                    certificate: false,
                 });
             }
             if log_allowed() {
                 tracing::warn!(self_id = %request.self_id, "handshake with an unknown join token");
             }
             return None;
+        }
+        if let (Some(provides), Some(certificate)) =
+            (tokens.certificates.get(&request.self_id), certificate)
+        {
+            if certificate.is_valid_for_name(&request.self_id) {
+                return Some(Admission {
+                    provides: provides.clone(),
+                    reach: Reach::Own,
+                    token: None,
+                    certificate: true,
+                });
+            }
+            if log_allowed() {
+                tracing::warn!(self_id = %request.self_id, "handshake with a client certificate that does not name the plugin");
+            }
         }
         tokens.open.then(|| Admission {
             provides: request
@@ -350,7 +425,43 @@ impl JoinPolicy {
                 .unwrap_or_default(),
             reach: Reach::Own,
             token: None,
+            certificate: false,
         })
+    }
+
+    /// Admits the handshake `request` (made over a connection that presented
+    /// `certificate`) and issues its identity from `identities`, in one step: a launcher
+    /// binding the token meanwhile sees either the admission or the identity, never half.
+    pub(crate) fn join(
+        &self,
+        request: &wire::HandshakeRequest,
+        certificate: Option<&crate::rpc::tls::PeerCertificate>,
+        identities: &IdentityStore,
+    ) -> Result<Option<(Admission, crate::identity::RuntimeIdentity)>, Error> {
+        let mut tokens = self.tokens();
+        let Some(admission) = Self::admission(&tokens, request, certificate) else {
+            return Ok(None);
+        };
+        let identity =
+            identities.issue_admitted(&request.self_id, Some(admission.tag(&request.self_id)))?;
+        Self::record_in(&mut tokens, &admission, &identity.runtime_id);
+        Ok(Some((admission, identity)))
+    }
+
+    /// Whether what a tag ([`Admission::tag`]) names still admits: the token is not revoked,
+    /// the certificate still allowed, joining still open. Host-issued identities (no tag)
+    /// always renew.
+    pub(crate) fn still_admits(&self, tag: Option<&str>) -> bool {
+        let tokens = self.tokens();
+        match tag {
+            None => true,
+            Some("open") => tokens.open,
+            Some(tag) => match (tag.strip_prefix("t:"), tag.strip_prefix("c:")) {
+                (Some(digest), _) => tokens.grants.contains_key(digest),
+                (_, Some(plugin_id)) => tokens.certificates.contains_key(plugin_id),
+                _ => false,
+            },
+        }
     }
 }
 
@@ -450,6 +561,7 @@ impl HandshakeServer {
         &self,
         request: &wire::HandshakeRequest,
         headers: &http::HeaderMap,
+        certificate: Option<&crate::rpc::tls::PeerCertificate>,
     ) -> Result<wire::HandshakeResponse, Error> {
         if request.magic_cookie_key != self.cookie_key
             || request.magic_cookie_value != self.cookie_value
@@ -486,14 +598,17 @@ impl HandshakeServer {
             );
             let renewed = headers
                 .contains_key(crate::identity::RUNTIME_ID_HEADER)
-                .then(|| self.identities.renew(headers, &request.self_id));
+                .then(|| {
+                    self.identities
+                        .renew(headers, &request.self_id, |tag| self.join.still_admits(tag))
+                });
             // Without an admitting credential the handshake succeeds but issues no identity.
             if let Some(Ok(identity)) = renewed {
                 response.runtime_id = identity.runtime_id;
                 response.runtime_token = identity.token;
-            } else if let Some(admission) = self.join.admit(request) {
-                let identity = self.identities.issue(&request.self_id)?;
-                self.join.record(&admission, &identity.runtime_id);
+            } else if let Some((admission, identity)) =
+                self.join.join(request, certificate, &self.identities)?
+            {
                 if let Some(on_join) = &self.on_join {
                     on_join(&identity.runtime_id, &admission);
                 }
@@ -515,7 +630,13 @@ impl HandshakeService for HandshakeServer {
         &self,
         request: Request<wire::HandshakeRequest>,
     ) -> Result<Response<wire::HandshakeResponse>, Error> {
-        HandshakeServer::handshake(self, request.message(), request.metadata()).map(Response::new)
+        HandshakeServer::handshake(
+            self,
+            request.message(),
+            request.metadata(),
+            request.peer_certificate(),
+        )
+        .map(Response::new)
     }
 }
 
@@ -563,14 +684,19 @@ mod tests {
         joining
             .client_metadata
             .insert(JOIN_TOKEN_KEY.into(), ticket.token().to_owned());
-        let admitted = policy.admit(&joining).expect("admitted with its token");
+        let admitted = policy
+            .admit(&joining, None)
+            .expect("admitted with its token");
         assert_eq!(admitted.provides, ["cache"]);
         joining.self_id = "other".into();
-        assert!(policy.admit(&joining).is_none(), "bound to its plugin id");
+        assert!(
+            policy.admit(&joining, None).is_none(),
+            "bound to its plugin id"
+        );
         joining.self_id = "cache-plugin".into();
         drop(ticket);
         assert!(
-            policy.admit(&joining).is_none(),
+            policy.admit(&joining, None).is_none(),
             "revoked once the launched process is gone"
         );
     }
@@ -578,7 +704,7 @@ mod tests {
     #[test]
     fn a_good_handshake_lists_only_served_plugins() {
         let r = server()
-            .handshake(&request(), &http::HeaderMap::new())
+            .handshake(&request(), &http::HeaderMap::new(), None)
             .unwrap();
         assert_eq!((r.core_protocol_version, r.app_protocol_version), (1, 1));
         assert_eq!(r.plugins.len(), 1);
@@ -591,7 +717,7 @@ mod tests {
         let mut req = request();
         req.magic_cookie_value = "nope".into();
         let err = server()
-            .handshake(&req, &http::HeaderMap::new())
+            .handshake(&req, &http::HeaderMap::new(), None)
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert_eq!(
@@ -601,7 +727,7 @@ mod tests {
         req.magic_cookie_key = String::new();
         assert_eq!(
             server()
-                .handshake(&req, &http::HeaderMap::new())
+                .handshake(&req, &http::HeaderMap::new(), None)
                 .unwrap_err()
                 .code(),
             Code::InvalidArgument
@@ -613,7 +739,7 @@ mod tests {
         let mut req = request();
         req.core_protocol_version = 2;
         let err = server()
-            .handshake(&req, &http::HeaderMap::new())
+            .handshake(&req, &http::HeaderMap::new(), None)
             .unwrap_err();
         assert_eq!(
             err.message(),
@@ -626,7 +752,7 @@ mod tests {
         let mut req = request();
         req.app_protocol_version = 3;
         let err = server()
-            .handshake(&req, &http::HeaderMap::new())
+            .handshake(&req, &http::HeaderMap::new(), None)
             .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
         assert!(
@@ -644,7 +770,7 @@ mod tests {
             .insert(APP_VERSIONS_KEY.into(), "1,2,3".into());
         assert_eq!(
             server()
-                .handshake(&req, &http::HeaderMap::new())
+                .handshake(&req, &http::HeaderMap::new(), None)
                 .unwrap()
                 .app_protocol_version,
             2
@@ -653,7 +779,7 @@ mod tests {
             .insert(APP_VERSIONS_KEY.into(), "3,4".into());
         assert_eq!(
             server()
-                .handshake(&req, &http::HeaderMap::new())
+                .handshake(&req, &http::HeaderMap::new(), None)
                 .unwrap_err()
                 .code(),
             Code::FailedPrecondition
@@ -664,13 +790,15 @@ mod tests {
     fn self_id_gets_an_identity_and_bad_ones_are_refused() {
         let mut req = request();
         req.self_id = "cache-plugin".into();
-        let r = server().handshake(&req, &http::HeaderMap::new()).unwrap();
+        let r = server()
+            .handshake(&req, &http::HeaderMap::new(), None)
+            .unwrap();
         assert!(r.runtime_id.starts_with("cache-plugin-"));
         assert!(!r.runtime_token.is_empty());
         req.self_id = "evil/../id".into();
         assert_eq!(
             server()
-                .handshake(&req, &http::HeaderMap::new())
+                .handshake(&req, &http::HeaderMap::new(), None)
                 .unwrap_err()
                 .code(),
             Code::InvalidArgument
@@ -678,7 +806,7 @@ mod tests {
         req.self_id = "x".repeat(200);
         assert_eq!(
             server()
-                .handshake(&req, &http::HeaderMap::new())
+                .handshake(&req, &http::HeaderMap::new(), None)
                 .unwrap_err()
                 .code(),
             Code::InvalidArgument

@@ -65,6 +65,9 @@ struct Entry {
     /// The token this one replaced at a renewal, still good until its own expiry (calls
     /// already on their way with it must not fail).
     previous: Option<(String, Instant)>,
+    /// What admitted it (the join policy's tag), checked again at each renewal; `None` for
+    /// identities the host issued itself.
+    admitted_by: Option<String>,
 }
 
 /// The most runtime identities alive at once in one host; a handshake flood past it gets
@@ -119,8 +122,19 @@ impl IdentityStore {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Issues a new identity for a plugin calling itself `self_id`.
+    /// Issues a new identity for a plugin calling itself `self_id`, on the host's own
+    /// authority (deployment model A).
     pub(crate) fn issue(&self, self_id: &str) -> Result<RuntimeIdentity, Error> {
+        self.issue_admitted(self_id, None)
+    }
+
+    /// Issues a new identity for a plugin calling itself `self_id`, admitted by what
+    /// `admitted_by` names (checked again when it renews).
+    pub(crate) fn issue_admitted(
+        &self,
+        self_id: &str,
+        admitted_by: Option<String>,
+    ) -> Result<RuntimeIdentity, Error> {
         let base = sanitize(self_id);
         let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&self.rng)?);
         let mut entries = self.entries();
@@ -151,6 +165,7 @@ impl IdentityStore {
                 token: token.clone(),
                 expires: now + self.ttl,
                 previous: None,
+                admitted_by,
             },
         );
         Ok(RuntimeIdentity { runtime_id, token })
@@ -161,19 +176,23 @@ impl IdentityStore {
         self.ttl
     }
 
-    /// Renews the identity the `headers` authenticate, if it belongs to `self_id`: the same
-    /// runtime id with a fresh token living a full lifetime; the old token stays good until it
-    /// would have expired.
+    /// Renews the identity the `headers` authenticate, if it belongs to `self_id` and what
+    /// admitted it still does (`still_admitted`, given its tag): the same runtime id with a
+    /// fresh token living a full lifetime; the old token stays good for calls until it would
+    /// have expired, but cannot renew again. Renewing with a replaced token means two holders
+    /// share the identity (one stole it): the identity ends.
     ///
     /// # Errors
     /// As for [`IdentityStore::authenticate`]; `permission_denied` for another plugin's
-    /// identity.
+    /// identity, or one whose join credential was revoked.
     pub(crate) fn renew(
         &self,
         headers: &HeaderMap,
         self_id: &str,
+        still_admitted: impl FnOnce(Option<&str>) -> bool,
     ) -> Result<RuntimeIdentity, Error> {
         let runtime_id = self.authenticate(headers)?;
+        let presented = bearer_token(headers, "runtime token")?;
         if !runtime_id.starts_with(&format!("{}-", sanitize(self_id))) {
             return Err(Error::new(
                 Code::PermissionDenied,
@@ -188,6 +207,24 @@ impl IdentityStore {
                 format!("runtime identity {runtime_id:?} ended while it was renewed"),
             )
         })?;
+        if !constant_time_eq(entry.token.as_bytes(), presented.as_bytes()) {
+            entries.remove(&runtime_id);
+            tracing::warn!(%runtime_id, "a replaced runtime token was presented for renewal; ending the identity");
+            return Err(Error::new(
+                Code::Unauthenticated,
+                format!(
+                    "runtime identity {runtime_id:?} was renewed with a token it had already replaced, so someone else holds it too; it has ended: join again"
+                ),
+            ));
+        }
+        if !still_admitted(entry.admitted_by.as_deref()) {
+            return Err(Error::new(
+                Code::PermissionDenied,
+                format!(
+                    "runtime identity {runtime_id:?} cannot be renewed: the credential that admitted it was revoked"
+                ),
+            ));
+        }
         let old = std::mem::replace(&mut entry.token, token.clone());
         entry.previous = Some((old, entry.expires));
         entry.expires = Instant::now() + self.ttl;

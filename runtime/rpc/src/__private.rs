@@ -60,7 +60,9 @@ impl Dispatcher {
 
     /// Handles one request as the server would.
     pub async fn handle(&self, request: http::Request<RecvBody>) -> http::Response<Body> {
-        self.0.handle(request, None).await
+        self.0
+            .handle(request, &crate::request::Peer::default())
+            .await
     }
 }
 

@@ -5,9 +5,20 @@
 //! [`crate::channel`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
+
+use crate::tls::PeerCertificate;
+
+/// Who a call came from, on a server: the connection's address and, over mutual TLS, the
+/// client certificate it presented (verified against the server's client CA).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Peer {
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) certificate: Option<Arc<PeerCertificate>>,
+}
 
 /// A request message with its metadata (HTTP headers) and, on a client, an optional per-call
 /// timeout; on a server, the timeout the client asked for.
@@ -16,7 +27,7 @@ pub struct Request<T> {
     message: T,
     metadata: HeaderMap,
     timeout: Option<Duration>,
-    peer: Option<SocketAddr>,
+    peer: Peer,
 }
 
 impl<T> Request<T> {
@@ -26,7 +37,7 @@ impl<T> Request<T> {
             message,
             metadata: HeaderMap::new(),
             timeout: None,
-            peer: None,
+            peer: Peer::default(),
         }
     }
 
@@ -34,7 +45,7 @@ impl<T> Request<T> {
         message: T,
         metadata: HeaderMap,
         timeout: Option<Duration>,
-        peer: Option<SocketAddr>,
+        peer: Peer,
     ) -> Self {
         Self {
             message,
@@ -79,7 +90,14 @@ impl<T> Request<T> {
     /// that did not arrive over a socket of this server (in-memory, or mounted in another
     /// server with [`crate::Server::into_http_service`]).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer
+        self.peer.addr
+    }
+
+    /// On a server over mutual TLS, the certificate the client presented, already verified
+    /// against the server's client CA ([`crate::tls::ServerTls::mutual_from_pem`]); `None`
+    /// otherwise.
+    pub fn peer_certificate(&self) -> Option<&PeerCertificate> {
+        self.peer.certificate.as_deref()
     }
 
     /// Sets the timeout for this call (client side); it is sent as `Connect-Timeout-Ms` and

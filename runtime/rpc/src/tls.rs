@@ -94,6 +94,95 @@ impl ServerTls {
     }
 }
 
+/// Whether a server over mutual TLS insists on a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client must present a certificate signed by the client CA.
+    Required,
+    /// A client may present none; one it presents must be signed by the client CA (a foreign
+    /// or expired certificate is refused either way). For servers some of whose clients
+    /// authenticate otherwise (a host's launched plugins, with their join tokens).
+    Optional,
+}
+
+impl ServerTls {
+    /// A server identity, as [`ServerTls::from_pem`], that verifies client certificates
+    /// against the CA certificates in `client_ca_pem` (mutual TLS). Handlers see a verified
+    /// client certificate through [`crate::Request::peer_certificate`].
+    ///
+    /// # Errors
+    /// `invalid_argument` naming what is wrong with a certificate, the key or the CA.
+    pub fn mutual_from_pem(
+        cert_chain_pem: &[u8],
+        private_key_pem: &[u8],
+        client_ca_pem: &[u8],
+        client_auth: ClientAuth,
+    ) -> Result<Self, Error> {
+        let chain = certificates(cert_chain_pem, "server certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(private_key_pem).map_err(|e| {
+            Error::invalid_argument(format!("server private key: cannot read the PEM key: {e}"))
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(client_ca_pem, "client CA")? {
+            roots.add(cert).map_err(|e| {
+                Error::invalid_argument(format!("client CA: unusable certificate: {e}"))
+            })?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        );
+        let verifier = match client_auth {
+            ClientAuth::Required => verifier,
+            ClientAuth::Optional => verifier.allow_unauthenticated(),
+        }
+        .build()
+        .map_err(|e| Error::invalid_argument(format!("client CA: {e}")))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                Error::invalid_argument(format!(
+                    "the server certificate and private key do not form a usable identity: {e}"
+                ))
+            })?;
+        Ok(Self::from_config(config))
+    }
+}
+
+/// A client certificate a server verified (mutual TLS): what a handler can trust about the
+/// caller.
+#[derive(Debug)]
+pub struct PeerCertificate(CertificateDer<'static>);
+
+impl PeerCertificate {
+    pub(crate) fn new(der: CertificateDer<'static>) -> Self {
+        Self(der)
+    }
+
+    /// The certificate, DER-encoded.
+    pub fn der(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether `name` can be named by a certificate at all (a valid DNS name).
+    pub fn is_valid_name(name: &str) -> bool {
+        rustls::pki_types::DnsName::try_from(name).is_ok()
+    }
+
+    /// Whether the certificate names `name`: a DNS subject alternative name matching it (as
+    /// a server certificate would for that host name).
+    pub fn is_valid_for_name(&self, name: &str) -> bool {
+        let Ok(name) = rustls::pki_types::ServerName::try_from(name) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(&self.0)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+}
+
 /// A client's TLS trust settings.
 #[derive(Clone)]
 pub struct ClientTls {
@@ -124,6 +213,40 @@ impl ClientTls {
             .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        Ok(Self { config })
+    }
+
+    /// Trusts the CA certificates in `roots_pem`, as
+    /// [`ClientTls::with_root_certificates_pem`], and presents the client certificate
+    /// `cert_chain_pem` (leaf first) with its key, for servers that require mutual TLS.
+    ///
+    /// # Errors
+    /// `invalid_argument` naming what is wrong with a certificate or the key.
+    pub fn mutual_from_pem(
+        roots_pem: &[u8],
+        cert_chain_pem: &[u8],
+        private_key_pem: &[u8],
+    ) -> Result<Self, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(roots_pem, "root certificates")? {
+            roots.add(cert).map_err(|e| {
+                Error::invalid_argument(format!("root certificates: unusable certificate: {e}"))
+            })?;
+        }
+        let chain = certificates(cert_chain_pem, "client certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(private_key_pem).map_err(|e| {
+            Error::invalid_argument(format!("client private key: cannot read the PEM key: {e}"))
+        })?;
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| {
+                Error::invalid_argument(format!(
+                    "the client certificate and private key do not form a usable identity: {e}"
+                ))
+            })?;
         Ok(Self { config })
     }
 

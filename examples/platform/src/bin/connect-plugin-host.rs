@@ -16,6 +16,7 @@ use std::time::Duration;
 use connect_plugin::host::Host;
 use connect_plugin::host::depgraph::{DependencyGraph, PluginNode};
 use connect_plugin::host::platform::PluginSpec;
+use connect_plugin::rpc::tls::{ClientAuth, ServerTls};
 use connect_plugin::{
     CapabilityBroker, LaunchConfig, host::broker::TracingLogger, plugin::ServiceDependency,
 };
@@ -38,7 +39,43 @@ struct Config {
     /// host launches get a token of their own automatically.
     #[serde(default)]
     join_tokens: Vec<JoinToken>,
+    /// Plugins admitted by a client certificate naming them (needs `tls.client_ca`).
+    #[serde(default)]
+    join_certificates: Vec<JoinCertificate>,
+    /// Serve over TLS, or mutual TLS with `client_ca`.
+    #[serde(default)]
+    tls: Option<TlsConfig>,
     plugins: Vec<PluginConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsConfig {
+    /// PEM certificate chain file (leaf first), relative to the config file.
+    cert: PathBuf,
+    /// PEM private key file.
+    key: PathBuf,
+    /// PEM CA certificates client certificates must be signed by (mutual TLS).
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+    /// With `client_ca`: `"required"` (every client presents a certificate) or `"optional"`
+    /// (the default: plugins this host launches join with their tokens instead).
+    #[serde(default)]
+    client_auth: Option<String>,
+    /// The URL plugins reach the host at, when it is not `https://<addr>` (a name in the
+    /// certificate).
+    #[serde(default)]
+    advertise_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinCertificate {
+    /// The plugin's `self_id`, which its certificate must name (DNS subject alt name).
+    plugin: String,
+    /// The service types it may provide.
+    #[serde(default)]
+    provides: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +93,10 @@ struct JoinToken {
     /// The service types it may provide.
     #[serde(default)]
     provides: Vec<String>,
+    /// The base URLs it may register (when it does not serve at the address it calls the
+    /// host from: a container name, a Service). Default: its own address.
+    #[serde(default)]
+    addresses: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +157,47 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if config.logger_capability {
         builder = builder.broker(CapabilityBroker::new().capability(TracingLogger::definition())?);
     }
+    if let Some(tls) = &config.tls {
+        let read = |file: &PathBuf, what: &str| {
+            let path = if file.is_absolute() {
+                file.clone()
+            } else {
+                base.join(file)
+            };
+            std::fs::read(&path)
+                .map_err(|e| format!("tls.{what}: cannot read {}: {e}", path.display()))
+        };
+        let (cert, key) = (read(&tls.cert, "cert")?, read(&tls.key, "key")?);
+        let server_tls = match &tls.client_ca {
+            None => ServerTls::from_pem(&cert, &key),
+            Some(ca) => {
+                let auth = match tls.client_auth.as_deref() {
+                    None | Some("optional") => ClientAuth::Optional,
+                    Some("required") => ClientAuth::Required,
+                    Some(other) => {
+                        return Err(format!(
+                            "tls.client_auth: {other:?} is neither \"required\" nor \"optional\""
+                        )
+                        .into());
+                    }
+                };
+                ServerTls::mutual_from_pem(&cert, &key, &read(ca, "client_ca")?, auth)
+            }
+        }
+        .map_err(|e| format!("tls: {}", e.message()))?;
+        // Launched plugins verify the host with the CA in its chain (the last certificate).
+        builder = builder
+            .tls(server_tls)
+            .plugin_trust_pem(String::from_utf8_lossy(&cert).into_owned());
+        if let Some(url) = &tls.advertise_url {
+            builder = builder.advertise_url(url);
+        }
+    }
+    if !config.join_certificates.is_empty()
+        && config.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+    {
+        return Err("join_certificates need mutual TLS: set tls.client_ca".into());
+    }
     let host = builder.start().await?;
     let joining = host.registry().join_policy();
     joining.set_open(config.open_registration);
@@ -138,6 +220,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 join.provides.iter().cloned(),
             )
             .map_err(|e| format!("join_tokens[{i}]: {}", e.message()))?;
+        if !join.addresses.is_empty() {
+            joining
+                .allow_addresses(&token, join.addresses.iter().cloned())
+                .map_err(|e| format!("join_tokens[{i}].addresses: {}", e.message()))?;
+        }
+    }
+    for (i, join) in config.join_certificates.iter().enumerate() {
+        joining
+            .allow_certificate(&join.plugin, join.provides.iter().cloned())
+            .map_err(|e| format!("join_certificates[{i}]: {}", e.message()))?;
     }
 
     let dependency = |service_type: &String| ServiceDependency {

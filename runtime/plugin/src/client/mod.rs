@@ -40,8 +40,14 @@ use crate::identity::{RUNTIME_ID_HEADER, RuntimeIdentity};
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use crate::proto::connectplugin::v1 as wire;
 use crate::rpc::ChannelBuilder;
+use crate::rpc::tls::ClientTls;
 use crate::rpc::{Interceptor, MethodDescriptor};
 use crate::{Channel, Code, Error, Plugin, Request};
+
+/// The environment variable in which a host serving TLS hands the plugins it launches the CA
+/// certificates (PEM) to verify it with; [`ClientConfig::new`] trusts them for `https://`
+/// endpoints.
+pub const HOST_CA_ENV: &str = "CONNECT_PLUGIN_HOST_CA";
 
 /// How to reach and greet a plugin server.
 pub struct ClientConfig {
@@ -67,6 +73,10 @@ impl std::fmt::Debug for ClientConfig {
 
 impl ClientConfig {
     /// A configuration for the server at `endpoint` (e.g. `http://127.0.0.1:8080`).
+    ///
+    /// For an `https://` endpoint, the CA certificates in [`HOST_CA_ENV`] (set by a host
+    /// serving TLS for the plugins it launches) are trusted, unless
+    /// [`ClientConfig::channel`] sets other TLS settings.
     ///
     /// A plugin launched by a host finds its per-launch join token in the environment
     /// ([`JOIN_TOKEN_ENV`](crate::handshake::JOIN_TOKEN_ENV)); it is sent with the handshake
@@ -208,7 +218,15 @@ pub struct HandshakeInfo {
 /// call, so a renewed token reaches channels derived earlier ([`Client::provider`]).
 #[derive(Default)]
 struct Held {
-    identity: RwLock<Option<(RuntimeIdentity, Option<Instant>)>>,
+    identity: RwLock<Option<Carried>>,
+}
+
+/// An identity with its headers made once, and when to renew it.
+struct Carried {
+    identity: RuntimeIdentity,
+    renew_at: Option<Instant>,
+    runtime_id: http::HeaderValue,
+    authorization: http::HeaderValue,
 }
 
 impl Held {
@@ -216,14 +234,27 @@ impl Held {
         self.identity
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .map(|c| (c.identity.clone(), c.renew_at))
     }
 
     fn set(&self, identity: Option<(RuntimeIdentity, Option<Instant>)>) {
+        let carried = identity.and_then(|(identity, renew_at)| {
+            let runtime_id = http::HeaderValue::from_str(&identity.runtime_id).ok()?;
+            let mut authorization =
+                http::HeaderValue::from_str(&format!("Bearer {}", identity.token)).ok()?;
+            authorization.set_sensitive(true);
+            Some(Carried {
+                identity,
+                renew_at,
+                runtime_id,
+                authorization,
+            })
+        });
         *self
             .identity
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = identity;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = carried;
     }
 }
 
@@ -233,13 +264,14 @@ struct CarryIdentity(Arc<Held>);
 impl Interceptor for CarryIdentity {
     fn before(&self, _: &MethodDescriptor, headers: &mut http::HeaderMap) -> Result<(), Error> {
         if !headers.contains_key(RUNTIME_ID_HEADER)
-            && let Some((identity, _)) = &*self
+            && let Some(carried) = &*self
                 .0
                 .identity
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         {
-            identity.apply(headers);
+            headers.insert(RUNTIME_ID_HEADER, carried.runtime_id.clone());
+            headers.insert(http::header::AUTHORIZATION, carried.authorization.clone());
         }
         Ok(())
     }
@@ -252,10 +284,15 @@ fn renew_at(ttl: Duration) -> Instant {
 
 /// A connection to a plugin server: lazy, handshakes once, dispenses typed clients.
 ///
-/// A client that joined a host with a `self_id` keeps its runtime identity alive: it renews
-/// the token at two thirds of its lifetime (a handshake presenting the identity; the runtime id
-/// stays the same), and joins again (a new identity) when the host no longer knows it, for
-/// example after the host restarted ([`Client::rejoin`]; heartbeats do this by themselves).
+/// A client that joined a host with a `self_id` keeps its runtime identity alive: once two
+/// thirds of the token's lifetime have passed, its next own call to the host
+/// ([`Client::authenticated`], a health report or heartbeat, a capability request) first
+/// renews it (a handshake presenting the identity; the runtime id stays the same). Routed
+/// calls through [`Client::provider`] carry the token but do not renew it: a plugin that
+/// makes only those runs a [`Client::heartbeat`]. When the host no longer knows the identity
+/// (it restarted), [`Client::rejoin`] joins again with a new one (heartbeats do this by
+/// themselves); registrations made under the old identity must then be made again
+/// ([`SelfRegistration`](crate::deploy::self_registration::SelfRegistration) does).
 pub struct Client {
     channel: Channel,
     endpoint: String,
@@ -301,7 +338,15 @@ impl Client {
             ));
         }
         let held = Arc::new(Held::default());
-        let mut builder = (config.channel)(Channel::builder(config.endpoint.clone()));
+        let mut builder = Channel::builder(config.endpoint.clone());
+        if config.endpoint.starts_with("https://")
+            && let Ok(pem) = std::env::var(HOST_CA_ENV)
+        {
+            let tls = ClientTls::with_root_certificates_pem(pem.as_bytes())
+                .map_err(|e| Error::invalid_argument(format!("{HOST_CA_ENV}: {}", e.message())))?;
+            builder = builder.tls(tls);
+        }
+        let mut builder = (config.channel)(builder);
         if carries_identity {
             builder = builder.interceptor(CarryIdentity(Arc::clone(&held)));
         }

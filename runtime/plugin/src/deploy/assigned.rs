@@ -38,6 +38,8 @@ pub struct Assignment {
 pub struct AssignedIdentity {
     info: Arc<wire::GetPluginInfoResponse>,
     assignment: Arc<watch::Sender<Option<Assignment>>>,
+    /// Accept an assignment though no launch secret guards this plugin.
+    from_anyone: bool,
 }
 
 impl std::fmt::Debug for AssignedIdentity {
@@ -82,7 +84,17 @@ impl AssignedIdentity {
         Self {
             info: Arc::new(info),
             assignment: Arc::new(watch::channel(None).0),
+            from_anyone: false,
         }
+    }
+
+    /// Accepts `SetRuntimeIdentity` even when no host launched this plugin with a launch
+    /// secret (so whoever calls first assigns its identity and host). Only where every
+    /// process that can reach the plugin is trusted.
+    #[must_use]
+    pub fn accept_from_anyone(mut self) -> Self {
+        self.from_anyone = true;
+        self
     }
 
     /// The `PluginIdentity` service to serve alongside the plugin's own.
@@ -117,6 +129,12 @@ impl wire::PluginIdentity for AssignedIdentity {
         &self,
         request: Request<wire::SetRuntimeIdentityRequest>,
     ) -> Result<Response<wire::SetRuntimeIdentityResponse>, Error> {
+        if !self.from_anyone && crate::serve::host_only::from_env().is_none() {
+            return Err(Error::new(
+                Code::FailedPrecondition,
+                "no host launched this plugin with a launch secret, so anyone could assign its identity: launch it from a host (Platform::add_managed), or opt in with AssignedIdentity::accept_from_anyone",
+            ));
+        }
         let request = request.into_message();
         if request.runtime_id.is_empty()
             || request.runtime_token.is_empty()
@@ -162,7 +180,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_identity_is_taken_once() {
-        let plugin = AssignedIdentity::new("logger-plugin", "1.0.0", &[], Vec::new());
+        let plugin =
+            AssignedIdentity::new("logger-plugin", "1.0.0", &[], Vec::new()).accept_from_anyone();
         let assign = |id: &str| {
             Request::new(wire::SetRuntimeIdentityRequest {
                 runtime_id: id.into(),
@@ -179,5 +198,13 @@ mod tests {
         assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
         assert!(err.message().contains("already has its runtime identity"));
         assert_eq!(plugin.assigned().await.identity.runtime_id, "first");
+
+        // Without a launch secret guarding it, and without the opt-in: refused.
+        let unguarded = AssignedIdentity::new("logger-plugin", "1.0.0", &[], Vec::new());
+        let err = unguarded
+            .set_runtime_identity(assign("first"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     }
 }

@@ -31,6 +31,7 @@ use crate::proto::connectplugin::v1::{
     CapabilityBrokerServer, PluginLifecycleServer, ServiceRegistryServer,
 };
 use crate::rpc::__private as rpc_private;
+use crate::rpc::tls::ServerTls;
 use crate::{Error, ServeConfig};
 
 pub mod broker;
@@ -108,6 +109,9 @@ pub struct HostBuilder {
     lease: Option<Duration>,
     broker: Option<CapabilityBroker>,
     timeout: Option<Duration>,
+    tls: Option<ServerTls>,
+    plugin_trust: Option<String>,
+    advertise: Option<String>,
 }
 
 impl HostBuilder {
@@ -132,6 +136,31 @@ impl HostBuilder {
         self
     }
 
+    /// Serves over TLS (or mutual TLS, [`ServerTls::mutual_from_pem`]): the host's URL is then
+    /// `https://`. Plugins it launches verify it with the CA certificates given to
+    /// [`HostBuilder::plugin_trust_pem`].
+    #[must_use]
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The CA certificates (PEM) that plugins launched by this host trust when they call it
+    /// over TLS; handed to each in [`HOST_CA_ENV`](crate::client::HOST_CA_ENV).
+    #[must_use]
+    pub fn plugin_trust_pem(mut self, ca_pem: impl Into<String>) -> Self {
+        self.plugin_trust = Some(ca_pem.into());
+        self
+    }
+
+    /// The URL plugins reach the host at (their `HOST_URL`), when it is not the bound address
+    /// (a name in the host's certificate, a proxy, a Kubernetes Service).
+    #[must_use]
+    pub fn advertise_url(mut self, url: impl Into<String>) -> Self {
+        self.advertise = Some(url.into());
+        self
+    }
+
     /// How long plugin starts, drains and stops may take (default 30 s).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -153,7 +182,10 @@ impl HostBuilder {
         let local = listener
             .local_addr()
             .map_err(|e| Error::internal(format!("reading the host's address: {e}")))?;
-        let url = format!("http://{local}");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = self
+            .advertise
+            .unwrap_or_else(|| format!("{scheme}://{local}"));
         let registry = match self.lease {
             Some(lease) => ServiceRegistry::with_lease(lease),
             None => ServiceRegistry::new(),
@@ -168,8 +200,14 @@ impl HostBuilder {
         if let Some(broker) = self.broker {
             config = config.broker(broker);
         }
+        if let Some(tls) = self.tls {
+            config = config.tls(tls);
+        }
         let task = tokio::spawn(crate::serve(config));
         let mut platform = Platform::new(registry.clone(), &url);
+        if let Some(pem) = self.plugin_trust {
+            platform = platform.host_trust(pem);
+        }
         if let Some(timeout) = self.timeout {
             platform = platform.timeout(timeout);
         }

@@ -58,6 +58,8 @@ struct Running {
 pub struct Platform {
     registry: ServiceRegistry,
     host_url: String,
+    /// CA certificates (PEM) launched plugins verify the host with.
+    host_trust: Option<String>,
     timeout: Duration,
     plugins: Mutex<HashMap<String, Running>>,
 }
@@ -77,8 +79,25 @@ impl Platform {
         Self {
             registry,
             host_url: host_url.into(),
+            host_trust: None,
             timeout: Duration::from_secs(30),
             plugins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Hands launched plugins these CA certificates (PEM) to verify the host over TLS with
+    /// (in [`HOST_CA_ENV`](crate::client::HOST_CA_ENV)).
+    #[must_use]
+    pub fn host_trust(mut self, ca_pem: impl Into<String>) -> Self {
+        self.host_trust = Some(ca_pem.into());
+        self
+    }
+
+    /// The launch configuration of `spec`, with what every plugin of this host gets.
+    fn launch_config(&self, spec: &PluginSpec) -> LaunchConfig {
+        match &self.host_trust {
+            Some(pem) => spec.launch.clone().env(crate::client::HOST_CA_ENV, pem),
+            None => spec.launch.clone(),
         }
     }
 
@@ -121,9 +140,8 @@ impl Platform {
         let provides: Vec<String> = spec.provides.iter().map(|(t, _)| t.clone()).collect();
         let ticket = JoinTicket::new(policy, policy.issue_launch(&spec.name, &provides)?);
         let token = ticket.token();
-        let launch = spec
-            .launch
-            .clone()
+        let launch = self
+            .launch_config(spec)
             .env("HOST_URL", &self.host_url)
             .env(crate::handshake::JOIN_TOKEN_ENV, token);
         // A failed start drops the ticket, which revokes the token.
@@ -237,7 +255,7 @@ impl Platform {
             return self.start(spec).await;
         }
         // Model A: start it without HOST_URL, ask what it provides, assign its identity.
-        let process = PluginProcess::launch(spec.launch.clone()).await?;
+        let process = PluginProcess::launch(self.launch_config(spec)).await?;
         let identity_client = wire::PluginIdentityClient::new(process.channel()?);
         let info = identity_client
             .get_plugin_info(wire::GetPluginInfoRequest {})

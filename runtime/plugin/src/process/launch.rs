@@ -51,10 +51,11 @@ pub(super) fn with_secret(mut config: LaunchConfig) -> Result<LaunchConfig, Erro
     if config.host_only && config.secret.is_none() {
         let rng = ring::rand::SystemRandom::new();
         let secret = crate::identity::hex(&crate::identity::random_bytes::<32>(&rng)?);
-        config.secret = Some(
-            http::HeaderValue::from_str(&secret)
-                .map_err(|_| Error::internal("a hex launch secret is a valid header value"))?,
-        );
+        let mut secret = http::HeaderValue::from_str(&secret)
+            .map_err(|_| Error::internal("a hex launch secret is a valid header value"))?;
+        // Kept out of Debug output and logs.
+        secret.set_sensitive(true);
+        config.secret = Some(secret);
     }
     Ok(config)
 }
@@ -312,7 +313,25 @@ impl PluginProcess {
         };
         let outcome = tokio::time::timeout(start_timeout, wait_ready).await;
         let addr = match outcome {
-            Ok(Ok(addr)) => addr,
+            // A child runs on this machine: the host reaches it over loopback, never at an
+            // address the child merely names (that would point the host's calls elsewhere).
+            Ok(Ok(addr)) if addr.ip().is_unspecified() => {
+                let loopback = match addr {
+                    SocketAddr::V4(_) => std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+                    SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                };
+                SocketAddr::new(loopback, addr.port())
+            }
+            Ok(Ok(addr)) if addr.ip().is_loopback() => addr,
+            Ok(Ok(addr)) => {
+                let _ = child.kill().await;
+                return Err(Error::unavailable(format!(
+                    "plugin {name:?} ({}) announced {addr}, which is not a loopback address: a \
+                     launched plugin must listen on 127.0.0.1, ::1 or every interface \
+                     (LISTEN_HOST), so the host reaches it on this machine",
+                    program.display()
+                )));
+            }
             Ok(Err(why)) => {
                 let status = child.wait().await.ok();
                 return Err(Error::unavailable(format!(

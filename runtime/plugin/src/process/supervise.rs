@@ -4,6 +4,7 @@
 //!
 //! Starting one process is [`super::launch`]'s job; this module decides when to start it again.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -40,15 +41,17 @@ pub enum PluginState {
 
 /// A plugin process under supervision: crashes are noticed at once (the host waits on the
 /// child), reported to [`LaunchConfig::on_crash`](super::LaunchConfig::on_crash), and handled by the [`RestartPolicy`](super::RestartPolicy).
-/// A restarted plugin gets the same port back when it is free, so channels and typed clients
-/// made before the crash keep working.
+/// A restarted plugin gets the same port back when it is free, and its launch secret, so
+/// channels and typed clients made before the crash keep working; on another port it gets a
+/// new secret ([`SupervisedPlugin::channel`] has it).
 #[derive(Debug)]
 pub struct SupervisedPlugin {
     name: String,
     state: watch::Receiver<PluginState>,
     stop: Option<oneshot::Sender<Duration>>,
     task: tokio::task::JoinHandle<()>,
-    secret: Option<http::HeaderValue>,
+    /// The running process's launch secret (a new one if a restart had to change port).
+    secret: Arc<Mutex<Option<http::HeaderValue>>>,
 }
 
 impl SupervisedPlugin {
@@ -61,7 +64,7 @@ impl SupervisedPlugin {
         // ... and one launch secret, so channels made before a crash keep working.
         let config = with_secret(verify_checksum(config)?)?;
         let process = PluginProcess::spawn(&config, 0).await?;
-        let secret = config.secret.clone();
+        let secret = Arc::new(Mutex::new(config.secret.clone()));
         let (state_tx, state) = watch::channel(PluginState::Running {
             endpoint: process.endpoint(),
             pid: process.id().unwrap_or_default(),
@@ -69,7 +72,13 @@ impl SupervisedPlugin {
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let name = config.name.clone();
-        let task = tokio::spawn(supervise(config, process, state_tx, stop_rx));
+        let task = tokio::spawn(supervise(
+            config,
+            process,
+            state_tx,
+            stop_rx,
+            Arc::clone(&secret),
+        ));
         Ok(Self {
             name,
             state,
@@ -107,10 +116,15 @@ impl SupervisedPlugin {
             .endpoint()
             .ok_or_else(|| Error::unavailable(format!("plugin {} is not running", self.name)))?;
         let builder = crate::Channel::builder(endpoint);
-        match &self.secret {
+        let secret = self
+            .secret
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match secret {
             Some(secret) => builder.header(
                 http::HeaderName::from_static(crate::serve::host_only::LAUNCH_SECRET_HEADER),
-                secret.clone(),
+                secret,
             ),
             None => builder,
         }
@@ -146,10 +160,11 @@ impl Drop for SupervisedPlugin {
 }
 
 async fn supervise(
-    config: LaunchConfig,
+    mut config: LaunchConfig,
     mut process: PluginProcess,
     state: watch::Sender<PluginState>,
     mut stop: oneshot::Receiver<Duration>,
+    secret: Arc<Mutex<Option<http::HeaderValue>>>,
 ) {
     let mut restarts = 0u32;
     loop {
@@ -190,10 +205,25 @@ async fn supervise(
                 return;
             }
         }
-        // Same port first, so existing channels reconnect; any port if it is taken.
+        // Same port first, so existing channels (and their launch secret) reconnect; any
+        // port if it is taken, with a new secret: whoever took the old port must not learn
+        // one that works on the new process from channels still calling there.
         let restarted = match PluginProcess::spawn(&config, port).await {
             Ok(p) => Ok(p),
-            Err(_) => PluginProcess::spawn(&config, 0).await,
+            Err(_) => {
+                config.secret = None;
+                match with_secret(config.clone()) {
+                    Ok(fresh) => {
+                        config = fresh;
+                        *secret
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            config.secret.clone();
+                        PluginProcess::spawn(&config, 0).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
         match restarted {
             Ok(p) => {

@@ -48,9 +48,11 @@ pub(crate) fn guard(secret: String) -> Guard {
             _ => Err(Error::new(
                 Code::Unauthenticated,
                 format!(
-                    "this plugin answers only the host that launched it: the call to {path} lacks \
-                 the launch secret (header {LAUNCH_SECRET_HEADER}); call it through the host, or \
-                 with PluginProcess::channel()"
+                    "this plugin answers only the host that launched it: the call to {path} \
+                     lacks its launch secret (header {LAUNCH_SECRET_HEADER}). Call it through \
+                     the host; a host that launches plugins itself calls them with \
+                     PluginProcess::channel() and routes to them once told \
+                     ServiceRegistry::launched; LaunchConfig::answer_anyone turns this off"
                 ),
             )),
         }

@@ -403,12 +403,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     server = rpc_private::route_raw(server, "/readyz", probe(&health));
 
     tasks.push(sweep(Arc::clone(&identities), token_ttl));
-    if let Some(secret) = host_only::from_env() {
-        // Launched with a launch secret: answer only the host that launched us.
-        server = rpc_private::guard(server, host_only::guard(secret));
-    }
 
     let launched = std::env::var(readiness::LAUNCHED_ENV).is_ok_and(|v| v == MAGIC_COOKIE_VALUE);
+    // Launched with a launch secret: the server the launcher is told about (the one that
+    // announces readiness) answers only the host that launched us. Other servers of this
+    // process (in-memory plugins, a host of its own) are not the launcher's to guard.
+    if let (true, true, Some(_), Some(secret)) = (launched, announce, local, host_only::from_env())
+    {
+        server = rpc_private::guard(server, host_only::guard(secret));
+    }
     if let (true, Some(local)) = (announce, local) {
         readiness::announce_ready(local)
             .map_err(|e| Error::internal(format!("writing the readiness line to stdout: {e}")))?;

@@ -39,6 +39,8 @@ use super::Router;
 use crate::Error;
 use crate::body::{Body, H2_MAX_FRAME_SIZE, RecvBody};
 use crate::memory::{Conn, Incoming};
+use crate::request::Peer;
+use crate::tls::PeerCertificate;
 
 /// Limits on connections, set through the [`Server`](super::Server) builder.
 #[derive(Debug, Clone, Copy)]
@@ -398,9 +400,15 @@ impl Connection {
                     tracing::debug!(peer = ?self.peer, "no request bytes in time; closing");
                     return Ok(());
                 };
-                self.drive(stream, wire).await
+                let peer = Peer {
+                    addr: self.peer,
+                    certificate: None,
+                };
+                self.drive(stream, wire, peer).await
             }
-            (None, memory @ Conn::Memory(_)) => self.drive(memory, Wire::Sniff).await,
+            (None, memory @ Conn::Memory(_)) => {
+                self.drive(memory, Wire::Sniff, Peer::default()).await
+            }
             (Some(acceptor), stream) => {
                 // A client that never finishes its handshake must not hold the slot forever.
                 let stream =
@@ -415,30 +423,40 @@ impl Connection {
                             return Ok(());
                         }
                     };
-                let wire = match stream.get_ref().1.alpn_protocol() {
+                let session = stream.get_ref().1;
+                let wire = match session.alpn_protocol() {
                     Some(b"h2") => Wire::Http2,
                     Some(b"http/1.1") => Wire::Http1,
                     _ => Wire::Sniff,
                 };
-                self.drive(stream, wire).await
+                // Over mutual TLS, the verified client certificate, once per connection.
+                let certificate = session
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| Arc::new(PeerCertificate::new(leaf.clone().into_owned())));
+                let peer = Peer {
+                    addr: self.peer,
+                    certificate,
+                };
+                self.drive(stream, wire, peer).await
             }
         }
     }
 
     /// Serves HTTP on `io` until the connection ends, closing it gracefully when the server
     /// stops or the connection has been idle for the idle timeout.
-    async fn drive<I>(self, io: I, wire: Wire) -> Result<(), BoxError>
+    async fn drive<I>(self, io: I, wire: Wire, peer: Peer) -> Result<(), BoxError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let router = Arc::clone(&self.shared.router);
         let activity = Arc::clone(&self.activity);
-        let peer = self.peer;
         let service = hyper::service::service_fn(move |request: http::Request<_>| {
             let router = Arc::clone(&router);
             let call = CallGuard::start(&activity);
+            let peer = peer.clone();
             async move {
-                let response = router.handle(request.map(RecvBody::Hyper), peer).await;
+                let response = router.handle(request.map(RecvBody::Hyper), &peer).await;
                 Ok::<_, Infallible>(response.map(|body| TrackedBody { body, call }))
             }
         });

@@ -51,7 +51,7 @@ pub(crate) struct Call {
     pub(crate) compress_min_bytes: usize,
     pub(crate) body_timeout: std::time::Duration,
     /// The connection's peer, if the call came over a socket.
-    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) peer: crate::request::Peer,
 }
 
 impl Call {
@@ -237,7 +237,8 @@ where
             let result = with_deadline(call.deadline, async {
                 let message = call.read_unary::<Req>().await?;
                 let headers = std::mem::take(&mut call.headers);
-                let request = Request::from_parts(message, headers, call.timeout(), call.peer);
+                let request =
+                    Request::from_parts(message, headers, call.timeout(), call.peer.clone());
                 (self.f)(request).await
             })
             .await;
@@ -328,7 +329,8 @@ where
                 let mut requests = call.request_stream::<Req>()?;
                 let message = exactly_one(&mut requests, "server-streaming", "request").await?;
                 let headers = std::mem::take(&mut call.headers);
-                let request = Request::from_parts(message, headers, call.timeout(), call.peer);
+                let request =
+                    Request::from_parts(message, headers, call.timeout(), call.peer.clone());
                 (self.f)(request).await
             })
             .await;
@@ -380,7 +382,7 @@ where
                     requests,
                     headers,
                     call.timeout(),
-                    call.peer,
+                    call.peer.clone(),
                 ))
                 .await
             })
@@ -423,7 +425,7 @@ where
                     requests,
                     headers,
                     call.timeout(),
-                    call.peer,
+                    call.peer.clone(),
                 ))
                 .await
             })

@@ -57,7 +57,12 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let router = Arc::clone(&self.router);
         let request = request.map(|body| RecvBody::Boxed(Box::pin(body.map_err(Into::into))));
-        Box::pin(async move { Ok(router.handle(request, None).await.map(ResponseBody)) })
+        Box::pin(async move {
+            Ok(router
+                .handle(request, &crate::request::Peer::default())
+                .await
+                .map(ResponseBody))
+        })
     }
 }
 

@@ -63,11 +63,11 @@ pub(crate) struct Router {
 pub type Guard = Arc<dyn Fn(&http::Request<RecvBody>) -> Result<(), Error> + Send + Sync>;
 
 impl Router {
-    /// Routes `request`, which came from `peer` (if it came over a socket).
+    /// Routes `request`, which came from `peer`.
     pub(crate) async fn handle(
         &self,
         request: http::Request<RecvBody>,
-        peer: Option<std::net::SocketAddr>,
+        peer: &crate::request::Peer,
     ) -> http::Response<Body> {
         if let Some(guard) = &self.guard
             && let Err(refused) = guard(&request)
@@ -139,7 +139,7 @@ impl Router {
         parts: http::request::Parts,
         body: RecvBody,
         kind: StreamKind,
-        peer: Option<std::net::SocketAddr>,
+        peer: &crate::request::Peer,
     ) -> Result<Call, http::Response<Body>> {
         let streaming = kind.is_streaming();
         let content_type = parts
@@ -212,7 +212,7 @@ impl Router {
             max_message_size: self.limits.max_message_size,
             compress_min_bytes: self.limits.compress_min_bytes,
             body_timeout: self.limits.body_timeout,
-            peer,
+            peer: peer.clone(),
         })
     }
 
@@ -220,7 +220,7 @@ impl Router {
     fn get(
         &self,
         parts: http::request::Parts,
-        peer: Option<std::net::SocketAddr>,
+        peer: &crate::request::Peer,
     ) -> Result<Call, http::Response<Body>> {
         let query = parts.uri.query().unwrap_or_default();
         let request = get::parse_query(query).map_err(|error| {
@@ -248,7 +248,7 @@ impl Router {
             max_message_size: self.limits.max_message_size,
             compress_min_bytes: self.limits.compress_min_bytes,
             body_timeout: self.limits.body_timeout,
-            peer,
+            peer: peer.clone(),
         })
     }
 }

@@ -414,7 +414,10 @@ impl ServiceRegistry {
             .entry(runtime_id.to_owned())
             .or_default()
             .extend(admission.provides.iter().cloned());
-        if !matches!(admission.reach, Reach::Own) {
+        // Never undo a binding made meanwhile (the launcher may have bound this id already).
+        if !matches!(admission.reach, Reach::Own)
+            && !matches!(state.reach.get(runtime_id), Some(Reach::Launched { .. }))
+        {
             state
                 .reach
                 .insert(runtime_id.to_owned(), admission.reach.clone());
@@ -429,14 +432,20 @@ impl ServiceRegistry {
     /// for the plugins it starts.
     ///
     /// # Errors
-    /// `invalid_argument` never in practice (the process's endpoint is a valid URL).
+    /// `not_found` for a join token this registry's policy does not know (revoked, or never
+    /// issued).
     pub fn launched(&self, join_token: &str, process: &crate::PluginProcess) -> Result<(), Error> {
         let endpoint = process.endpoint();
         let secret = process.launch_secret().cloned();
         let ids = self
             .inner
             .join
-            .launched(join_token, &endpoint, secret.clone());
+            .launched(join_token, &endpoint, secret.clone())
+            .ok_or_else(|| {
+                Error::not_found(
+                    "no such join token: issue it with JoinPolicy::issue before launching the plugin",
+                )
+            })?;
         for id in ids {
             self.bind(&id, &endpoint, secret.clone())?;
         }
@@ -689,15 +698,26 @@ impl ServiceRegistry {
         runtime_id: &str,
         request: &wire::RegisterServiceRequest,
     ) -> Result<String, Error> {
-        self.register_from(runtime_id, request, None)
+        self.register_checked(runtime_id, request, None)
     }
 
-    /// [`ServiceRegistry::register`] for a call from `peer`.
+    /// [`ServiceRegistry::register`] for the plugin's own call from `peer`: its `base_url`
+    /// must be where the host may reach it ([`check_reach`]).
     pub(crate) fn register_from(
         &self,
         runtime_id: &str,
         request: &wire::RegisterServiceRequest,
         peer: Option<std::net::SocketAddr>,
+    ) -> Result<String, Error> {
+        self.register_checked(runtime_id, request, Some(peer))
+    }
+
+    /// Registers; `caller` is the peer of a plugin's own call (`None` inside: host side).
+    fn register_checked(
+        &self,
+        runtime_id: &str,
+        request: &wire::RegisterServiceRequest,
+        caller: Option<Option<std::net::SocketAddr>>,
     ) -> Result<String, Error> {
         let origin = request
             .metadata
@@ -727,7 +747,10 @@ impl ServiceRegistry {
                     ),
                 ));
             }
-            if let Some((url, origin)) = request.metadata.get(BASE_URL_KEY).zip(origin.as_ref()) {
+            if let (Some((url, origin)), Some(peer)) = (
+                request.metadata.get(BASE_URL_KEY).zip(origin.as_ref()),
+                caller,
+            ) {
                 check_reach(state.reach.get(runtime_id), url, origin, peer, runtime_id)?;
             }
             let (mine, all) = state
@@ -949,12 +972,11 @@ impl ServiceRegistry {
     }
 }
 
-/// Follows replacements from `provider_id` to the provider that serves it now. Bounded: a
-/// replacement chain is never longer than the number of aliases.
 /// Whether a registration by `runtime_id`, called from `peer`, may point the host at
 /// `origin`: a launched process only at its own endpoint, a plugin with an operator's list
-/// only at those, any other only at the address it calls from. Host-side registrations
-/// (no peer) are the host's own business.
+/// only at those, any other only at the address it calls from (so the host reaches nothing
+/// for a plugin that the plugin could not reach from where it is). A call whose peer is
+/// unknown (a host mounted in another server) needs a launch binding or a list.
 fn check_reach(
     reach: Option<&Reach>,
     url: &str,
@@ -991,15 +1013,24 @@ fn check_reach(
             }
         }
         Some(Reach::Own) | None => match peer {
-            Some(peer) if !origin.is_at(peer) => refuse(format!(
-                "it calls from {}, and a plugin registers its own address; an operator can                  allow other addresses for its join token (JoinPolicy::allow_addresses, or                  \"addresses\" in the host's join_tokens)",
+            Some(peer) if origin.is_at(peer) => Ok(()),
+            Some(peer) => refuse(format!(
+                "it calls from {}, and a plugin registers its own address; an operator can \
+                 allow other addresses for its join token (JoinPolicy::allow_addresses, or \
+                 \"addresses\" in the host's join_tokens)",
                 peer.ip()
             )),
-            _ => Ok(()),
+            None => refuse(
+                "the host cannot tell where it calls from (the host is served behind another \
+                 server); an operator can allow its addresses (JoinPolicy::allow_addresses)"
+                    .to_owned(),
+            ),
         },
     }
 }
 
+/// Follows replacements from `provider_id` to the provider that serves it now. Bounded: a
+/// replacement chain is never longer than the number of aliases.
 fn resolve_in<'s>(state: &'s State, provider_id: &'s str) -> &'s str {
     let mut id = provider_id;
     for _ in 0..=state.aliases.len() {
@@ -1125,7 +1156,7 @@ mod tests {
             client_metadata: [(crate::handshake::JOIN_TOKEN_KEY.to_owned(), token.clone())].into(),
             ..Default::default()
         };
-        let admission = policy.admit(&handshake).expect("admitted");
+        let admission = policy.admit(&handshake, None).expect("admitted");
         policy.record(&admission, "cache-1");
         registry.admit("cache-1", &admission);
         let at = |port: u16| {
@@ -1150,7 +1181,9 @@ mod tests {
 
         // It listens at 7001: the registration pointing elsewhere goes, only 7001 is taken.
         let secret = http::HeaderValue::from_static("s3cret");
-        let ids = policy.launched(&token, "http://127.0.0.1:7001", Some(secret.clone()));
+        let ids = policy
+            .launched(&token, "http://127.0.0.1:7001", Some(secret.clone()))
+            .unwrap();
         for id in ids {
             registry
                 .bind(&id, "http://127.0.0.1:7001", Some(secret.clone()))
