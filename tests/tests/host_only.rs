@@ -195,15 +195,20 @@ async fn a_registration_points_the_host_only_at_the_plugins_own_address() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert_eq!(registry.providers("cache").len(), 2);
 
-    // An operator's allow-list replaces the rule: only the listed address.
+    // An operator's list adds addresses (a container name): those, and its own, but still
+    // nothing else.
     let pinned = plugin("pinned-plugin", PINNED);
-    let err = register(&pinned, "http://127.0.0.1:9003")
-        .await
-        .unwrap_err();
+    let err = register(&pinned, "http://10.0.0.1:8081").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
-    assert!(err.message().contains("allows only"), "{err}");
+    assert!(
+        err.message().contains("JoinPolicy::allow_addresses"),
+        "{err}"
+    );
     register(&pinned, "http://CACHE.internal:8081/")
         .await
         .expect("the listed address");
-    assert_eq!(registry.providers("cache").len(), 3);
+    register(&pinned, "http://127.0.0.1:9003")
+        .await
+        .expect("its own address");
+    assert_eq!(registry.providers("cache").len(), 4);
 }

@@ -247,6 +247,30 @@ async fn a_plugin_file_replaced_after_its_checksum_check_is_not_what_runs() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A launched plugin cannot point its host elsewhere by announcing another machine's address:
+/// the host reaches its children over loopback only.
+#[tokio::test]
+async fn a_plugin_announcing_a_non_loopback_address_is_refused() {
+    let err = PluginProcess::launch(
+        LaunchConfig::new("liar", "/bin/sh")
+            .arg("-c")
+            .arg("echo 'CONNECT_PLUGIN|1|tcp|169.254.169.254:80|connect'; sleep 5"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("not a loopback address"), "{err}");
+    // Every interface is fine: the host calls it on loopback.
+    let any = PluginProcess::launch(
+        LaunchConfig::new("anywhere", "/bin/sh")
+            .arg("-c")
+            .arg("echo 'CONNECT_PLUGIN|1|tcp|0.0.0.0:4242|connect'; sleep 5"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(any.endpoint(), "http://127.0.0.1:4242");
+}
+
 #[tokio::test]
 async fn start_failures_name_the_program_and_the_reason() {
     let err = PluginProcess::launch(LaunchConfig::new("nothing", "/no/such/plugin"))

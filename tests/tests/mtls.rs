@@ -238,3 +238,79 @@ async fn plugins_launched_by_a_tls_host_join_and_call_each_other_over_tls() {
     assert_eq!(got.value, "over TLS");
     host.shutdown().await;
 }
+
+/// The packaged host from its config file: TLS with a client CA, launched plugins joining it
+/// over TLS, and an outside plugin admitted by its client certificate alone
+/// (`join_certificates`).
+#[tokio::test]
+async fn the_packaged_host_serves_mutual_tls_from_its_config() {
+    use tokio::io::AsyncBufReadExt;
+
+    let server_ca = Ca::new("host CA");
+    let client_ca = Ca::new("client CA");
+    let (cert, key) = server_ca.issue(&["127.0.0.1", "localhost"], false);
+    let dir = std::env::temp_dir().join(format!("connect-plugin-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The chain file holds the CA too: launched plugins trust what it holds.
+    std::fs::write(dir.join("cert.pem"), format!("{cert}{}", server_ca.pem)).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    std::fs::write(dir.join("clients.pem"), &client_ca.pem).unwrap();
+    let config = serde_json::json!({
+        "tls": { "cert": "cert.pem", "key": "key.pem", "client_ca": "clients.pem" },
+        "join_certificates": [{ "plugin": "app" }],
+        "plugins": [
+            { "name": "logger-plugin", "path": env!("CARGO_BIN_EXE_e2e-logger-plugin"),
+              "provides": [{ "type": "logger", "version": "0.1.0" }] },
+            { "name": "cache-plugin", "path": env!("CARGO_BIN_EXE_e2e-cache-plugin"),
+              "provides": [{ "type": "cache", "version": "0.1.0" }], "requires": ["logger"] }
+        ]
+    });
+    let path = dir.join("host.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-connect-plugin-host"))
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("ready ") {
+                return url.to_owned();
+            }
+        }
+        panic!("the host exited before it was ready");
+    })
+    .await
+    .expect("the host starts its plugins over TLS");
+    assert!(url.starts_with("https://"), "{url}");
+
+    let app = client(
+        &url,
+        &server_ca,
+        Some(client_ca.issue(&["app"], false)),
+        "app",
+    );
+    assert!(
+        app.connect().await.unwrap().identity.is_some(),
+        "the certificate admits app"
+    );
+    let cache = app
+        .provider::<platform::cache::CacheServicePlugin>("")
+        .await
+        .unwrap();
+    cache
+        .set(platform::cache::SetRequest {
+            key: "k".into(),
+            value: "v".into(),
+        })
+        .await
+        .expect("app -> host -> cache -> host -> logger, over TLS to the host");
+    // Without a certificate (client auth is optional) a client connects but is not admitted.
+    let stranger = client(&url, &server_ca, None, "app");
+    assert!(stranger.connect().await.unwrap().identity.is_none());
+    let _ = host.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -61,7 +61,7 @@ pub(crate) enum Reach {
         endpoint: String,
         secret: Option<http::HeaderValue>,
     },
-    /// Only at these base URLs (the operator's allow-list).
+    /// At its own address or at these base URLs (the operator's list).
     Listed(Arc<[String]>),
 }
 
@@ -265,11 +265,12 @@ impl JoinPolicy {
         Ok(())
     }
 
-    /// Lets the plugins admitted by `token` register only at these base URLs (scheme, host
-    /// and port must match one of them), for plugins that do not call the host from the
-    /// address they serve on (behind NAT, a Kubernetes Service, a proxy). Without a list a
+    /// Lets the plugins admitted by `token` register these base URLs too (scheme, host and
+    /// port must match one of them), for plugins that do not serve at the address they call
+    /// the host from (a container name, a Kubernetes Service, a proxy). Otherwise a
     /// registration's `base_url` must name the address the plugin calls from (`localhost` or
-    /// any loopback address when it calls from loopback).
+    /// any loopback address when it calls from loopback). Applies to plugins that join after
+    /// the call.
     ///
     /// # Errors
     /// `not_found` for a token not allowed; `invalid_argument` for a base URL that is not an

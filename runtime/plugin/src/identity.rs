@@ -333,6 +333,48 @@ mod tests {
 
     use super::*;
 
+    fn headers(identity: &RuntimeIdentity) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        identity.apply(&mut headers);
+        headers
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_the_id_and_a_replaced_token_cannot_renew() {
+        let store = IdentityStore::new(Duration::from_secs(60));
+        let first = store.issue_admitted("cache", Some("t:x".into())).unwrap();
+        let admitted = |tag: Option<&str>| tag == Some("t:x");
+        let renewed = store.renew(&headers(&first), "cache", admitted).unwrap();
+        assert_eq!(renewed.runtime_id, first.runtime_id);
+        assert_ne!(renewed.token, first.token);
+        // Calls on their way with the old token still pass...
+        assert!(store.validate(&first.runtime_id, &first.token));
+        // ...but it cannot renew: whoever renews with it shares the identity, which ends.
+        let err = store
+            .renew(&headers(&first), "cache", admitted)
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+        assert!(
+            !store.validate(&renewed.runtime_id, &renewed.token),
+            "ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn renewal_needs_the_credential_that_admitted_it_and_its_own_self_id() {
+        let store = IdentityStore::new(Duration::from_secs(60));
+        let identity = store.issue_admitted("cache", Some("t:x".into())).unwrap();
+        let err = store
+            .renew(&headers(&identity), "logger", |_| true)
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        let err = store
+            .renew(&headers(&identity), "cache", |_| false)
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        assert!(err.message().contains("revoked"), "{err}");
+    }
+
     #[tokio::test]
     async fn ids_are_unique_and_tokens_validate() {
         let store = IdentityStore::new(Duration::from_secs(60));

@@ -973,8 +973,8 @@ impl ServiceRegistry {
 }
 
 /// Whether a registration by `runtime_id`, called from `peer`, may point the host at
-/// `origin`: a launched process only at its own endpoint, a plugin with an operator's list
-/// only at those, any other only at the address it calls from (so the host reaches nothing
+/// `origin`: a launched process only at its own endpoint, any other at the address it calls
+/// from or at one its join token lists (so the host reaches nothing
 /// for a plugin that the plugin could not reach from where it is). A call whose peer is
 /// unknown (a host mounted in another server) needs a launch binding or a list.
 fn check_reach(
@@ -1000,18 +1000,21 @@ fn check_reach(
                 refuse(format!("the host launched it at {endpoint}"))
             }
         }
-        Some(Reach::Listed(list)) => {
+        // The operator's list adds to the plugin's own address.
+        Some(Reach::Listed(list))
             if list
                 .iter()
-                .any(|url| Origin::parse(url).is_ok_and(|o| o == *origin))
-            {
-                Ok(())
-            } else {
-                refuse(format!(
-                    "its join token allows only {list:?} (JoinPolicy::allow_addresses)"
-                ))
-            }
+                .any(|url| Origin::parse(url).is_ok_and(|o| o == *origin)) =>
+        {
+            Ok(())
         }
+        Some(Reach::Listed(list)) => match peer {
+            Some(peer) if origin.is_at(peer) => Ok(()),
+            _ => refuse(format!(
+                "it is neither its own address nor one its join token allows ({list:?}, \
+                 JoinPolicy::allow_addresses)"
+            )),
+        },
         Some(Reach::Own) | None => match peer {
             Some(peer) if origin.is_at(peer) => Ok(()),
             Some(peer) => refuse(format!(
