@@ -536,3 +536,96 @@ async fn a_routed_call_to_a_stopped_provider_ends_at_the_callers_deadline() {
         .await
         .expect("routed again once the provider runs");
 }
+
+/// Registers `provider` as the "interop" provider at `base_url`, with `metadata` besides.
+async fn register_at(provider: &Client, base_url: &str, metadata: &[(&str, &str)]) {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+    let mut registration = RegisterServiceRequest {
+        service_type: "interop".into(),
+        version: "1.0.0".into(),
+        endpoint_path: "/interop.v1.InteropService/".into(),
+        metadata: [("base_url".to_owned(), base_url.to_owned())].into(),
+    };
+    for (key, value) in metadata {
+        registration
+            .metadata
+            .insert((*key).to_owned(), (*value).to_owned());
+    }
+    provider
+        .registry()
+        .register_service(provider.authenticated(registration).await.unwrap())
+        .await
+        .expect("registered");
+}
+
+async fn echo_through_host(host_url: &str, text: &str) -> Result<String, Error> {
+    let app = Client::new(ClientConfig::new(host_url).self_id("app", "1.0.0")).unwrap();
+    let interop = app.provider::<InteropServicePlugin>("").await?;
+    interop
+        .unary(Payload {
+            text: text.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_message().text)
+}
+
+/// The gateway reaches providers as they serve: over TLS (trusting what the host is told to)
+/// and over HTTP/1.1 only (a connect-node server without HTTP/2), not only h2c.
+#[tokio::test]
+async fn providers_over_tls_and_http1_only_are_routed() {
+    use connect_plugin::rpc::tls::{ClientTls, ServerTls};
+
+    // Over TLS: refused with a clear error until the host has TLS settings for providers.
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (key.cert.pem(), key.signing_key.serialize_pem());
+    let tls_provider = connect_plugin_tests::interop::serve_interop_with(
+        connect_plugin::rpc::Server::new()
+            .tls(ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()),
+    )
+    .await;
+    assert!(tls_provider.starts_with("https://"));
+    let registry = connect_plugin_tests::open_registry();
+    let host_url = serve_host(registry.clone()).await;
+    let provider = Client::new(
+        ClientConfig::new(&host_url)
+            .self_id("tls-echo", "1.0.0")
+            .provides(["interop"]),
+    )
+    .unwrap();
+    register_at(&provider, &tls_provider, &[]).await;
+    let err = echo_through_host(&host_url, "x").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("set_provider_tls"), "{err}");
+    registry.set_provider_tls(ClientTls::with_root_certificates_pem(cert.as_bytes()).unwrap());
+    assert_eq!(
+        echo_through_host(&host_url, "over TLS").await.unwrap(),
+        "over TLS"
+    );
+
+    // HTTP/1.1 only: h2c prior knowledge fails; declared, it is routed.
+    let node = connect_plugin_tests::start_node_server("1.1").await;
+    for (declared, works) in [(false, false), (true, true)] {
+        let registry = connect_plugin_tests::open_registry();
+        let host_url = serve_host(registry).await;
+        let provider = Client::new(
+            ClientConfig::new(&host_url)
+                .self_id("h1-echo", "1.0.0")
+                .provides(["interop"]),
+        )
+        .unwrap();
+        let metadata: &[(&str, &str)] = if declared {
+            &[("http_version", "1.1")]
+        } else {
+            &[]
+        };
+        register_at(&provider, &node.url, metadata).await;
+        let outcome = echo_through_host(&host_url, "over HTTP/1.1").await;
+        if works {
+            assert_eq!(outcome.unwrap(), "over HTTP/1.1");
+        } else {
+            let err = outcome.unwrap_err();
+            assert_eq!(err.code(), Code::Unavailable, "{err}");
+        }
+    }
+}

@@ -11,6 +11,8 @@
 //! - The in-memory transport (in-process plugins): `memory_pair`, `serve_memory`,
 //!   `memory_channel`.
 //! - `or_timeout`: a default timeout for a channel built elsewhere.
+//! - `send_raw`: a plain HTTP request over a channel's transport (the routing proxy's way to
+//!   providers over TLS or HTTP/1.1).
 //! - `guard`: a check every request must pass (a launched plugin answers only its host).
 //!
 //! Not an API for users: it changes with `connect-plugin`.
@@ -95,6 +97,16 @@ pub async fn serve_memory(
 /// A channel builder that connects through `connector` instead of the network.
 pub fn memory_channel(builder: ChannelBuilder, connector: MemoryConnector) -> ChannelBuilder {
     builder.memory(connector)
+}
+
+/// Sends a plain HTTP request (its URI absolute, under the channel's base URL) over
+/// `channel`'s transport (HTTP/2 or HTTP/1.1, cleartext or TLS): the routing proxy's way to
+/// providers that are not h2c. Failures to connect are `unavailable`.
+pub async fn send_raw(
+    channel: &Channel,
+    request: http::Request<Body>,
+) -> Result<http::Response<RecvBody>, crate::Error> {
+    channel.send(request).await
 }
 
 /// `channel` with `timeout` as its default per-call timeout, unless it has one already.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use connect_plugin::host::Host;
 use connect_plugin::host::depgraph::{DependencyGraph, PluginNode};
 use connect_plugin::host::platform::PluginSpec;
-use connect_plugin::rpc::tls::{ClientAuth, ServerTls};
+use connect_plugin::rpc::tls::{ClientAuth, ClientTls, ServerTls};
 use connect_plugin::{
     CapabilityBroker, LaunchConfig, host::broker::TracingLogger, plugin::ServiceDependency,
 };
@@ -66,6 +66,9 @@ struct TlsConfig {
     /// certificate).
     #[serde(default)]
     advertise_url: Option<String>,
+    /// PEM CA certificates of providers registered at `https://` base URLs.
+    #[serde(default)]
+    provider_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +194,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .plugin_trust_pem(String::from_utf8_lossy(&cert).into_owned());
         if let Some(url) = &tls.advertise_url {
             builder = builder.advertise_url(url);
+        }
+        if let Some(ca) = &tls.provider_ca {
+            let trust = ClientTls::with_root_certificates_pem(&read(ca, "provider_ca")?)
+                .map_err(|e| format!("tls.provider_ca: {}", e.message()))?;
+            builder = builder.provider_tls(trust);
         }
     }
     if !config.join_certificates.is_empty()

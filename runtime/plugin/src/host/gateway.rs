@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use super::registry::{InflightGuard, ServiceRegistry};
+use super::registry::{InflightGuard, RouteTarget, ServiceRegistry};
 use crate::identity::RUNTIME_ID_HEADER;
 use crate::rpc::__private::{Body, H2Connection, RawHandler, RecvBody, error_response};
 use crate::serve::host_only::LAUNCH_SECRET_HEADER;
@@ -36,38 +36,84 @@ pub const CALLER_ID_HEADER: &str = "x-plugin-caller-id";
 /// How long the host waits to connect to a provider.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One HTTP/2 connection per provider base URL, shared by every call routed to it.
+/// How the host reaches one provider: its own HTTP/2 connection for h2c providers (the
+/// common case, and the fastest), or a channel's transport for providers over TLS or
+/// HTTP/1.1.
+#[derive(Clone)]
+enum Upstream {
+    H2c(Arc<H2Connection<HttpConnector>>),
+    Channel(crate::Channel),
+}
+
+impl Upstream {
+    fn is_open(&self) -> bool {
+        match self {
+            Upstream::H2c(connection) => connection.is_open(),
+            // A channel reconnects by itself; it is cheap to make again if forgotten.
+            Upstream::Channel(_) => false,
+        }
+    }
+
+    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<RecvBody>, String> {
+        match self {
+            Upstream::H2c(connection) => connection.send(request).await.map_err(|e| e.to_string()),
+            Upstream::Channel(channel) => crate::rpc::__private::send_raw(channel, request)
+                .await
+                .map_err(|e| e.message().to_owned()),
+        }
+    }
+}
+
+/// One upstream per provider base URL (and HTTP version), shared by every call routed to it.
 #[derive(Default)]
 struct Upstreams {
-    connections: Mutex<HashMap<String, Arc<H2Connection<HttpConnector>>>>,
+    connections: Mutex<HashMap<(String, bool), Upstream>>,
 }
 
 impl Upstreams {
-    fn get(
-        &self,
-        base: &str,
-        provider_id: &str,
-    ) -> Result<Arc<H2Connection<HttpConnector>>, Error> {
+    fn get(&self, registry: &ServiceRegistry, target: &RouteTarget) -> Result<Upstream, Error> {
+        let key = (target.base_url.clone(), target.http1);
         let mut connections = self
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(connection) = connections.get(base) {
-            return Ok(Arc::clone(connection));
+        if let Some(upstream) = connections.get(&key) {
+            return Ok(upstream.clone());
         }
-        let target: http::Uri = base.parse().map_err(|e| {
+        let (base, provider_id) = (&target.base_url, &target.provider_id);
+        let bad = |e: &dyn std::fmt::Display| {
             Error::internal(format!(
                 "provider {provider_id:?} has a bad base_url {base:?}: {e}"
             ))
-        })?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let connection = Arc::new(H2Connection::new(connector, target, CONNECT_TIMEOUT));
+        };
+        let uri: http::Uri = base.parse().map_err(|e| bad(&e))?;
+        let upstream = if uri.scheme_str() == Some("http") && !target.http1 {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Upstream::H2c(Arc::new(H2Connection::new(connector, uri, CONNECT_TIMEOUT)))
+        } else {
+            let mut builder = crate::Channel::builder(base.as_str())
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http_version(if target.http1 {
+                    crate::rpc::HttpVersion::Http1
+                } else {
+                    crate::rpc::HttpVersion::Http2
+                });
+            if uri.scheme_str() == Some("https") {
+                let tls = registry.provider_tls().ok_or_else(|| {
+                    Error::unavailable(format!(
+                        "provider {provider_id:?} is at {base}, and the host has no TLS settings for providers: set them with ServiceRegistry::set_provider_tls (HostBuilder::provider_tls)"
+                    ))
+                })?;
+                builder = builder.tls(tls);
+            }
+            Upstream::Channel(builder.build().map_err(|e| bad(&e.message()))?)
+        };
         // Providers come and go (restarts, replacements on new ports): forget the ones whose
         // connection has closed, so the map does not grow with every provider ever seen.
         connections.retain(|_, c| c.is_open());
-        connections.insert(base.to_owned(), Arc::clone(&connection));
-        Ok(connection)
+        connections.insert(key, upstream.clone());
+        Ok(upstream)
     }
 }
 
@@ -104,16 +150,15 @@ async fn route(
         )));
     };
     // A replaced provider's calls go to its replacement; only registered procedures route.
-    let (provider_id, base, secret) =
-        registry.route_target(service_type, provider_id, procedure)?;
+    let target = registry.route_target(service_type, provider_id, procedure)?;
+    let (provider_id, base) = (target.provider_id.as_str(), target.base_url.as_str());
     let deadline = call_deadline(request.headers())?;
-    let provider_id = provider_id.as_str();
     let query = request
         .uri()
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let target: http::Uri = format!("{}/{procedure}{query}", base.trim_end_matches('/'))
+    let uri: http::Uri = format!("{}/{procedure}{query}", base.trim_end_matches('/'))
         .parse()
         .map_err(|e| {
             Error::internal(format!(
@@ -122,7 +167,13 @@ async fn route(
         })?;
 
     let (mut parts, body) = request.into_parts();
-    parts.uri = target;
+    parts.uri = uri;
+    // The provider's HTTP version, whatever the caller spoke.
+    parts.version = if target.http1 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_2
+    };
     parts.headers.remove(http::header::AUTHORIZATION);
     parts.headers.remove(RUNTIME_ID_HEADER);
     parts.headers.remove(CALLER_ID_HEADER);
@@ -132,8 +183,8 @@ async fn route(
         parts.headers.insert(CALLER_ID_HEADER, caller);
     }
     // A provider this host launched answers only calls that carry its launch secret.
-    if let Some(secret) = secret {
-        parts.headers.insert(LAUNCH_SECRET_HEADER, secret);
+    if let Some(secret) = &target.secret {
+        parts.headers.insert(LAUNCH_SECRET_HEADER, secret.clone());
     }
     let body = Body::Stream(Box::pin(body.map_err(|e| {
         Error::new(
@@ -143,7 +194,7 @@ async fn route(
     })));
     // Counted until the response body is done, so a drain waits for streams too.
     let guard = registry.track(provider_id);
-    let upstream = upstreams.get(&base, provider_id)?;
+    let upstream = upstreams.get(registry, &target)?;
     let send = upstream.send(http::Request::from_parts(parts, body));
     let sent = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, send)

@@ -112,6 +112,7 @@ pub struct HostBuilder {
     tls: Option<ServerTls>,
     plugin_trust: Option<String>,
     advertise: Option<String>,
+    provider_tls: Option<crate::rpc::tls::ClientTls>,
 }
 
 impl HostBuilder {
@@ -153,6 +154,14 @@ impl HostBuilder {
         self
     }
 
+    /// How the routing gateway reaches providers registered at `https://` base URLs (their
+    /// CA, a client certificate); see [`ServiceRegistry::set_provider_tls`].
+    #[must_use]
+    pub fn provider_tls(mut self, tls: crate::rpc::tls::ClientTls) -> Self {
+        self.provider_tls = Some(tls);
+        self
+    }
+
     /// The URL plugins reach the host at (their `HOST_URL`), when it is not the bound address
     /// (a name in the host's certificate, a proxy, a Kubernetes Service).
     #[must_use]
@@ -190,6 +199,9 @@ impl HostBuilder {
             Some(lease) => ServiceRegistry::with_lease(lease),
             None => ServiceRegistry::new(),
         };
+        if let Some(tls) = self.provider_tls {
+            registry.set_provider_tls(tls);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let mut config = ServeConfig::new()
             .registry(registry.clone())

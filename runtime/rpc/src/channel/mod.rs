@@ -766,7 +766,10 @@ impl Channel {
         Ok(request)
     }
 
-    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<RecvBody>, Error> {
+    pub(crate) async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<RecvBody>, Error> {
         // Connection failures and resets alike mean the peer is not there (now): unavailable.
         let response = match &*self.inner.http {
             Transport::H2Plain(connection) => connection.send(request).await,

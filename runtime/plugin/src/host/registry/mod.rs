@@ -41,6 +41,23 @@ pub const WATCH_BUFFER: usize = 256;
 /// the gateway forwards calls routed to it.
 pub const BASE_URL_KEY: &str = "base_url";
 
+/// The registration metadata key naming the HTTP version the provider serves: `"2"` (the
+/// default: HTTP/2, h2c on `http://`) or `"1.1"` (an HTTP/1.1-only server, such as a Go
+/// `net/http` server without h2c).
+pub const HTTP_VERSION_KEY: &str = "http_version";
+
+/// Where a routed call goes.
+#[derive(Debug)]
+pub(crate) struct RouteTarget {
+    /// The provider serving it (a replacement, if the one addressed was replaced).
+    pub(crate) provider_id: String,
+    pub(crate) base_url: String,
+    /// The launch secret the provider answers to, if this host launched it.
+    pub(crate) secret: Option<http::HeaderValue>,
+    /// Whether the provider speaks HTTP/1.1 only.
+    pub(crate) http1: bool,
+}
+
 /// How [`ServiceRegistry`] picks among the healthy providers of a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -149,6 +166,7 @@ struct Inner {
     events: broadcast::Sender<wire::WatchServiceEvent>,
     identities: OnceLock<Arc<IdentityStore>>,
     rng: SystemRandom,
+    provider_tls: std::sync::RwLock<Option<crate::rpc::tls::ClientTls>>,
 }
 
 /// The host's registry of provided services; give it to [`crate::ServeConfig::registry`].
@@ -199,6 +217,7 @@ impl ServiceRegistry {
                 events: broadcast::channel(WATCH_BUFFER).0,
                 identities: OnceLock::new(),
                 rng: SystemRandom::new(),
+                provider_tls: std::sync::RwLock::new(None),
             }),
         }
     }
@@ -557,7 +576,7 @@ impl ServiceRegistry {
         service_type: &str,
         provider_id: &str,
         procedure: &str,
-    ) -> Result<(String, String, Option<http::HeaderValue>), Error> {
+    ) -> Result<RouteTarget, Error> {
         let state = self.state();
         let id = resolve_in(&state, provider_id);
         let mut registrations = state
@@ -605,7 +624,31 @@ impl ServiceRegistry {
             Some(Reach::Launched { secret, .. }) => secret.clone(),
             _ => None,
         };
-        Ok((id.to_owned(), base.clone(), secret))
+        Ok(RouteTarget {
+            provider_id: id.to_owned(),
+            base_url: base.clone(),
+            secret,
+            http1: provider.metadata.get(HTTP_VERSION_KEY).map(String::as_str) == Some("1.1"),
+        })
+    }
+
+    /// The TLS settings the host's routing gateway uses to reach providers registered at
+    /// `https://` base URLs (for example their CA); without them such providers cannot be
+    /// routed to. Applies to connections opened afterwards.
+    pub fn set_provider_tls(&self, tls: crate::rpc::tls::ClientTls) {
+        *self
+            .inner
+            .provider_tls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tls);
+    }
+
+    pub(crate) fn provider_tls(&self) -> Option<crate::rpc::tls::ClientTls> {
+        self.inner
+            .provider_tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Every registration of `service_type`, healthy or not, in registration order
@@ -1070,6 +1113,14 @@ const MAX_METADATA_KEY: usize = 128;
 const MAX_METADATA_VALUE: usize = 1024;
 
 fn validate_metadata(metadata: &HashMap<String, String>) -> Result<(), Error> {
+    if let Some(version) = metadata.get(HTTP_VERSION_KEY)
+        && version != "2"
+        && version != "1.1"
+    {
+        return Err(Error::invalid_argument(format!(
+            "metadata {HTTP_VERSION_KEY:?} is {version:?}: use \"2\" (the default) or \"1.1\""
+        )));
+    }
     if metadata.len() > MAX_METADATA_ENTRIES {
         return Err(Error::invalid_argument(format!(
             "registration metadata has {} entries; at most {MAX_METADATA_ENTRIES} are kept",
@@ -1200,11 +1251,15 @@ mod tests {
         registry
             .register_from("cache-1", &at(7001), loopback)
             .unwrap();
-        let (id, base, carried) = registry
+        let target = registry
             .route_target("cache", "cache-1", "cache.v1.Cache/Get")
             .unwrap();
         assert_eq!(
-            (id.as_str(), base.as_str(), carried),
+            (
+                target.provider_id.as_str(),
+                target.base_url.as_str(),
+                target.secret
+            ),
             ("cache-1", "http://127.0.0.1:7001", Some(secret))
         );
         // Ends with its plugin.
