@@ -914,7 +914,81 @@ async fn run(settings: &Settings) -> Vec<Row> {
     }
 
     rows.extend(routed(ours_addr, settings).await);
+    rows.extend(handshake_flood(settings).await);
     rows
+}
+
+/// Handshakes that issue an identity, with few and with 9,000 identities alive: issuing is
+/// O(1), so a handshake flood (up to the cap) does not slow joining down.
+async fn handshake_flood(settings: &Settings) -> Vec<Row> {
+    use connect_plugin::handshake::JOIN_TOKEN_KEY;
+    use connect_plugin::proto::connectplugin::v1::{HandshakeRequest, HandshakeServiceClient};
+
+    const SCENARIO: &str = "handshake issuing an identity, c=1";
+    const TOKEN: &str = "bench-shared-join-token-01234567";
+    let registry = connect_plugin::ServiceRegistry::new();
+    registry
+        .join_policy()
+        .allow(None, TOKEN, Vec::<String>::new())
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(connect_plugin::serve(
+        connect_plugin::ServeConfig::new()
+            .registry(registry)
+            .listener(listener),
+    ));
+    let client = HandshakeServiceClient::new(connect_plugin::Channel::new(&host).unwrap());
+    let request = |i: usize| HandshakeRequest {
+        core_protocol_version: 1,
+        app_protocol_version: 1,
+        magic_cookie_key: connect_plugin::plugin::MAGIC_COOKIE_KEY.into(),
+        magic_cookie_value: connect_plugin::plugin::MAGIC_COOKIE_VALUE.into(),
+        self_id: format!("flood-{i}"),
+        client_metadata: [(JOIN_TOKEN_KEY.to_owned(), TOKEN.to_owned())].into(),
+        ..Default::default()
+    };
+    let mut issued = 0usize;
+    // Median of `calls` sequential handshakes, in microseconds.
+    let measure = async |calls: usize, issued: &mut usize| {
+        let mut times = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            let answer = client.handshake(request(*issued)).await.unwrap();
+            assert!(!answer.runtime_id.is_empty(), "an identity was issued");
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+            *issued += 1;
+        }
+        median(times)
+    };
+    let calls = settings.latency_calls.clamp(100, 400);
+    let few = measure(calls, &mut issued).await;
+    while issued < 9_000 {
+        client.handshake(request(issued)).await.unwrap();
+        issued += 1;
+    }
+    let many = measure(calls, &mut issued).await;
+    let ratio = many / few;
+    vec![
+        Row {
+            scenario: SCENARIO.into(),
+            subject: "few identities alive".into(),
+            value: few,
+            unit: "us",
+            ratio: Some(1.0),
+            target: String::new(),
+            met: None,
+        },
+        Row {
+            scenario: SCENARIO.into(),
+            subject: "9,000 identities alive".into(),
+            value: many,
+            unit: "us",
+            ratio: Some(ratio),
+            target: "<= 1.25 x few (flat)".into(),
+            met: Some(ratio <= 1.25),
+        },
+    ]
 }
 
 /// A plugin-to-plugin call routed through a host, against the same call made directly and
@@ -969,7 +1043,16 @@ async fn routed(ours_addr: SocketAddr, settings: &Settings) -> Vec<Row> {
 
 /// A direct caller of our echo server and one routed to it through a host with a registry.
 async fn routed_pair(provider: SocketAddr) -> (Caller, Caller) {
+    const ECHO_TOKEN: &str = "bench-echo-join-token-0123456789";
+    const APP_TOKEN: &str = "bench-app-join-token-0123456789a";
     let registry = connect_plugin::ServiceRegistry::new();
+    let policy = registry.join_policy();
+    policy
+        .allow(Some("echo"), ECHO_TOKEN, ["interop"])
+        .unwrap();
+    policy
+        .allow(Some("app"), APP_TOKEN, Vec::<String>::new())
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(connect_plugin::serve(
@@ -980,12 +1063,14 @@ async fn routed_pair(provider: SocketAddr) -> (Caller, Caller) {
     let plugin = connect_plugin::Client::new(
         connect_plugin::ClientConfig::new(&host)
             .self_id("echo", "1.0.0")
-            .provides(["interop"]),
+            .join_token(ECHO_TOKEN),
     )
     .unwrap();
     connect_plugin_tests::register_interop(&plugin, format!("http://{provider}")).await;
     let app = connect_plugin::Client::new(
-        connect_plugin::ClientConfig::new(&host).self_id("app", "1.0.0"),
+        connect_plugin::ClientConfig::new(&host)
+            .self_id("app", "1.0.0")
+            .join_token(APP_TOKEN),
     )
     .unwrap();
     let routed = app.provider::<InteropServicePlugin>("").await.unwrap();

@@ -34,6 +34,12 @@ pub const CAPABILITY_PREFIX: &str = "/capabilities/";
 /// Default lifetime of a grant: one hour, as upstream documents.
 pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(60 * 60);
 
+/// The most live grants one plugin holds; a new one replaces its oldest.
+pub const MAX_GRANTS_PER_PLUGIN: usize = 16;
+
+/// The most live grants a broker holds in all; past it, `resource_exhausted`.
+pub const MAX_GRANTS: usize = 10_000;
+
 struct Capability {
     version: semver::Version,
     router: Dispatcher,
@@ -234,7 +240,30 @@ impl CapabilityBroker {
         let token = URL_SAFE_NO_PAD.encode(identity::random_bytes::<32>(&self.inner.rng)?);
         let now = Instant::now();
         let mut grants = self.grants();
-        grants.retain(|_, g| g.expires > now);
+        // Bounded: expired grants go when the broker is full (so granting stays cheap), and a
+        // plugin holding its share gives up its oldest grant for the new one.
+        if grants.len() >= MAX_GRANTS {
+            grants.retain(|_, g| g.expires > now);
+            if grants.len() >= MAX_GRANTS {
+                return Err(Error::new(
+                    Code::ResourceExhausted,
+                    format!("this host holds {MAX_GRANTS} live capability grants, its limit; try again later"),
+                ));
+            }
+        }
+        let mine: Vec<(&String, Instant)> = grants
+            .iter()
+            .filter(|(_, g)| g.runtime_id == runtime_id)
+            .map(|(id, g)| (id, g.expires))
+            .collect();
+        if mine.len() >= MAX_GRANTS_PER_PLUGIN
+            && let Some(oldest) = mine
+                .iter()
+                .min_by_key(|(_, expires)| *expires)
+                .map(|(id, _)| (*id).clone())
+        {
+            grants.remove(&oldest);
+        }
         grants.insert(
             grant_id.clone(),
             Grant {
@@ -392,5 +421,33 @@ impl crate::proto::capability::logger::v1::Logger for TracingLogger {
             _ => tracing::info!(plugin = %caller, ?fields, "{message}"),
         }
         Ok(Response::new(Default::default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_holds_a_bounded_number_of_grants_newest_kept() {
+        let broker = CapabilityBroker::new()
+            .capability(TracingLogger::definition())
+            .unwrap();
+        let request = wire::RequestCapabilityRequest {
+            capability_type: "logger".into(),
+            ..Default::default()
+        };
+        let first = broker.grant("a".into(), &request).unwrap();
+        let mut last = None;
+        for _ in 0..MAX_GRANTS_PER_PLUGIN + 4 {
+            last = Some(broker.grant("a".into(), &request).unwrap());
+        }
+        broker.grant("b".into(), &request).unwrap();
+        let grants = broker.grants();
+        let held = grants.values().filter(|g| g.runtime_id == "a").count();
+        assert_eq!(held, MAX_GRANTS_PER_PLUGIN);
+        assert!(!grants.contains_key(&first.grant_id), "the oldest went");
+        assert!(grants.contains_key(&last.unwrap().grant_id), "the newest stays");
+        assert_eq!(grants.len(), MAX_GRANTS_PER_PLUGIN + 1, "b keeps its own");
     }
 }
