@@ -1047,9 +1047,7 @@ async fn routed_pair(provider: SocketAddr) -> (Caller, Caller) {
     const APP_TOKEN: &str = "bench-app-join-token-0123456789a";
     let registry = connect_plugin::ServiceRegistry::new();
     let policy = registry.join_policy();
-    policy
-        .allow(Some("echo"), ECHO_TOKEN, ["interop"])
-        .unwrap();
+    policy.allow(Some("echo"), ECHO_TOKEN, ["interop"]).unwrap();
     policy
         .allow(Some("app"), APP_TOKEN, Vec::<String>::new())
         .unwrap();

@@ -291,3 +291,45 @@ async fn plugin_exits_when_its_host_closes_stdin() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// The example plugin serves TLS when given a certificate (`TLS_CERT_FILE`, `TLS_KEY_FILE`):
+/// a client that trusts it is answered over `https://`, a cleartext one is not.
+#[tokio::test]
+async fn the_example_plugin_serves_tls_from_its_environment() {
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("kv-plugin-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, key.cert.pem()).unwrap();
+    std::fs::write(&key_file, key.signing_key.serialize_pem()).unwrap();
+    let plugin = connect_plugin::PluginProcess::launch(
+        connect_plugin::LaunchConfig::new("kv", KV_PLUGIN)
+            .env("TLS_CERT_FILE", &cert_file)
+            .env("TLS_KEY_FILE", &key_file)
+            .start_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    let https = format!("https://{}", plugin.addr());
+    let trust =
+        connect_plugin::rpc::tls::ClientTls::with_root_certificates_pem(key.cert.pem().as_bytes())
+            .unwrap();
+    let secret = plugin.launch_secret().unwrap().clone();
+    let channel = connect_plugin::Channel::builder(&https)
+        .tls(trust)
+        .header(
+            http::HeaderName::from_static(connect_plugin::serve::host_only::LAUNCH_SECRET_HEADER),
+            secret,
+        )
+        .build()
+        .unwrap();
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&channel);
+    assert!(!kv.get(GetRequest { key: "k".into() }).await.unwrap().found);
+    let cleartext = connect_plugin::dispense::<KvServicePlugin>(&plugin.channel().unwrap());
+    let err = cleartext
+        .get(GetRequest { key: "k".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -61,11 +61,16 @@ pub async fn serve_plugin(
     let local = listener
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the bound address: {e}")))?;
+    // TLS_CERT_FILE and TLS_KEY_FILE serve TLS (beyond loopback, plugins should).
+    let (config, scheme) = match connect_plugin::serve::tls_from_env()? {
+        Some(tls) => (config.tls(tls), "https"),
+        None => (config, "http"),
+    };
     let server = tokio::spawn(connect_plugin::serve(
         config.listener(listener).announce_readiness(true),
     ));
     // In containers the bound address is not what the host can reach: ADVERTISE_URL says.
-    let url = std::env::var("ADVERTISE_URL").unwrap_or_else(|_| format!("http://{local}"));
+    let url = std::env::var("ADVERTISE_URL").unwrap_or_else(|_| format!("{scheme}://{local}"));
     Ok((url, server))
 }
 

@@ -3,7 +3,7 @@
 //! Listens on `127.0.0.1:$PORT` (8080 if unset, `PORT=0` for any free port), prints the
 //! readiness line on stdout and logs to stderr (`RUST_LOG` sets the level). With `HOST_URL`
 //! set, it introduces itself to that host and, if the host offers a `logger` capability, logs
-//! every change through it.
+//! every change through it. With `TLS_CERT_FILE` and `TLS_KEY_FILE` (PEM), it serves TLS.
 
 use std::process::ExitCode;
 
@@ -28,7 +28,16 @@ async fn main() -> ExitCode {
             Err(error) => tracing::warn!("no logger capability from {host_url}: {error}"),
         }
     }
-    let config = ServeConfig::new().plugin(KvServicePlugin::server(store));
+    let mut config = ServeConfig::new().plugin(KvServicePlugin::server(store));
+    // TLS_CERT_FILE and TLS_KEY_FILE serve TLS (for a plugin called beyond loopback).
+    match connect_plugin::serve::tls_from_env() {
+        Ok(Some(tls)) => config = config.tls(tls),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!("kv-plugin: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     match connect_plugin::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

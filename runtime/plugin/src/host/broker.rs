@@ -247,7 +247,9 @@ impl CapabilityBroker {
             if grants.len() >= MAX_GRANTS {
                 return Err(Error::new(
                     Code::ResourceExhausted,
-                    format!("this host holds {MAX_GRANTS} live capability grants, its limit; try again later"),
+                    format!(
+                        "this host holds {MAX_GRANTS} live capability grants, its limit; try again later"
+                    ),
                 ));
             }
         }
@@ -447,7 +449,10 @@ mod tests {
         let held = grants.values().filter(|g| g.runtime_id == "a").count();
         assert_eq!(held, MAX_GRANTS_PER_PLUGIN);
         assert!(!grants.contains_key(&first.grant_id), "the oldest went");
-        assert!(grants.contains_key(&last.unwrap().grant_id), "the newest stays");
+        assert!(
+            grants.contains_key(&last.unwrap().grant_id),
+            "the newest stays"
+        );
         assert_eq!(grants.len(), MAX_GRANTS_PER_PLUGIN + 1, "b keeps its own");
     }
 }

@@ -64,20 +64,21 @@ impl Upstream {
     }
 }
 
-/// One upstream per provider base URL (and HTTP version), shared by every call routed to it.
+/// One upstream per provider base URL, shared by every call routed to it: HTTP/2 ones in the
+/// first map, HTTP/1.1 ones in the second (looked up by `&str`, no key to build per call).
 #[derive(Default)]
 struct Upstreams {
-    connections: Mutex<HashMap<(String, bool), Upstream>>,
+    connections: Mutex<[HashMap<String, Upstream>; 2]>,
 }
 
 impl Upstreams {
     fn get(&self, registry: &ServiceRegistry, target: &RouteTarget) -> Result<Upstream, Error> {
-        let key = (target.base_url.clone(), target.http1);
-        let mut connections = self
+        let mut maps = self
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(upstream) = connections.get(&key) {
+        let connections = &mut maps[usize::from(target.http1)];
+        if let Some(upstream) = connections.get(target.base_url.as_str()) {
             return Ok(upstream.clone());
         }
         let (base, provider_id) = (&target.base_url, &target.provider_id);
@@ -112,7 +113,7 @@ impl Upstreams {
         // Providers come and go (restarts, replacements on new ports): forget the ones whose
         // connection has closed, so the map does not grow with every provider ever seen.
         connections.retain(|_, c| c.is_open());
-        connections.insert(key, upstream.clone());
+        connections.insert(target.base_url.clone(), upstream.clone());
         Ok(upstream)
     }
 }

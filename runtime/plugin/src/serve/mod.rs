@@ -298,6 +298,36 @@ pub fn addr_from_env() -> Result<SocketAddr, Error> {
     Ok(SocketAddr::from((ip, port)))
 }
 
+/// TLS settings from the environment: the PEM certificate chain in the file `TLS_CERT_FILE`
+/// and its key in `TLS_KEY_FILE`; `None` when neither is set (serve cleartext). For plugins
+/// that serve beyond loopback (containers, other machines).
+///
+/// # Errors
+/// `invalid_argument` when only one is set, a file cannot be read, or the PEM is unusable.
+pub fn tls_from_env() -> Result<Option<ServerTls>, Error> {
+    let (cert, key) = match (
+        std::env::var_os("TLS_CERT_FILE"),
+        std::env::var_os("TLS_KEY_FILE"),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            return Err(Error::invalid_argument(
+                "set both TLS_CERT_FILE and TLS_KEY_FILE (PEM files) to serve TLS, or neither",
+            ));
+        }
+    };
+    let read = |path: &std::ffi::OsStr, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            Error::invalid_argument(format!(
+                "{what}: cannot read {}: {e}",
+                std::path::Path::new(path).display()
+            ))
+        })
+    };
+    ServerTls::from_pem(&read(&cert, "TLS_CERT_FILE")?, &read(&key, "TLS_KEY_FILE")?).map(Some)
+}
+
 fn probe(health: &HealthServer) -> RawHandler {
     let health = health.clone();
     Arc::new(move |request: http::Request<rpc_private::RecvBody>| {
