@@ -156,6 +156,32 @@ async fn a_client_certificate_admits_the_plugin_it_names_and_no_other() {
 }
 
 #[tokio::test]
+async fn a_wildcard_certificate_names_no_plugin() {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let registry = ServiceRegistry::new();
+    registry
+        .join_policy()
+        .allow_certificate("cache.plugins.test", ["cache"])
+        .unwrap();
+    let url = mtls_host(&server_ca, &client_ca, &registry).await;
+    let wildcard = client(
+        &url,
+        &server_ca,
+        Some(client_ca.issue(&["*.plugins.test"], false)),
+        "cache.plugins.test",
+    );
+    assert!(wildcard.connect().await.unwrap().identity.is_none());
+    let exact = client(
+        &url,
+        &server_ca,
+        Some(client_ca.issue(&["cache.plugins.test"], false)),
+        "cache.plugins.test",
+    );
+    assert!(exact.connect().await.unwrap().identity.is_some());
+}
+
+#[tokio::test]
 async fn plugins_launched_by_a_tls_host_join_and_call_each_other_over_tls() {
     use connect_plugin::Host;
     use connect_plugin::LaunchConfig;
@@ -251,12 +277,13 @@ async fn the_packaged_host_serves_mutual_tls_from_its_config() {
     let (cert, key) = server_ca.issue(&["127.0.0.1", "localhost"], false);
     let dir = std::env::temp_dir().join(format!("connect-plugin-mtls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // The chain file holds the CA too: launched plugins trust what it holds.
-    std::fs::write(dir.join("cert.pem"), format!("{cert}{}", server_ca.pem)).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
     std::fs::write(dir.join("key.pem"), key).unwrap();
+    std::fs::write(dir.join("ca.pem"), &server_ca.pem).unwrap();
     std::fs::write(dir.join("clients.pem"), &client_ca.pem).unwrap();
     let config = serde_json::json!({
-        "tls": { "cert": "cert.pem", "key": "key.pem", "client_ca": "clients.pem" },
+        "tls": { "cert": "cert.pem", "key": "key.pem", "client_ca": "clients.pem",
+                 "plugin_ca": "ca.pem" },
         "join_certificates": [{ "plugin": "app" }],
         "plugins": [
             { "name": "logger-plugin", "path": env!("CARGO_BIN_EXE_e2e-logger-plugin"),
@@ -308,9 +335,21 @@ async fn the_packaged_host_serves_mutual_tls_from_its_config() {
         })
         .await
         .expect("app -> host -> cache -> host -> logger, over TLS to the host");
-    // Without a certificate (client auth is optional) a client connects but is not admitted.
+    // Without a certificate (client auth is optional) a client connects but is not admitted;
+    // a foreign or expired one is refused even so.
     let stranger = client(&url, &server_ca, None, "app");
     assert!(stranger.connect().await.unwrap().identity.is_none());
+    let foreign_ca = Ca::new("someone else's CA");
+    for (what, identity) in [
+        ("foreign", foreign_ca.issue(&["app"], false)),
+        ("expired", client_ca.issue(&["app"], true)),
+    ] {
+        let err = client(&url, &server_ca, Some(identity), "app")
+            .connect()
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::Unavailable, "{what}: {err}");
+    }
     let _ = host.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

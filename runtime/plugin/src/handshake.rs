@@ -124,6 +124,9 @@ pub(crate) struct Admission {
     token: Option<String>,
     /// Whether a client certificate admitted it.
     certificate: bool,
+    /// The identity this admission ended (its credential's oldest, past the per-credential
+    /// cap), whose registrations go too.
+    pub(crate) superseded: Option<String>,
 }
 
 impl Admission {
@@ -265,6 +268,12 @@ impl JoinPolicy {
         Ok(())
     }
 
+    /// Stops admitting `plugin_id` by its certificate; identities it holds cannot renew (and
+    /// end with their token's lifetime).
+    pub fn disallow_certificate(&self, plugin_id: &str) {
+        self.tokens().certificates.remove(plugin_id);
+    }
+
     /// Lets the plugins admitted by `token` register these base URLs too (scheme, host and
     /// port must match one of them), for plugins that do not serve at the address they call
     /// the host from (a container name, a Kubernetes Service, a proxy). Otherwise a
@@ -341,19 +350,17 @@ impl JoinPolicy {
     /// Remembers that the handshake admitted by `admission` was given `runtime_id`.
     #[cfg(test)]
     pub(crate) fn record(&self, admission: &Admission, runtime_id: &str) {
-        Self::record_in(&mut self.tokens(), admission, runtime_id);
+        let _ = Self::record_in(&mut self.tokens(), admission, runtime_id);
     }
 
-    fn record_in(tokens: &mut Tokens, admission: &Admission, runtime_id: &str) {
-        let Some(token) = &admission.token else {
-            return;
-        };
-        if let Some(grant) = tokens.grants.get_mut(token) {
-            if grant.admitted.len() == ADMITTED_KEPT {
-                grant.admitted.remove(0);
-            }
-            grant.admitted.push(runtime_id.to_owned());
-        }
+    /// Records the admission; returns the identity it supersedes: a token holds at most
+    /// [`ADMITTED_KEPT`] live identities, so one credential cannot fill the host's caps.
+    fn record_in(tokens: &mut Tokens, admission: &Admission, runtime_id: &str) -> Option<String> {
+        let token = admission.token.as_ref()?;
+        let grant = tokens.grants.get_mut(token)?;
+        let superseded = (grant.admitted.len() == ADMITTED_KEPT).then(|| grant.admitted.remove(0));
+        grant.admitted.push(runtime_id.to_owned());
+        superseded
     }
 
     /// What the handshake `request`, made over a connection that presented `certificate`, is
@@ -390,6 +397,7 @@ impl JoinPolicy {
                     reach: grant.reach.clone(),
                     token: Some(token),
                     certificate: false,
+                    superseded: None,
                 });
             }
             if log_allowed() {
@@ -406,6 +414,7 @@ impl JoinPolicy {
                     reach: Reach::Own,
                     token: None,
                     certificate: true,
+                    superseded: None,
                 });
             }
             if log_allowed() {
@@ -427,6 +436,7 @@ impl JoinPolicy {
             reach: Reach::Own,
             token: None,
             certificate: false,
+            superseded: None,
         })
     }
 
@@ -443,23 +453,36 @@ impl JoinPolicy {
         let Some(admission) = Self::admission(&tokens, request, certificate) else {
             return Ok(None);
         };
+        let mut admission = admission;
         let identity =
             identities.issue_admitted(&request.self_id, Some(admission.tag(&request.self_id)))?;
-        Self::record_in(&mut tokens, &admission, &identity.runtime_id);
+        admission.superseded = Self::record_in(&mut tokens, &admission, &identity.runtime_id);
+        if let Some(old) = &admission.superseded {
+            identities.revoke(old);
+        }
         Ok(Some((admission, identity)))
     }
 
     /// Whether what a tag ([`Admission::tag`]) names still admits: the token is not revoked,
     /// the certificate still allowed, joining still open. Host-issued identities (no tag)
     /// always renew.
-    pub(crate) fn still_admits(&self, tag: Option<&str>) -> bool {
+    /// A certificate's admission renews only over a connection presenting a certificate
+    /// that still names the plugin (so an expired or replaced certificate ends it).
+    pub(crate) fn still_admits(
+        &self,
+        tag: Option<&str>,
+        certificate: Option<&crate::rpc::tls::PeerCertificate>,
+    ) -> bool {
         let tokens = self.tokens();
         match tag {
             None => true,
             Some("open") => tokens.open,
             Some(tag) => match (tag.strip_prefix("t:"), tag.strip_prefix("c:")) {
                 (Some(digest), _) => tokens.grants.contains_key(digest),
-                (_, Some(plugin_id)) => tokens.certificates.contains_key(plugin_id),
+                (_, Some(plugin_id)) => {
+                    tokens.certificates.contains_key(plugin_id)
+                        && certificate.is_some_and(|c| c.is_valid_for_name(plugin_id))
+                }
                 _ => false,
             },
         }
@@ -600,8 +623,9 @@ impl HandshakeServer {
             let renewed = headers
                 .contains_key(crate::identity::RUNTIME_ID_HEADER)
                 .then(|| {
-                    self.identities
-                        .renew(headers, &request.self_id, |tag| self.join.still_admits(tag))
+                    self.identities.renew(headers, &request.self_id, |tag| {
+                        self.join.still_admits(tag, certificate)
+                    })
                 });
             // Without an admitting credential the handshake succeeds but issues no identity.
             if let Some(Ok(identity)) = renewed {

@@ -68,7 +68,13 @@ struct Entry {
     /// What admitted it (the join policy's tag), checked again at each renewal; `None` for
     /// identities the host issued itself.
     admitted_by: Option<String>,
+    /// When it was last renewed.
+    renewed_at: Option<Instant>,
 }
+
+/// How long after a renewal the replaced token may ask again and get the same answer (its
+/// holder never saw the reply), rather than being taken for a second holder.
+const RENEWAL_REPLAY: Duration = Duration::from_secs(30);
 
 /// The most runtime identities alive at once in one host; a handshake flood past it gets
 /// `resource_exhausted` instead of growing the store.
@@ -166,6 +172,7 @@ impl IdentityStore {
                 expires: now + self.ttl,
                 previous: None,
                 admitted_by,
+                renewed_at: None,
             },
         );
         Ok(RuntimeIdentity { runtime_id, token })
@@ -199,36 +206,57 @@ impl IdentityStore {
                 format!("runtime identity {runtime_id:?} is not {self_id:?}'s"),
             ));
         }
-        let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&self.rng)?);
-        let mut entries = self.entries();
-        let entry = entries.get_mut(&runtime_id).ok_or_else(|| {
+        let ended = || {
             Error::new(
                 Code::Unauthenticated,
                 format!("runtime identity {runtime_id:?} ended while it was renewed"),
             )
-        })?;
-        if !constant_time_eq(entry.token.as_bytes(), presented.as_bytes()) {
-            entries.remove(&runtime_id);
-            tracing::warn!(%runtime_id, "a replaced runtime token was presented for renewal; ending the identity");
-            return Err(Error::new(
-                Code::Unauthenticated,
-                format!(
-                    "runtime identity {runtime_id:?} was renewed with a token it had already replaced, so someone else holds it too; it has ended: join again"
-                ),
-            ));
-        }
-        if !still_admitted(entry.admitted_by.as_deref()) {
+        };
+        // The join policy is asked without this store's lock held: its lock is always taken
+        // first (joining holds it while issuing), never after.
+        let admitted_by = self
+            .entries()
+            .get(&runtime_id)
+            .map(|entry| entry.admitted_by.clone())
+            .ok_or_else(ended)?;
+        if !still_admitted(admitted_by.as_deref()) {
             return Err(Error::new(
                 Code::PermissionDenied,
                 format!(
-                    "runtime identity {runtime_id:?} cannot be renewed: the credential that admitted it was revoked"
+                    "runtime identity {runtime_id:?} cannot be renewed: the credential that admitted it was revoked (or, for a certificate, is not presented)"
                 ),
             ));
         }
-        let old = std::mem::replace(&mut entry.token, token.clone());
-        entry.previous = Some((old, entry.expires));
-        entry.expires = Instant::now() + self.ttl;
-        Ok(RuntimeIdentity { runtime_id, token })
+        let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>(&self.rng)?);
+        let now = Instant::now();
+        let mut entries = self.entries();
+        let entry = entries.get_mut(&runtime_id).ok_or_else(ended)?;
+        if constant_time_eq(entry.token.as_bytes(), presented.as_bytes()) {
+            let old = std::mem::replace(&mut entry.token, token.clone());
+            entry.previous = Some((old, entry.expires));
+            entry.expires = now + self.ttl;
+            entry.renewed_at = Some(now);
+            return Ok(RuntimeIdentity { runtime_id, token });
+        }
+        // The token just replaced, asking again soon after: its holder lost the reply.
+        let replay = entry.renewed_at.is_some_and(|at| now < at + RENEWAL_REPLAY)
+            && entry.previous.as_ref().is_some_and(|(previous, _)| {
+                constant_time_eq(previous.as_bytes(), presented.as_bytes())
+            });
+        if replay {
+            return Ok(RuntimeIdentity {
+                runtime_id,
+                token: entry.token.clone(),
+            });
+        }
+        entries.remove(&runtime_id);
+        tracing::warn!(%runtime_id, "a replaced runtime token was presented for renewal; ending the identity");
+        Err(Error::new(
+            Code::Unauthenticated,
+            format!(
+                "runtime identity {runtime_id:?} was renewed with a token it had already replaced, so someone else holds it too; it has ended: join again"
+            ),
+        ))
     }
 
     /// Whether `token` is the live token of `runtime_id`.
@@ -339,7 +367,7 @@ mod tests {
         headers
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn renewal_keeps_the_id_and_a_replaced_token_cannot_renew() {
         let store = IdentityStore::new(Duration::from_secs(60));
         let first = store.issue_admitted("cache", Some("t:x".into())).unwrap();
@@ -349,11 +377,16 @@ mod tests {
         assert_ne!(renewed.token, first.token);
         // Calls on their way with the old token still pass...
         assert!(store.validate(&first.runtime_id, &first.token));
-        // ...but it cannot renew: whoever renews with it shares the identity, which ends.
+        // ...and asking again at once (a lost reply) gets the same answer, not a third token.
+        let again = store.renew(&headers(&first), "cache", admitted).unwrap();
+        assert_eq!(again.token, renewed.token);
+        // Later, the replaced token renewing means a second holder: the identity ends.
+        tokio::time::advance(RENEWAL_REPLAY + Duration::from_secs(1)).await;
         let err = store
             .renew(&headers(&first), "cache", admitted)
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+        assert!(err.message().contains("someone else holds it"), "{err}");
         assert!(
             !store.validate(&renewed.runtime_id, &renewed.token),
             "ended"

@@ -153,7 +153,8 @@ impl ServerTls {
 }
 
 /// A client certificate a server verified (mutual TLS): what a handler can trust about the
-/// caller.
+/// caller. With [`ServerTls::mutual_from_pem`] it chains to the client CA and is valid now;
+/// with [`ServerTls::from_config`], the configuration's verifier decides.
 #[derive(Debug)]
 pub struct PeerCertificate(CertificateDer<'static>);
 
@@ -172,14 +173,24 @@ impl PeerCertificate {
         rustls::pki_types::DnsName::try_from(name).is_ok()
     }
 
-    /// Whether the certificate names `name`: a DNS subject alternative name matching it (as
-    /// a server certificate would for that host name).
+    /// Whether the certificate names exactly `name`: a DNS subject alternative name equal to
+    /// it (case-insensitively, as DNS). A wildcard name (`*.example`) names no one: a
+    /// certificate that would also be valid for another name in `name`'s domain is refused.
     pub fn is_valid_for_name(&self, name: &str) -> bool {
-        let Ok(name) = rustls::pki_types::ServerName::try_from(name) else {
-            return false;
+        let valid_for = |candidate: &str| {
+            rustls::pki_types::ServerName::try_from(candidate).is_ok_and(|server_name| {
+                webpki::EndEntityCert::try_from(&self.0)
+                    .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&server_name).is_ok())
+            })
         };
-        webpki::EndEntityCert::try_from(&self.0)
-            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        if !valid_for(name) {
+            return false;
+        }
+        // A wildcard matches any first label: probe one no certificate would name exactly.
+        match name.split_once('.') {
+            Some((_, domain)) => !valid_for(&format!("x--not-a-plugin-name.{domain}")),
+            None => true,
+        }
     }
 }
 

@@ -69,6 +69,10 @@ struct TlsConfig {
     /// PEM CA certificates of providers registered at `https://` base URLs.
     #[serde(default)]
     provider_ca: Option<PathBuf>,
+    /// PEM CA certificates the plugins this host launches verify it with (default: the
+    /// certificates in `cert`, which must then include the root).
+    #[serde(default)]
+    plugin_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -188,10 +192,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         .map_err(|e| format!("tls: {}", e.message()))?;
-        // Launched plugins verify the host with the CA in its chain (the last certificate).
+        // Launched plugins verify the host with `plugin_ca`, else with the chain's certificates.
+        let plugin_ca = match &tls.plugin_ca {
+            Some(file) => read(file, "plugin_ca")?,
+            None => cert.clone(),
+        };
         builder = builder
             .tls(server_tls)
-            .plugin_trust_pem(String::from_utf8_lossy(&cert).into_owned());
+            .plugin_trust_pem(String::from_utf8_lossy(&plugin_ca).into_owned());
         if let Some(url) = &tls.advertise_url {
             builder = builder.advertise_url(url);
         }

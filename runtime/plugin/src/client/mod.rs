@@ -74,9 +74,9 @@ impl std::fmt::Debug for ClientConfig {
 impl ClientConfig {
     /// A configuration for the server at `endpoint` (e.g. `http://127.0.0.1:8080`).
     ///
-    /// For an `https://` endpoint, the CA certificates in [`HOST_CA_ENV`] (set by a host
-    /// serving TLS for the plugins it launches) are trusted, unless
-    /// [`ClientConfig::channel`] sets other TLS settings.
+    /// For the `https://` endpoint of this plugin's host (`HOST_URL`), the CA certificates in
+    /// [`HOST_CA_ENV`] (set by a host serving TLS for the plugins it launches) are trusted,
+    /// unless [`ClientConfig::channel`] sets other TLS settings.
     ///
     /// A plugin launched by a host finds its per-launch join token in the environment
     /// ([`JOIN_TOKEN_ENV`](crate::handshake::JOIN_TOKEN_ENV)); it is sent with the handshake
@@ -339,7 +339,13 @@ impl Client {
         }
         let held = Arc::new(Held::default());
         let mut builder = Channel::builder(config.endpoint.clone());
+        // The host's CA is trusted for the host alone (`HOST_URL`; any endpoint of a managed
+        // plugin, which learns its host's URL from the host itself).
+        let for_host = std::env::var("HOST_URL").map_or(true, |host| {
+            host.trim_end_matches('/') == config.endpoint.trim_end_matches('/')
+        });
         if config.endpoint.starts_with("https://")
+            && for_host
             && let Ok(pem) = std::env::var(HOST_CA_ENV)
         {
             let tls = ClientTls::with_root_certificates_pem(pem.as_bytes())

@@ -129,11 +129,24 @@ impl wire::PluginIdentity for AssignedIdentity {
         &self,
         request: Request<wire::SetRuntimeIdentityRequest>,
     ) -> Result<Response<wire::SetRuntimeIdentityResponse>, Error> {
-        if !self.from_anyone && crate::serve::host_only::from_env().is_none() {
-            return Err(Error::new(
-                Code::FailedPrecondition,
-                "no host launched this plugin with a launch secret, so anyone could assign its identity: launch it from a host (Platform::add_managed), or opt in with AssignedIdentity::accept_from_anyone",
-            ));
+        if !self.from_anyone {
+            // Checked here too, whatever guards the server: only the launching host assigns.
+            let Some(secret) = crate::serve::host_only::from_env() else {
+                return Err(Error::new(
+                    Code::FailedPrecondition,
+                    "no host launched this plugin with a launch secret, so anyone could assign its identity: launch it from a host (Platform::add_managed), or opt in with AssignedIdentity::accept_from_anyone",
+                ));
+            };
+            let presented = request
+                .metadata()
+                .get(crate::serve::host_only::LAUNCH_SECRET_HEADER)
+                .map(http::HeaderValue::as_bytes);
+            if !presented.is_some_and(|p| crate::identity::constant_time_eq(p, secret.as_bytes())) {
+                return Err(Error::new(
+                    Code::Unauthenticated,
+                    "only the host that launched this plugin assigns its identity (the call lacks its launch secret)",
+                ));
+            }
         }
         let request = request.into_message();
         if request.runtime_id.is_empty()

@@ -33,6 +33,9 @@ pub const SERVICES_PREFIX: &str = "/services/";
 /// The header that tells a provider which plugin called it through the host.
 pub const CALLER_ID_HEADER: &str = "x-plugin-caller-id";
 
+/// How many provider upstreams of one HTTP version are kept before channels are forgotten.
+const MAX_UPSTREAMS: usize = 1024;
+
 /// How long the host waits to connect to a provider.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,8 +52,8 @@ impl Upstream {
     fn is_open(&self) -> bool {
         match self {
             Upstream::H2c(connection) => connection.is_open(),
-            // A channel reconnects by itself; it is cheap to make again if forgotten.
-            Upstream::Channel(_) => false,
+            // A channel reconnects by itself.
+            Upstream::Channel(_) => true,
         }
     }
 
@@ -111,8 +114,12 @@ impl Upstreams {
             Upstream::Channel(builder.build().map_err(|e| bad(&e.message()))?)
         };
         // Providers come and go (restarts, replacements on new ports): forget the ones whose
-        // connection has closed, so the map does not grow with every provider ever seen.
+        // connection has closed, so the map does not grow with every provider ever seen, and
+        // past a bound the channels too (they are made again on their next call).
         connections.retain(|_, c| c.is_open());
+        if connections.len() >= MAX_UPSTREAMS {
+            connections.retain(|_, c| matches!(c, Upstream::H2c(_)));
+        }
         connections.insert(target.base_url.clone(), upstream.clone());
         Ok(upstream)
     }
@@ -180,6 +187,7 @@ async fn route(
     parts.headers.remove(CALLER_ID_HEADER);
     parts.headers.remove(LAUNCH_SECRET_HEADER);
     parts.headers.remove(http::header::HOST);
+    strip_hop_by_hop(&mut parts.headers);
     if let Ok(caller) = HeaderValue::from_str(&caller) {
         parts.headers.insert(CALLER_ID_HEADER, caller);
     }
@@ -223,6 +231,39 @@ async fn route(
         parts,
         Body::Stream(Box::pin(body)),
     ))
+}
+
+/// Removes what concerns only the caller's hop: `Connection` and the headers it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, a `TE` other than
+/// `trailers`, and client-certificate forwarding headers (a caller must not be able to make a
+/// proxy before the provider drop the caller id, nor claim a certificate).
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "x-forwarded-client-cert",
+    ] {
+        headers.remove(name);
+    }
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(http::header::TE);
+    }
 }
 
 /// The caller's deadline, from its `Connect-Timeout-Ms`: the provider gets the same header,

@@ -427,6 +427,10 @@ impl ServiceRegistry {
     /// Records what the handshake admitted `runtime_id` with: the types it may register and
     /// where it may be reached.
     pub(crate) fn admit(&self, runtime_id: &str, admission: &Admission) {
+        // The identity this one supersedes (its credential's oldest) ends with its registrations.
+        if let Some(old) = &admission.superseded {
+            self.remove_runtime(old);
+        }
         let mut state = self.state();
         state
             .allowed
