@@ -269,3 +269,42 @@ pub fn open_registry_with_lease(lease: std::time::Duration) -> connect_plugin::S
     registry.join_policy().set_open(true);
     registry
 }
+
+/// Serves a host with `registry` on a free loopback port; its URL.
+pub async fn serve_registry(registry: &connect_plugin::ServiceRegistry) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    tokio::spawn(connect_plugin::serve(
+        connect_plugin::ServeConfig::new()
+            .registry(registry.clone())
+            .listener(listener),
+    ));
+    url
+}
+
+/// A platform spec for an example plugin: `name` runs `binary`, provides `provides` at
+/// 0.1.0 and needs `requires` (if any) to start.
+pub fn plugin_spec(
+    name: &str,
+    binary: &str,
+    provides: &str,
+    requires: Option<&str>,
+) -> connect_plugin::host::platform::PluginSpec {
+    connect_plugin::host::platform::PluginSpec {
+        name: name.into(),
+        launch: LaunchConfig::new(name, binary),
+        provides: vec![(provides.into(), "0.1.0".into())],
+        requires: requires
+            .map(|r| connect_plugin::plugin::ServiceDependency {
+                service_type: r.into(),
+                min_version: String::new(),
+                required_for_startup: true,
+                watch_for_changes: true,
+            })
+            .into_iter()
+            .collect(),
+        managed: false,
+    }
+}

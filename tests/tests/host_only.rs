@@ -9,7 +9,7 @@ use connect_plugin::proto::connectplugin::v1::{
 };
 use connect_plugin::serve::host_only::LAUNCH_SECRET_HEADER;
 use connect_plugin::{
-    Channel, Client, ClientConfig, Code, LaunchConfig, PluginProcess, ServeConfig, ServiceRegistry,
+    Channel, Client, ClientConfig, Code, LaunchConfig, PluginProcess, ServiceRegistry,
 };
 use connect_plugin_tests::{launch_kv_plugin, raw_http1};
 use kv::v1::{GetRequest, KvServicePlugin};
@@ -120,18 +120,6 @@ async fn a_managed_plugin_takes_its_identity_only_from_its_host() {
     assert!(acknowledged);
 }
 
-/// Serves a host with `registry`; its URL.
-async fn serve_host(registry: &ServiceRegistry) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(connect_plugin::serve(
-        ServeConfig::new()
-            .registry(registry.clone())
-            .listener(listener),
-    ));
-    url
-}
-
 fn registration(base_url: &str) -> RegisterServiceRequest {
     RegisterServiceRequest {
         service_type: "cache".into(),
@@ -165,7 +153,7 @@ async fn a_registration_points_the_host_only_at_the_plugins_own_address() {
     policy
         .allow_addresses(PINNED, ["http://cache.internal:8081"])
         .unwrap();
-    let host_url = serve_host(&registry).await;
+    let host_url = connect_plugin_tests::serve_registry(&registry).await;
     let plugin = |id: &str, token: &str| {
         Client::new(
             ClientConfig::new(&host_url)

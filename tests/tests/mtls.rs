@@ -184,9 +184,6 @@ async fn a_wildcard_certificate_names_no_plugin() {
 #[tokio::test]
 async fn plugins_launched_by_a_tls_host_join_and_call_each_other_over_tls() {
     use connect_plugin::Host;
-    use connect_plugin::LaunchConfig;
-    use connect_plugin::host::platform::PluginSpec;
-    use connect_plugin::plugin::ServiceDependency;
     use platform::cache::{CacheServicePlugin, GetRequest, SetRequest};
 
     const APP_TOKEN: &str = "app-join-token-0123456789abcdef";
@@ -200,21 +197,7 @@ async fn plugins_launched_by_a_tls_host_join_and_call_each_other_over_tls() {
         .await
         .unwrap();
     assert!(host.url().starts_with("https://"), "{}", host.url());
-    let spec = |name: &str, binary: &str, provides: &str, requires: Option<&str>| PluginSpec {
-        name: name.into(),
-        launch: LaunchConfig::new(name, binary),
-        provides: vec![(provides.into(), "0.1.0".into())],
-        requires: requires
-            .map(|r| ServiceDependency {
-                service_type: r.into(),
-                min_version: String::new(),
-                required_for_startup: true,
-                watch_for_changes: true,
-            })
-            .into_iter()
-            .collect(),
-        managed: false,
-    };
+    let spec = connect_plugin_tests::plugin_spec;
     // Both join the host over TLS (trusting the CA it handed them); the cache logs through the
     // host to the logger.
     host.platform()

@@ -6,28 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use connect_plugin::host::platform::{Platform, PluginSpec};
-use connect_plugin::{
-    Client, ClientConfig, Code, LaunchConfig, ServeConfig, plugin::ServiceDependency,
-};
+use connect_plugin::{Client, ClientConfig, Code, ServeConfig};
 use platform::cache::{CacheServicePlugin, GetRequest, SetRequest};
 
-fn spec(name: &str, binary: &str, provides: &str, requires: Option<&str>) -> PluginSpec {
-    PluginSpec {
-        name: name.into(),
-        launch: LaunchConfig::new(name, binary),
-        provides: vec![(provides.into(), "0.1.0".into())],
-        requires: requires
-            .map(|r| ServiceDependency {
-                service_type: r.into(),
-                min_version: String::new(),
-                required_for_startup: true,
-                watch_for_changes: true,
-            })
-            .into_iter()
-            .collect(),
-        managed: false,
-    }
-}
+use connect_plugin_tests::plugin_spec as spec;
 
 fn logger() -> PluginSpec {
     spec(

@@ -45,6 +45,37 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+/// A store of the CA certificates in `pem`.
+fn roots(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(pem, what)? {
+        roots
+            .add(cert)
+            .map_err(|e| Error::invalid_argument(format!("{what}: unusable certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// A certificate chain and its private key, read from PEM; `who` is "server" or "client".
+fn identity(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    who: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    let chain = certificates(chain_pem, &format!("{who} certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        Error::invalid_argument(format!("{who} private key: cannot read the PEM key: {e}"))
+    })?;
+    Ok((chain, key))
+}
+
+/// The error of a certificate and key that do not go together.
+fn unusable(who: &str, e: &rustls::Error) -> Error {
+    Error::invalid_argument(format!(
+        "the {who} certificate and private key do not form a usable identity: {e}"
+    ))
+}
+
 /// A server's TLS identity and settings.
 #[derive(Clone)]
 pub struct ServerTls {
@@ -65,20 +96,13 @@ impl ServerTls {
     /// # Errors
     /// `invalid_argument` naming what is wrong with the certificate or key.
     pub fn from_pem(cert_chain_pem: &[u8], private_key_pem: &[u8]) -> Result<Self, Error> {
-        let chain = certificates(cert_chain_pem, "server certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(private_key_pem).map_err(|e| {
-            Error::invalid_argument(format!("server private key: cannot read the PEM key: {e}"))
-        })?;
+        let (chain, key) = identity(cert_chain_pem, private_key_pem, "server")?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| {
-                Error::invalid_argument(format!(
-                    "the server certificate and private key do not form a usable identity: {e}"
-                ))
-            })?;
+            .map_err(|e| unusable("server", &e))?;
         Ok(Self::from_config(config))
     }
 
@@ -118,16 +142,8 @@ impl ServerTls {
         client_ca_pem: &[u8],
         client_auth: ClientAuth,
     ) -> Result<Self, Error> {
-        let chain = certificates(cert_chain_pem, "server certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(private_key_pem).map_err(|e| {
-            Error::invalid_argument(format!("server private key: cannot read the PEM key: {e}"))
-        })?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(client_ca_pem, "client CA")? {
-            roots.add(cert).map_err(|e| {
-                Error::invalid_argument(format!("client CA: unusable certificate: {e}"))
-            })?;
-        }
+        let (chain, key) = identity(cert_chain_pem, private_key_pem, "server")?;
+        let roots = roots(client_ca_pem, "client CA")?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             provider(),
@@ -143,11 +159,7 @@ impl ServerTls {
             .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
-            .map_err(|e| {
-                Error::invalid_argument(format!(
-                    "the server certificate and private key do not form a usable identity: {e}"
-                ))
-            })?;
+            .map_err(|e| unusable("server", &e))?;
         Ok(Self::from_config(config))
     }
 }
@@ -213,12 +225,7 @@ impl ClientTls {
     /// # Errors
     /// `invalid_argument` if the PEM data holds no usable certificate.
     pub fn with_root_certificates_pem(pem: &[u8]) -> Result<Self, Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(pem, "root certificates")? {
-            roots.add(cert).map_err(|e| {
-                Error::invalid_argument(format!("root certificates: unusable certificate: {e}"))
-            })?;
-        }
+        let roots = roots(pem, "root certificates")?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
@@ -238,26 +245,14 @@ impl ClientTls {
         cert_chain_pem: &[u8],
         private_key_pem: &[u8],
     ) -> Result<Self, Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(roots_pem, "root certificates")? {
-            roots.add(cert).map_err(|e| {
-                Error::invalid_argument(format!("root certificates: unusable certificate: {e}"))
-            })?;
-        }
-        let chain = certificates(cert_chain_pem, "client certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(private_key_pem).map_err(|e| {
-            Error::invalid_argument(format!("client private key: cannot read the PEM key: {e}"))
-        })?;
+        let roots = roots(roots_pem, "root certificates")?;
+        let (chain, key) = identity(cert_chain_pem, private_key_pem, "client")?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::internal(format!("TLS protocol versions: {e}")))?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
-            .map_err(|e| {
-                Error::invalid_argument(format!(
-                    "the client certificate and private key do not form a usable identity: {e}"
-                ))
-            })?;
+            .map_err(|e| unusable("client", &e))?;
         Ok(Self { config })
     }
 
