@@ -19,6 +19,7 @@ use connect_plugin::host::platform::PluginSpec;
 use connect_plugin::rpc::tls::{ClientAuth, ClientTls, ServerTls};
 use connect_plugin::{
     CapabilityBroker, LaunchConfig, host::broker::TracingLogger, plugin::ServiceDependency,
+    process::RestartPolicy,
 };
 use serde::Deserialize;
 
@@ -119,6 +120,28 @@ struct PluginConfig {
     managed: bool,
     #[serde(default)]
     checksum: Option<String>,
+    /// How a crashed plugin is started again (default: up to 5 times, 100 ms backoff doubling
+    /// to 10 s; `"max_restarts": 0` never).
+    #[serde(default)]
+    restart: Option<RestartConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartConfig {
+    max_restarts: u32,
+    #[serde(default = "default_initial_backoff_ms")]
+    initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    max_backoff_ms: u64,
+}
+
+fn default_initial_backoff_ms() -> u64 {
+    100
+}
+
+fn default_max_backoff_ms() -> u64 {
+    10_000
 }
 
 #[derive(Deserialize)]
@@ -288,6 +311,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(sum) = &plugin.checksum {
             launch = launch.checksum(sum);
         }
+        // The host heals: a crashed plugin is withdrawn at once and started again.
+        let restart = plugin.restart.as_ref().map_or(
+            RestartPolicy::with_backoff(5, Duration::from_millis(100), Duration::from_secs(10)),
+            |r| {
+                RestartPolicy::with_backoff(
+                    r.max_restarts,
+                    Duration::from_millis(r.initial_backoff_ms),
+                    Duration::from_millis(r.max_backoff_ms),
+                )
+            },
+        );
+        launch = launch.restart(restart);
         let spec = PluginSpec {
             name: name.clone(),
             launch,

@@ -19,13 +19,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot, watch};
 
 use super::depgraph::{DependencyGraph, Impact, PluginNode};
 use super::registry::ServiceRegistry;
 use crate::handshake::JoinTicket;
 use crate::plugin::ServiceDependency;
-use crate::process::{LaunchConfig, PluginProcess};
+use crate::process::{CrashEvent, LaunchConfig, PluginProcess};
 use crate::proto::connectplugin::v1::{self as wire, HealthState};
 use crate::{Code, Error};
 
@@ -46,28 +46,62 @@ pub struct PluginSpec {
     pub managed: bool,
 }
 
+/// A plugin on the platform: its spec and the task that supervises its process.
 struct Running {
-    process: PluginProcess,
-    runtime_id: String,
     spec: PluginSpec,
-    /// The join token this process was launched with, revoked when it goes.
-    _ticket: Option<JoinTicket>,
+    /// The runtime id and process id of its current process (a restart gives new ones).
+    current: watch::Receiver<(String, Option<u32>)>,
+    /// Asks the supervisor to stop the process gracefully, within the given time.
+    stop: Option<oneshot::Sender<Duration>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// Plugin processes managed by a host at runtime.
-pub struct Platform {
+impl Running {
+    fn runtime_id(&self) -> String {
+        self.current.borrow().0.clone()
+    }
+
+    /// Stops the process (closing its stdin, killing it after `grace`) and its supervisor.
+    async fn shutdown(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        // The supervisor kills the process after `grace`; a little more for it to return.
+        if tokio::time::timeout(grace + Duration::from_secs(1), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+/// What a platform's supervisors share with it: where the plugins join and how long waits
+/// may take.
+#[derive(Clone)]
+struct Shared {
     registry: ServiceRegistry,
     host_url: String,
     /// CA certificates (PEM) launched plugins verify the host with.
     host_trust: Option<String>,
     timeout: Duration,
+}
+
+/// Plugin processes managed by a host at runtime.
+///
+/// Each process is supervised: when it exits unasked, its registrations are withdrawn at once
+/// (watchers see it), its join token is revoked, the spec's crash callback is told, and it is
+/// started again as its [`RestartPolicy`](crate::process::RestartPolicy) says
+/// ([`LaunchConfig::restart`]), with a new runtime id, registering anew.
+pub struct Platform {
+    shared: Shared,
     plugins: Mutex<HashMap<String, Running>>,
 }
 
 impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Platform")
-            .field("host_url", &self.host_url)
+            .field("host_url", &self.shared.host_url)
             .finish_non_exhaustive()
     }
 }
@@ -77,10 +111,12 @@ impl Platform {
     /// stops each get `timeout` (default 30 s, [`Platform::timeout`]).
     pub fn new(registry: ServiceRegistry, host_url: impl Into<String>) -> Self {
         Self {
-            registry,
-            host_url: host_url.into(),
-            host_trust: None,
-            timeout: Duration::from_secs(30),
+            shared: Shared {
+                registry,
+                host_url: host_url.into(),
+                host_trust: None,
+                timeout: Duration::from_secs(30),
+            },
             plugins: Mutex::new(HashMap::new()),
         }
     }
@@ -89,22 +125,14 @@ impl Platform {
     /// (in [`HOST_CA_ENV`](crate::client::HOST_CA_ENV)).
     #[must_use]
     pub fn host_trust(mut self, ca_pem: impl Into<String>) -> Self {
-        self.host_trust = Some(ca_pem.into());
+        self.shared.host_trust = Some(ca_pem.into());
         self
-    }
-
-    /// The launch configuration of `spec`, with what every plugin of this host gets.
-    fn launch_config(&self, spec: &PluginSpec) -> LaunchConfig {
-        match &self.host_trust {
-            Some(pem) => spec.launch.clone().env(crate::client::HOST_CA_ENV, pem),
-            None => spec.launch.clone(),
-        }
     }
 
     /// Sets how long a start, drain or stop may take.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.shared.timeout = timeout;
         self
     }
 
@@ -120,20 +148,195 @@ impl Platform {
         graph
     }
 
-    /// The runtime id of plugin `name`, if it runs.
+    /// The runtime id of plugin `name`, if it runs (its current process's, after restarts).
     pub async fn runtime_id(&self, name: &str) -> Option<String> {
+        self.plugins.lock().await.get(name).map(Running::runtime_id)
+    }
+
+    /// The process id of plugin `name`'s current process, while it runs.
+    pub async fn pid(&self, name: &str) -> Option<u32> {
         self.plugins
             .lock()
             .await
             .get(name)
-            .map(|r| r.runtime_id.clone())
+            .and_then(|running| running.current.borrow().1)
+    }
+
+    /// Adds a plugin: checks its startup dependencies are provided, starts it and waits until
+    /// it has registered what it provides and is healthy. Returns its runtime id. From then on
+    /// its process is supervised (see [`Platform`]).
+    ///
+    /// # Errors
+    /// `already_exists` for a name in use; `failed_precondition` for a dependency nobody
+    /// provides; start and registration failures.
+    pub async fn add_plugin(&self, spec: PluginSpec) -> Result<String, Error> {
+        let mut plugins = self.plugins.lock().await;
+        if plugins.contains_key(&spec.name) {
+            return Err(Error::new(
+                Code::AlreadyExists,
+                format!("a plugin named {:?} is already on the platform", spec.name),
+            ));
+        }
+        let mut spec = spec;
+        let started = self.shared.launch(&mut spec, Some(&plugins)).await?;
+        let runtime_id = started.runtime_id.clone();
+        tracing::info!(plugin = %spec.name, %runtime_id, "added");
+        plugins.insert(spec.name.clone(), self.supervise(spec, started));
+        Ok(runtime_id)
+    }
+
+    /// Adds a platform-managed plugin (deployment model A): [`Platform::add_plugin`] with
+    /// `spec.managed` set.
+    ///
+    /// # Errors
+    /// As for [`Platform::add_plugin`].
+    pub async fn add_managed(&self, mut spec: PluginSpec) -> Result<String, Error> {
+        spec.managed = true;
+        self.add_plugin(spec).await
+    }
+
+    /// Starts supervising the process `started` of `spec`.
+    fn supervise(&self, spec: PluginSpec, started: Started) -> Running {
+        let (current, watch) =
+            watch::channel((started.runtime_id.clone(), started.process.id()));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(supervise(
+            self.shared.clone(),
+            spec.clone(),
+            started,
+            current,
+            stopped,
+        ));
+        Running {
+            spec,
+            current: watch,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Checks that `spec` can start beside `others`: what it needs is provided.
+    fn check(others: &HashMap<String, Running>, spec: &PluginSpec) -> Result<(), Error> {
+        let mut graph = Self::graph(others);
+        graph.add(PluginNode {
+            id: spec.name.clone(),
+            provides: spec.provides.clone(),
+            requires: spec.requires.clone(),
+        });
+        graph.startup_order().map(drop)
+    }
+
+    /// What removing plugin `name` would affect.
+    pub async fn impact(&self, name: &str) -> Impact {
+        Self::graph(&*self.plugins.lock().await).impact(name)
+    }
+
+    /// Removes a plugin: withdraws its registrations, waits for its calls in flight, stops
+    /// it. Returns the impact (computed before removing).
+    ///
+    /// # Errors
+    /// `not_found` for an unknown name; a drain that does not finish in time.
+    pub async fn remove_plugin(&self, name: &str) -> Result<Impact, Error> {
+        let mut plugins = self.plugins.lock().await;
+        let impact = Self::graph(&plugins).impact(name);
+        let running = plugins
+            .remove(name)
+            .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
+        let runtime_id = running.runtime_id();
+        let registry = &self.shared.registry;
+        registry.remove_runtime(&runtime_id);
+        let drained = registry.drained(&runtime_id, self.shared.timeout).await;
+        running.shutdown(self.shared.timeout).await;
+        drained?;
+        tracing::info!(plugin = %name, affected = ?impact.affected_plugins, "removed");
+        Ok(impact)
+    }
+
+    /// Replaces a plugin by a new version without failing a call: start the new one, wait
+    /// until it is registered and healthy, switch routing to it, drain the old one, stop it.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown name; start, registration and drain failures (the old
+    /// version keeps serving if the new one does not start).
+    pub async fn replace_plugin(&self, name: &str, spec: PluginSpec) -> Result<String, Error> {
+        let mut plugins = self.plugins.lock().await;
+        let old = plugins
+            .remove(name)
+            .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
+        let mut spec = spec;
+        let started = match self.shared.launch(&mut spec, Some(&plugins)).await {
+            Ok(started) => started,
+            Err(error) => {
+                plugins.insert(name.to_owned(), old);
+                return Err(error);
+            }
+        };
+        let runtime_id = started.runtime_id.clone();
+        let old_id = old.runtime_id();
+        let registry = &self.shared.registry;
+        registry.replace_runtime(&old_id, &runtime_id);
+        let drained = registry.drained(&old_id, self.shared.timeout).await;
+        old.shutdown(self.shared.timeout).await;
+        tracing::info!(plugin = %name, old = %old_id, new = %runtime_id, "replaced");
+        plugins.insert(name.to_owned(), self.supervise(spec, started));
+        drained?;
+        Ok(runtime_id)
+    }
+
+    /// Stops every plugin, dependents first.
+    pub async fn shutdown(&self) {
+        let mut plugins = self.plugins.lock().await;
+        let order = Self::graph(&plugins).startup_order().unwrap_or_default();
+        let registry = &self.shared.registry;
+        for name in order.iter().rev() {
+            if let Some(running) = plugins.remove(name) {
+                registry.remove_runtime(&running.runtime_id());
+                running.shutdown(self.shared.timeout).await;
+            }
+        }
+        for (_, running) in plugins.drain() {
+            registry.remove_runtime(&running.runtime_id());
+            running.shutdown(self.shared.timeout).await;
+        }
+    }
+}
+
+/// A started plugin process, registered and healthy.
+struct Started {
+    process: PluginProcess,
+    runtime_id: String,
+    /// The join token it was launched with, revoked when it goes.
+    ticket: Option<JoinTicket>,
+}
+
+impl Shared {
+    /// The launch configuration of `spec`, with what every plugin of this host gets.
+    fn launch_config(&self, spec: &PluginSpec) -> LaunchConfig {
+        match &self.host_trust {
+            Some(pem) => spec.launch.clone().env(crate::client::HOST_CA_ENV, pem),
+            None => spec.launch.clone(),
+        }
+    }
+
+    /// Starts `spec` either way (self-registering or managed) and waits until it has
+    /// registered and is healthy; checks its dependencies against `others` when given (not on
+    /// a restart: they were checked when it was added).
+    async fn launch(
+        &self,
+        spec: &mut PluginSpec,
+        others: Option<&HashMap<String, Running>>,
+    ) -> Result<Started, Error> {
+        if !spec.managed {
+            if let Some(others) = others {
+                Platform::check(others, spec)?;
+            }
+            return self.start(spec).await;
+        }
+        self.start_managed(spec, others).await
     }
 
     /// Launches `spec` and waits until it has registered what it provides.
-    async fn start(
-        &self,
-        spec: &PluginSpec,
-    ) -> Result<(PluginProcess, String, Option<JoinTicket>), Error> {
+    async fn start(&self, spec: &PluginSpec) -> Result<Started, Error> {
         // The child alone learns its join token, which admits it as `spec.name` providing
         // what the spec says, whatever it declares about itself.
         let policy = self.registry.join_policy();
@@ -190,71 +393,20 @@ impl Platform {
                     )
                 })?;
         }
-        Ok((process, runtime_id, Some(ticket)))
+        Ok(Started {
+            process,
+            runtime_id,
+            ticket: Some(ticket),
+        })
     }
 
-    /// Adds a plugin: checks its startup dependencies are provided, starts it and waits until
-    /// it has registered what it provides and is healthy. Returns its runtime id.
-    ///
-    /// # Errors
-    /// `already_exists` for a name in use; `failed_precondition` for a dependency nobody
-    /// provides; start and registration failures.
-    pub async fn add_plugin(&self, spec: PluginSpec) -> Result<String, Error> {
-        let mut plugins = self.plugins.lock().await;
-        if plugins.contains_key(&spec.name) {
-            return Err(Error::new(
-                Code::AlreadyExists,
-                format!("a plugin named {:?} is already on the platform", spec.name),
-            ));
-        }
-        let mut spec = spec;
-        let (process, runtime_id, ticket) = self.launch(&mut spec, &plugins).await?;
-        tracing::info!(plugin = %spec.name, %runtime_id, "added");
-        plugins.insert(
-            spec.name.clone(),
-            Running {
-                process,
-                runtime_id: runtime_id.clone(),
-                spec,
-                _ticket: ticket,
-            },
-        );
-        Ok(runtime_id)
-    }
-
-    /// Adds a platform-managed plugin (deployment model A): [`Platform::add_plugin`] with
-    /// `spec.managed` set.
-    ///
-    /// # Errors
-    /// As for [`Platform::add_plugin`].
-    pub async fn add_managed(&self, mut spec: PluginSpec) -> Result<String, Error> {
-        spec.managed = true;
-        self.add_plugin(spec).await
-    }
-
-    /// Checks that `spec` can start beside `others`: what it needs is provided.
-    fn check(others: &HashMap<String, Running>, spec: &PluginSpec) -> Result<(), Error> {
-        let mut graph = Self::graph(others);
-        graph.add(PluginNode {
-            id: spec.name.clone(),
-            provides: spec.provides.clone(),
-            requires: spec.requires.clone(),
-        });
-        graph.startup_order().map(drop)
-    }
-
-    /// Starts `spec` either way (self-registering or managed) and waits until it has
-    /// registered and is healthy.
-    async fn launch(
+    /// Model A: starts `spec` without `HOST_URL`, asks what it provides, assigns its
+    /// identity, and waits until it has registered.
+    async fn start_managed(
         &self,
         spec: &mut PluginSpec,
-        others: &HashMap<String, Running>,
-    ) -> Result<(PluginProcess, String, Option<JoinTicket>), Error> {
-        if !spec.managed {
-            Self::check(others, spec)?;
-            return self.start(spec).await;
-        }
-        // Model A: start it without HOST_URL, ask what it provides, assign its identity.
+        others: Option<&HashMap<String, Running>>,
+    ) -> Result<Started, Error> {
         let process = PluginProcess::launch(self.launch_config(spec)).await?;
         let identity_client = wire::PluginIdentityClient::new(process.channel()?);
         let info = identity_client
@@ -287,7 +439,9 @@ impl Platform {
                 watch_for_changes: d.watch_for_changes,
             })
             .collect();
-        Self::check(others, spec)?;
+        if let Some(others) = others {
+            Platform::check(others, spec)?;
+        }
         let identity = self
             .registry
             .issue_identity(&info.self_id, spec.provides.iter().map(|(t, _)| t.clone()))?;
@@ -325,84 +479,87 @@ impl Platform {
                     )
                 })?;
         }
-        Ok((process, runtime_id, None))
-    }
-
-    /// What removing plugin `name` would affect.
-    pub async fn impact(&self, name: &str) -> Impact {
-        Self::graph(&*self.plugins.lock().await).impact(name)
-    }
-
-    /// Removes a plugin: withdraws its registrations, waits for its calls in flight, stops
-    /// it. Returns the impact (computed before removing).
-    ///
-    /// # Errors
-    /// `not_found` for an unknown name; a drain that does not finish in time.
-    pub async fn remove_plugin(&self, name: &str) -> Result<Impact, Error> {
-        let mut plugins = self.plugins.lock().await;
-        let impact = Self::graph(&plugins).impact(name);
-        let running = plugins
-            .remove(name)
-            .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
-        self.registry.remove_runtime(&running.runtime_id);
-        let drained = self
-            .registry
-            .drained(&running.runtime_id, self.timeout)
-            .await;
-        let _ = running.process.shutdown(self.timeout).await;
-        drained?;
-        tracing::info!(plugin = %name, affected = ?impact.affected_plugins, "removed");
-        Ok(impact)
-    }
-
-    /// Replaces a plugin by a new version without failing a call: start the new one, wait
-    /// until it is registered and healthy, switch routing to it, drain the old one, stop it.
-    ///
-    /// # Errors
-    /// `not_found` for an unknown name; start, registration and drain failures (the old
-    /// version keeps serving if the new one does not start).
-    pub async fn replace_plugin(&self, name: &str, spec: PluginSpec) -> Result<String, Error> {
-        let mut plugins = self.plugins.lock().await;
-        let old = plugins
-            .remove(name)
-            .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
-        let mut spec = spec;
-        let (process, runtime_id, ticket) = match self.launch(&mut spec, &plugins).await {
-            Ok(started) => started,
-            Err(error) => {
-                plugins.insert(name.to_owned(), old);
-                return Err(error);
-            }
-        };
-        self.registry.replace_runtime(&old.runtime_id, &runtime_id);
-        let drained = self.registry.drained(&old.runtime_id, self.timeout).await;
-        let _ = old.process.shutdown(self.timeout).await;
-        tracing::info!(plugin = %name, old = %old.runtime_id, new = %runtime_id, "replaced");
-        plugins.insert(
-            name.to_owned(),
-            Running {
-                process,
-                runtime_id: runtime_id.clone(),
-                spec,
-                _ticket: ticket,
-            },
-        );
-        drained?;
-        Ok(runtime_id)
-    }
-
-    /// Stops every plugin, dependents first.
-    pub async fn shutdown(&self) {
-        let mut plugins = self.plugins.lock().await;
-        let order = Self::graph(&plugins).startup_order().unwrap_or_default();
-        for name in order.iter().rev() {
-            if let Some(running) = plugins.remove(name) {
-                self.registry.remove_runtime(&running.runtime_id);
-                let _ = running.process.shutdown(self.timeout).await;
-            }
-        }
-        for (_, running) in plugins.drain() {
-            let _ = running.process.shutdown(self.timeout).await;
-        }
+        Ok(Started {
+            process,
+            runtime_id,
+            ticket: None,
+        })
     }
 }
+
+/// Supervises a plugin's process until told to stop: when it exits unasked, its
+/// registrations are withdrawn and its token revoked at once, and it is started again as its
+/// restart policy says.
+async fn supervise(
+    shared: Shared,
+    mut spec: PluginSpec,
+    started: Started,
+    current: watch::Sender<(String, Option<u32>)>,
+    mut stop: oneshot::Receiver<Duration>,
+) {
+    let Started {
+        mut process,
+        mut ticket,
+        ..
+    } = started;
+    let policy = spec.launch.restart_policy();
+    let mut restarts = 0u32;
+    loop {
+        let status = tokio::select! {
+            status = process.wait() => status,
+            grace = &mut stop => {
+                let _ = process.shutdown(grace.unwrap_or(shared.timeout)).await;
+                return;
+            }
+        };
+        // Withdrawn at once: nothing more is routed to a process that is gone, and watchers
+        // of its services hear of it now, not when a lease runs out.
+        let gone = current.borrow().0.clone();
+        current.send_modify(|(_, pid)| *pid = None);
+        shared.registry.withdraw_restarting(&gone);
+        drop(ticket.take());
+        let will_restart = restarts < policy.max_restarts;
+        tracing::warn!(plugin = %spec.name, runtime_id = %gone, ?status, will_restart, "plugin process exited; its registrations are withdrawn");
+        spec.launch.report_crash(&CrashEvent {
+            plugin: spec.name.clone(),
+            status,
+            restarts,
+            will_restart,
+        });
+        // Started again, with backoff, until it runs or the policy gives up.
+        let restarted = loop {
+            if restarts >= policy.max_restarts {
+                break None;
+            }
+            restarts += 1;
+            tokio::select! {
+                () = tokio::time::sleep(policy.backoff(restarts)) => {}
+                _ = &mut stop => return,
+            }
+            let launched = tokio::select! {
+                launched = shared.launch(&mut spec, None) => launched,
+                _ = &mut stop => return,
+            };
+            match launched {
+                Ok(started) => break Some(started),
+                Err(error) => {
+                    tracing::warn!(plugin = %spec.name, restarts, "restarting the plugin failed: {error}");
+                }
+            }
+        };
+        let Some(started) = restarted else {
+            tracing::error!(plugin = %spec.name, restarts, "plugin stays down: its restart policy allows no more restarts");
+            shared.registry.remove_runtime(&gone);
+            let _ = stop.await;
+            return;
+        };
+        tracing::info!(plugin = %spec.name, runtime_id = %started.runtime_id, restarts, "plugin restarted");
+        // Callers still addressing the gone process (typed clients made before the crash)
+        // reach its successor.
+        shared.registry.replace_runtime(&gone, &started.runtime_id);
+        current.send_replace((started.runtime_id, started.process.id()));
+        process = started.process;
+        ticket = started.ticket;
+    }
+}
+

@@ -110,7 +110,7 @@ impl RestartPolicy {
         }
     }
 
-    pub(super) fn backoff(&self, restart: u32) -> Duration {
+    pub(crate) fn backoff(&self, restart: u32) -> Duration {
         let factor = 2u32.saturating_pow(restart.saturating_sub(1));
         self.initial_backoff
             .saturating_mul(factor)
@@ -171,6 +171,18 @@ impl LaunchConfig {
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
         self
+    }
+
+    /// The restart policy set with [`LaunchConfig::restart`].
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.restart
+    }
+
+    /// Tells the crash callback, if any, of `event`.
+    pub(crate) fn report_crash(&self, event: &CrashEvent) {
+        if let Some(on_crash) = &self.on_crash {
+            on_crash(event);
+        }
     }
 
     /// Called whenever the process exits unasked (used by [`SupervisedPlugin`](super::SupervisedPlugin)).

@@ -697,6 +697,18 @@ impl ServiceRegistry {
     /// Removes every registration of `runtime_id` (it went away, or its lease ran out) and
     /// tells the watchers; returns how many were removed.
     pub fn remove_runtime(&self, runtime_id: &str) -> usize {
+        self.withdraw(runtime_id, false)
+    }
+
+    /// Removes every registration of `runtime_id`, whose process has exited and is being
+    /// started again: calls addressed to it (or to the providers it replaced) keep their
+    /// way to it until [`ServiceRegistry::replace_runtime`] points them at its successor
+    /// (or [`ServiceRegistry::remove_runtime`] ends them, if it stays down).
+    pub(crate) fn withdraw_restarting(&self, runtime_id: &str) -> usize {
+        self.withdraw(runtime_id, true)
+    }
+
+    fn withdraw(&self, runtime_id: &str, keep_aliases: bool) -> usize {
         let mut removed = 0;
         let mut types = Vec::new();
         {
@@ -715,7 +727,9 @@ impl ServiceRegistry {
             state.last_seen.remove(runtime_id);
             // Maps shrink with their plugins: calls addressed to a replaced provider keep
             // going to its replacement only while the replacement lives.
-            state.aliases.retain(|_, target| target != runtime_id);
+            if !keep_aliases {
+                state.aliases.retain(|_, target| target != runtime_id);
+            }
             if state
                 .inflight
                 .get(runtime_id)

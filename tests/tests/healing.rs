@@ -1,0 +1,186 @@
+//! Reliability issue, a host that heals: a platform plugin killed with `kill -9` under load is
+//! noticed at once (its registrations withdrawn, the process reaped), started again with
+//! backoff, and calls made through typed clients created before the crash reach the new
+//! process. Real processes, real sockets; each test prints its counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use connect_plugin::host::platform::Platform;
+use connect_plugin::process::RestartPolicy;
+use connect_plugin::{Client, ClientConfig, Code, Request, ServiceRegistry};
+use connect_plugin_tests::{plugin_spec, serve_registry};
+use platform::cache::{CacheServicePlugin, SetRequest};
+
+const APP_TOKEN: &str = "app-join-token-0123456789abcdef";
+const LOGGER: &str = env!("CARGO_BIN_EXE_e2e-logger-plugin");
+const CACHE: &str = env!("CARGO_BIN_EXE_e2e-cache-plugin");
+
+fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls `check` every 2 ms until it holds; how long that took, or `None` after `limit`.
+async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+/// A platform with the logger and a cache that restarts up to `restarts` times, and an app
+/// client joined to the host.
+async fn platform_with_cache(restarts: u32) -> (Platform, ServiceRegistry, Client, String) {
+    let registry = ServiceRegistry::new();
+    registry
+        .join_policy()
+        .allow(Some("app"), APP_TOKEN, Vec::<String>::new())
+        .unwrap();
+    let host_url = serve_registry(&registry).await;
+    let platform = Platform::new(registry.clone(), &host_url).timeout(Duration::from_secs(20));
+    platform
+        .add_plugin(plugin_spec("logger-plugin", LOGGER, "logger", None))
+        .await
+        .unwrap();
+    let mut cache = plugin_spec("cache-plugin", CACHE, "cache", Some("logger"));
+    cache.launch = cache.launch.restart(RestartPolicy::with_backoff(
+        restarts,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+    ));
+    let cache_id = platform.add_plugin(cache).await.unwrap();
+    let app = Client::new(
+        ClientConfig::new(&host_url)
+            .self_id("app", "1.0.0")
+            .join_token(APP_TOKEN),
+    )
+    .unwrap();
+    (platform, registry, app, cache_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_plugin_is_withdrawn_at_once_restarted_and_called_again() {
+    let (platform, registry, app, first_id) = platform_with_cache(3).await;
+    // Made before the crash: pinned to the first process's id.
+    let cache = app.provider::<CacheServicePlugin>("").await.unwrap();
+
+    // Continuous routed load: two workers, each call with a 2 s deadline.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (made, failed, hung, ok) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (cache, stop) = (cache.clone(), Arc::clone(&stop));
+            let (made, failed, hung, ok) = (
+                Arc::clone(&made),
+                Arc::clone(&failed),
+                Arc::clone(&hung),
+                Arc::clone(&ok),
+            );
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let started = Instant::now();
+                    let request = Request::new(SetRequest {
+                        key: format!("w{w}-{i}"),
+                        value: "v".into(),
+                    })
+                    .with_timeout(Duration::from_secs(2));
+                    made.fetch_add(1, Ordering::Relaxed);
+                    let outcome = cache.set(request).await;
+                    if started.elapsed() > Duration::from_millis(2_500) {
+                        hung.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match outcome {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    within(Duration::from_secs(5), || ok.load(Ordering::Relaxed) >= 20)
+        .await
+        .expect("calls succeed before the crash");
+
+    let pid = platform.pid("cache-plugin").await.expect("running");
+    kill9(pid);
+    let withdrawn = within(Duration::from_secs(1), || {
+        registry
+            .providers("cache")
+            .iter()
+            .all(|p| p.runtime_id != first_id)
+    })
+    .await
+    .expect("the dead provider is withdrawn within 1 s");
+    let reaped = within(Duration::from_secs(1), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await
+    .expect("the dead process is reaped, not left a zombie");
+    let restarted = within(Duration::from_secs(10), || !registry.providers("cache").is_empty())
+        .await
+        .expect("the plugin is started again and registers");
+    let new_id = platform.runtime_id("cache-plugin").await.unwrap();
+    assert_ne!(new_id, first_id);
+    assert_ne!(platform.pid("cache-plugin").await, Some(pid));
+
+    // Calls through the client made before the crash reach the new process.
+    let ok_at_restart = ok.load(Ordering::Relaxed);
+    within(Duration::from_secs(5), || {
+        ok.load(Ordering::Relaxed) >= ok_at_restart + 20
+    })
+    .await
+    .expect("calls succeed again through the same typed client");
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    println!(
+        "kill -9 under load: withdrawn after {withdrawn:?}, reaped after {reaped:?}, registered again after {restarted:?}; calls made {}, ok {}, failed {}, hung {}",
+        made.load(Ordering::Relaxed),
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        hung.load(Ordering::Relaxed),
+    );
+    assert_eq!(hung.load(Ordering::Relaxed), 0, "no call outlived its deadline");
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_restarts_a_killed_plugin_stays_withdrawn() {
+    let (platform, registry, app, first_id) = platform_with_cache(0).await;
+    let cache = app.provider::<CacheServicePlugin>("").await.unwrap();
+    kill9(platform.pid("cache-plugin").await.unwrap());
+    within(Duration::from_secs(1), || registry.providers("cache").is_empty())
+        .await
+        .expect("withdrawn within 1 s");
+    let err = cache
+        .set(SetRequest {
+            key: "k".into(),
+            value: "v".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(platform.pid("cache-plugin").await, None);
+    assert_eq!(
+        platform.runtime_id("cache-plugin").await.as_deref(),
+        Some(first_id.as_str())
+    );
+    platform.shutdown().await;
+}
