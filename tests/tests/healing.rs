@@ -132,9 +132,11 @@ async fn a_killed_plugin_is_withdrawn_at_once_restarted_and_called_again() {
     })
     .await
     .expect("the dead process is reaped, not left a zombie");
-    let restarted = within(Duration::from_secs(10), || !registry.providers("cache").is_empty())
-        .await
-        .expect("the plugin is started again and registers");
+    let restarted = within(Duration::from_secs(10), || {
+        !registry.providers("cache").is_empty()
+    })
+    .await
+    .expect("the plugin is started again and registers");
     let new_id = platform.runtime_id("cache-plugin").await.unwrap();
     assert_ne!(new_id, first_id);
     assert_ne!(platform.pid("cache-plugin").await, Some(pid));
@@ -157,7 +159,11 @@ async fn a_killed_plugin_is_withdrawn_at_once_restarted_and_called_again() {
         failed.load(Ordering::Relaxed),
         hung.load(Ordering::Relaxed),
     );
-    assert_eq!(hung.load(Ordering::Relaxed), 0, "no call outlived its deadline");
+    assert_eq!(
+        hung.load(Ordering::Relaxed),
+        0,
+        "no call outlived its deadline"
+    );
     platform.shutdown().await;
 }
 
@@ -166,9 +172,11 @@ async fn without_restarts_a_killed_plugin_stays_withdrawn() {
     let (platform, registry, app, first_id) = platform_with_cache(0).await;
     let cache = app.provider::<CacheServicePlugin>("").await.unwrap();
     kill9(platform.pid("cache-plugin").await.unwrap());
-    within(Duration::from_secs(1), || registry.providers("cache").is_empty())
-        .await
-        .expect("withdrawn within 1 s");
+    within(Duration::from_secs(1), || {
+        registry.providers("cache").is_empty()
+    })
+    .await
+    .expect("withdrawn within 1 s");
     let err = cache
         .set(SetRequest {
             key: "k".into(),
@@ -181,6 +189,65 @@ async fn without_restarts_a_killed_plugin_stays_withdrawn() {
     assert_eq!(
         platform.runtime_id("cache-plugin").await.as_deref(),
         Some(first_id.as_str())
+    );
+    platform.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_dependency_degrades_its_dependent_which_recovers_when_one_returns() {
+    use connect_plugin::proto::connectplugin::v1::HealthState;
+
+    let (platform, registry, app, cache_id) = platform_with_cache(3).await;
+    let cache = app.provider::<CacheServicePlugin>("").await.unwrap();
+    let set = |key: &str| {
+        cache.set(SetRequest {
+            key: key.into(),
+            value: "v".into(),
+        })
+    };
+    set("before").await.unwrap();
+    let cache_pid = platform.pid("cache-plugin").await.unwrap();
+
+    // The logger dies (and is not restarted): the cache keeps serving, DEGRADED.
+    let lost = Instant::now();
+    kill9(platform.pid("logger-plugin").await.unwrap());
+    within(Duration::from_secs(1), || {
+        registry.providers("logger").is_empty()
+    })
+    .await
+    .expect("the logger is withdrawn");
+    set("while degraded")
+        .await
+        .expect("the cache serves without its logger");
+    let degraded = within(Duration::from_secs(5), || {
+        registry.health(&cache_id) == HealthState::Degraded
+    })
+    .await
+    .map(|_| lost.elapsed())
+    .expect("the cache reports DEGRADED");
+
+    // A logger comes back: the cache's logger client (pinned to the dead one) reaches it
+    // through the host, and the cache turns HEALTHY by itself, without a restart.
+    platform.remove_plugin("logger-plugin").await.unwrap();
+    let returned = Instant::now();
+    platform
+        .add_plugin(plugin_spec("logger-plugin", LOGGER, "logger", None))
+        .await
+        .unwrap();
+    let recovered = within(Duration::from_secs(10), || {
+        registry.health(&cache_id) == HealthState::Healthy
+    })
+    .await
+    .map(|_| returned.elapsed())
+    .expect("the cache turns HEALTHY again");
+    set("after").await.unwrap();
+    assert_eq!(
+        platform.pid("cache-plugin").await,
+        Some(cache_pid),
+        "the cache was not restarted"
+    );
+    println!(
+        "dependency loss: cache DEGRADED {degraded:?} after the logger died; HEALTHY {recovered:?} after a logger returned (including its start)"
     );
     platform.shutdown().await;
 }

@@ -1,11 +1,13 @@
 //! `cache-plugin`: provides `cache`, requires `logger`: every change is logged through a
-//! logger found with the host's registry and called through the host. Without a logger it
-//! still serves but reports itself DEGRADED, watches for one, and turns HEALTHY when a logger
-//! appears. With `HOST_URL` it registers itself with that host; without, it waits for a host
-//! to manage it.
+//! logger found with the host's registry and called through the host. Without a logger (none
+//! yet, or the one it used went away) it still serves but reports itself DEGRADED, watches
+//! for one, and turns HEALTHY when a logger answers again; the host routes its logger client
+//! to whichever logger is there, so nothing restarts. With `HOST_URL` it registers itself
+//! with that host; without, it waits for a host to manage it.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use connect_plugin::deploy::assigned::AssignedIdentity;
@@ -20,6 +22,45 @@ use platform::cache::{
 struct Cache {
     entries: Arc<Mutex<HashMap<String, String>>>,
     logger: Arc<OnceLock<LoggerClient>>,
+    host: Arc<OnceLock<Arc<Client>>>,
+    degraded: Arc<AtomicBool>,
+}
+
+impl Cache {
+    /// The logger failed: report DEGRADED (once) and recover in the background when a
+    /// logger answers again.
+    fn degrade(&self, error: &Error) {
+        if self.degraded.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!("logging failed ({error}); DEGRADED until a logger answers");
+        let (Some(host), Some(logger)) = (self.host.get().cloned(), self.logger.get().cloned())
+        else {
+            return;
+        };
+        let degraded = Arc::clone(&self.degraded);
+        let reason = format!("logger unavailable: {}", error.message());
+        tokio::spawn(async move {
+            let _ = host.report_health(HealthState::Degraded, &reason).await;
+            loop {
+                let _ = wait_for_logger(&host).await;
+                let probe = logger
+                    .log(LogRequest {
+                        level: "info".into(),
+                        message: "cache-plugin: logger back".into(),
+                        fields: Default::default(),
+                    })
+                    .await;
+                if probe.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            tracing::info!("a logger answers again; cache-plugin is HEALTHY");
+            let _ = host.report_health(HealthState::Healthy, "").await;
+            degraded.store(false, Ordering::Release);
+        });
+    }
 }
 
 impl CacheService for Cache {
@@ -40,14 +81,18 @@ impl CacheService for Cache {
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Error> {
         let SetRequest { key, value } = request.into_message();
         if let Some(logger) = self.logger.get() {
-            // The call goes cache-plugin -> host -> logger-plugin.
-            logger
+            // The call goes cache-plugin -> host -> logger-plugin. Without a logger the cache
+            // still works, DEGRADED.
+            let logged = logger
                 .log(LogRequest {
                     level: "info".into(),
                     message: format!("cache set {key}={value}"),
                     fields: Default::default(),
                 })
-                .await?;
+                .await;
+            if let Err(error) = logged {
+                self.degrade(&error);
+            }
         }
         self.entries
             .lock()
@@ -95,7 +140,8 @@ async fn main() -> ExitCode {
         let provides = [("cache", "/cache.v1.CacheService/")];
         let (url, server) = platform::serve_plugin(config).await?;
         // With HOST_URL it joins by itself (model B); without, a host manages it (model A).
-        let host = platform::connect_host("cache-plugin", &provides, &managed).await?;
+        let host = Arc::new(platform::connect_host("cache-plugin", &provides, &managed).await?);
+        let _ = cache.host.set(Arc::clone(&host));
         // Find the logger before offering the cache, so the first writes are logged.
         match host.provider::<LoggerPlugin>("").await {
             Ok(logger) => {
@@ -116,7 +162,6 @@ async fn main() -> ExitCode {
             }
         }
         // Keep the registration's lease on hosts that have one.
-        let host = std::sync::Arc::new(host);
         let _heartbeat = host.heartbeat(std::time::Duration::from_secs(5));
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };

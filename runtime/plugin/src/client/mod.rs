@@ -49,6 +49,13 @@ use crate::{Channel, Code, Error, Plugin, Request};
 /// endpoints.
 pub const HOST_CA_ENV: &str = "CONNECT_PLUGIN_HOST_CA";
 
+/// The request header with which a caller accepts any healthy provider of the type, at this
+/// version or newer (empty: any), when the provider it addresses is gone or unhealthy: the
+/// host then routes the call to the provider discovery would pick now. Typed clients from
+/// [`Client::provider`] send it, so they never stay pinned to a
+/// provider that went away.
+pub const REROUTE_HEADER: &str = "x-plugin-reroute-min-version";
+
 /// How to reach and greet a plugin server.
 pub struct ClientConfig {
     endpoint: String,

@@ -30,7 +30,10 @@ impl Client {
 
     /// A typed client of a healthy provider of plugin `P`'s service type (`P::NAME`) at
     /// `min_version` or newer, found through the host's registry and called through the host
-    /// (`/services/{type}/{provider}/...`), with this client's identity on every call.
+    /// (`/services/{type}/{provider}/...`), with this client's identity on every call. If
+    /// that provider goes away or turns unhealthy, the host routes its calls to another
+    /// provider of the type at `min_version` or newer (a restarted or newly registered one),
+    /// so the client needs no renewing.
     ///
     /// # Errors
     /// `not_found` when no provider fits; as for [`Client::authenticated`].
@@ -49,10 +52,15 @@ impl Client {
             .endpoint
             .ok_or_else(|| Error::internal("the registry answered without an endpoint"))?;
         // Over this client's connection to the host, with its settings (TLS included); the
-        // channel's interceptor puts the identity held at each call (renewed ones too).
+        // channel's interceptor puts the identity held at each call (renewed ones too). Should
+        // this provider go, the host routes to another of the type at `min_version` or newer.
+        let mut headers = http::HeaderMap::new();
+        let accepted = http::HeaderValue::from_str(min_version).map_err(|_| {
+            Error::invalid_argument(format!("min_version {min_version:?} is not a version"))
+        })?;
+        headers.insert(super::REROUTE_HEADER, accepted);
         Ok(P::client(
-            self.channel
-                .derive(&endpoint.endpoint_url, http::HeaderMap::new())?,
+            self.channel.derive(&endpoint.endpoint_url, headers)?,
         ))
     }
 

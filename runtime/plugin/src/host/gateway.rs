@@ -33,6 +33,8 @@ pub const SERVICES_PREFIX: &str = "/services/";
 /// The header that tells a provider which plugin called it through the host.
 pub const CALLER_ID_HEADER: &str = "x-plugin-caller-id";
 
+pub use crate::client::REROUTE_HEADER;
+
 /// How many provider upstreams of one HTTP version are kept before channels are forgotten.
 const MAX_UPSTREAMS: usize = 1024;
 
@@ -158,7 +160,29 @@ async fn route(
         )));
     };
     // A replaced provider's calls go to its replacement; only registered procedures route.
-    let target = registry.route_target(service_type, provider_id, procedure)?;
+    let target = match registry.route_target(service_type, provider_id, procedure) {
+        Ok(target) => target,
+        Err(gone) if gone.code() == Code::Unavailable => {
+            // The provider addressed is gone or unhealthy; a caller that accepts another of the
+            // type gets the one discovery would pick now.
+            let Some(min_version) = request
+                .headers()
+                .get(REROUTE_HEADER)
+                .and_then(|v| v.to_str().ok())
+            else {
+                return Err(gone);
+            };
+            let other = registry
+                .discover(service_type, min_version)
+                .ok()
+                .and_then(|found| found.endpoint)
+                .map(|endpoint| endpoint.provider_id)
+                .filter(|other| other != provider_id)
+                .ok_or(gone)?;
+            registry.route_target(service_type, &other, procedure)?
+        }
+        Err(error) => return Err(error),
+    };
     let (provider_id, base) = (target.provider_id.as_str(), target.base_url.as_str());
     let deadline = call_deadline(request.headers())?;
     let query = request
@@ -186,6 +210,7 @@ async fn route(
     parts.headers.remove(RUNTIME_ID_HEADER);
     parts.headers.remove(CALLER_ID_HEADER);
     parts.headers.remove(LAUNCH_SECRET_HEADER);
+    parts.headers.remove(REROUTE_HEADER);
     parts.headers.remove(http::header::HOST);
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(caller) = HeaderValue::from_str(&caller) {

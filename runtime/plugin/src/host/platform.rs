@@ -197,8 +197,7 @@ impl Platform {
 
     /// Starts supervising the process `started` of `spec`.
     fn supervise(&self, spec: PluginSpec, started: Started) -> Running {
-        let (current, watch) =
-            watch::channel((started.runtime_id.clone(), started.process.id()));
+        let (current, watch) = watch::channel((started.runtime_id.clone(), started.process.id()));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(supervise(
             self.shared.clone(),
@@ -562,4 +561,3 @@ async fn supervise(
         ticket = started.ticket;
     }
 }
-
