@@ -117,9 +117,8 @@ pub async fn register(host: &Client, provides: &[(&str, &str)], url: &str) -> Re
             endpoint_path: (*endpoint_path).to_owned(),
             metadata: HashMap::from([("base_url".to_owned(), url.to_owned())]),
         };
-        host.registry()
-            .register_service(host.authenticated(registration).await?)
-            .await?;
+        // Remembered by the client: registered again if the host restarts.
+        host.register(registration).await?;
     }
     tracing::info!(%url, "registered with the host");
     Ok(())

@@ -148,7 +148,10 @@ async fn main() -> ExitCode {
                 let _ = cache.logger.set(logger);
                 tracing::info!("cache-plugin found a logger through the host");
                 platform::register(&host, &provides, &url).await?;
-                host.report_health(HealthState::Healthy, "").await?;
+                // The heartbeat reports it again: a host that just went away is no reason to stop.
+                if let Err(error) = host.report_health(HealthState::Healthy, "").await {
+                    tracing::warn!("reporting health failed: {error}");
+                }
             }
             Err(error) => {
                 tracing::warn!("no logger yet ({error}); serving DEGRADED until one appears");
@@ -158,11 +161,14 @@ async fn main() -> ExitCode {
                 wait_for_logger(&host).await?;
                 let _ = cache.logger.set(host.provider::<LoggerPlugin>("").await?);
                 tracing::info!("a logger appeared; cache-plugin is HEALTHY");
-                host.report_health(HealthState::Healthy, "").await?;
+                // The heartbeat reports it again: a host that just went away is no reason to stop.
+                if let Err(error) = host.report_health(HealthState::Healthy, "").await {
+                    tracing::warn!("reporting health failed: {error}");
+                }
             }
         }
         // Keep the registration's lease on hosts that have one.
-        let _heartbeat = host.heartbeat(std::time::Duration::from_secs(5));
+        let _heartbeat = host.heartbeat(std::time::Duration::from_secs(2));
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };
     match run.await {

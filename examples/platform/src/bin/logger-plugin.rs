@@ -48,10 +48,13 @@ async fn main() -> ExitCode {
         let (url, server) = platform::serve_plugin(config).await?;
         let host = platform::connect_host("logger-plugin", &provides, &managed).await?;
         platform::register(&host, &provides, &url).await?;
-        host.report_health(HealthState::Healthy, "").await?;
+        // The heartbeat reports it again: a host that just went away is no reason to stop.
+        if let Err(error) = host.report_health(HealthState::Healthy, "").await {
+            tracing::warn!("reporting health failed: {error}");
+        }
         // Keep the registration's lease on hosts that have one.
         let host = std::sync::Arc::new(host);
-        let _heartbeat = host.heartbeat(std::time::Duration::from_secs(5));
+        let _heartbeat = host.heartbeat(std::time::Duration::from_secs(2));
         server.await.map_err(|e| Error::internal(e.to_string()))?
     };
     match run.await {

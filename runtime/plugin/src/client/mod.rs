@@ -298,8 +298,7 @@ fn renew_at(ttl: Duration) -> Instant {
 /// calls through [`Client::provider`] carry the token but do not renew it: a plugin that
 /// makes only those runs a [`Client::heartbeat`]. When the host no longer knows the identity
 /// (it restarted), [`Client::rejoin`] joins again with a new one (heartbeats do this by
-/// themselves); registrations made under the old identity must then be made again
-/// ([`SelfRegistration`](crate::deploy::self_registration::SelfRegistration) does).
+/// themselves) and registers again what it registered with [`Client::register`].
 pub struct Client {
     channel: Channel,
     endpoint: String,
@@ -315,6 +314,8 @@ pub struct Client {
     closed: AtomicBool,
     /// The health last reported, re-sent by heartbeats.
     last_health: std::sync::Mutex<(wire::HealthState, String)>,
+    /// What [`Client::register`] registered, registered again after a rejoin.
+    registered: std::sync::Mutex<Vec<wire::RegisterServiceRequest>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -383,6 +384,7 @@ impl Client {
             held,
             closed: AtomicBool::new(false),
             last_health: std::sync::Mutex::new((wire::HealthState::Healthy, String::new())),
+            registered: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -447,8 +449,16 @@ impl Client {
         {
             return Ok(now);
         }
+        let before = self.runtime_identity().map(|i| i.runtime_id);
         let info = self.handshake().await?;
-        Ok(self.store(info))
+        let info = self.store(info);
+        // A new identity (the host forgot the old one): what this client registered under
+        // the old one is registered again.
+        let after = info.identity.as_ref().map(|i| i.runtime_id.clone());
+        if after.is_some() && after != before {
+            self.register_again().await;
+        }
+        Ok(info)
     }
 
     /// Keeps `info` as the handshake's outcome and holds its identity.
@@ -458,9 +468,13 @@ impl Client {
             .get(crate::handshake::TOKEN_TTL_KEY)
             .and_then(|ms| ms.parse::<u64>().ok())
             .map(Duration::from_millis);
-        if let Some(identity) = &info.identity {
-            self.held.set(Some((identity.clone(), ttl.map(renew_at))));
-        }
+        // No identity in the answer (the host would not renew or admit it): hold none, rather
+        // than a stale one every call would then try to renew.
+        self.held.set(
+            info.identity
+                .as_ref()
+                .map(|identity| (identity.clone(), ttl.map(renew_at))),
+        );
         let info = Arc::new(info);
         *self
             .handshake

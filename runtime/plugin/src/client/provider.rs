@@ -11,6 +11,9 @@ use super::Client;
 use crate::proto::connectplugin::v1 as wire;
 use crate::{Error, Plugin};
 
+/// The most registrations a client remembers to make again (a host takes 32 per plugin).
+const MAX_REMEMBERED: usize = 32;
+
 /// Heartbeats started by [`Client::heartbeat`]; dropping it stops them.
 #[derive(Debug)]
 pub struct Heartbeat(tokio::task::JoinHandle<()>);
@@ -64,6 +67,60 @@ impl Client {
         ))
     }
 
+    /// Registers a service this plugin provides with the host's registry, with this client's
+    /// identity, and remembers it: after a [`Client::rejoin`] (a host that restarted and
+    /// forgot this plugin; heartbeats rejoin by themselves) it is registered again. Returns
+    /// the registration id.
+    ///
+    /// # Errors
+    /// As for [`Client::authenticated`], and the host's refusal.
+    pub async fn register(
+        &self,
+        registration: wire::RegisterServiceRequest,
+    ) -> Result<String, Error> {
+        let request = self.authenticated(registration.clone()).await?;
+        let id = self
+            .registry()
+            .register_service(request)
+            .await?
+            .into_message()
+            .registration_id;
+        let mut registered = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !registered.contains(&registration) && registered.len() < MAX_REMEMBERED {
+            registered.push(registration);
+        }
+        Ok(id)
+    }
+
+    /// Registers again what [`Client::register`] registered (after a rejoin).
+    pub(super) async fn register_again(&self) {
+        let registrations = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // With the identity just issued (no renewal check: this runs inside one).
+        let Some(identity) = self.runtime_identity() else {
+            return;
+        };
+        for registration in registrations {
+            let mut request = crate::Request::new(registration.clone());
+            identity.apply(request.metadata_mut());
+            let outcome = self.registry().register_service(request).await.map(drop);
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(host = %self.endpoint, service_type = %registration.service_type, "registered again")
+                }
+                Err(error) => {
+                    tracing::warn!(host = %self.endpoint, service_type = %registration.service_type, "registering again failed: {error}")
+                }
+            }
+        }
+    }
+
     /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).
     ///
     /// # Errors
@@ -106,8 +163,14 @@ impl Client {
                             "heartbeat to {} refused ({error}); joining again",
                             client.endpoint
                         );
-                        if let Err(error) = client.rejoin().await {
-                            tracing::warn!("joining {} again failed: {error}", client.endpoint);
+                        match client.rejoin().await {
+                            // Registered again by the rejoin; the health goes with it now.
+                            Ok(_) => {
+                                let _ = client.report_health(state, &reason).await;
+                            }
+                            Err(error) => {
+                                tracing::warn!("joining {} again failed: {error}", client.endpoint);
+                            }
                         }
                     }
                     Err(error) => {
