@@ -75,6 +75,7 @@ pub mod interceptor;
 mod memory;
 pub mod metadata;
 pub mod method;
+pub mod policy;
 mod protocol;
 pub mod request;
 pub mod server;

@@ -26,6 +26,7 @@ use crate::body::{self, Body, RecvBody};
 pub(crate) mod h2;
 use self::h2::{BoxError, H2Connection, KeepAlive, error_chain};
 use crate::interceptor::Interceptor;
+use crate::interceptor::{Next, UnaryCall, UnaryReply, Wrap, WrapFuture};
 use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
 use crate::protocol::compression::{self, Compression};
@@ -99,6 +100,7 @@ struct ChannelInner {
     use_get: bool,
     accept_compression: bool,
     interceptors: Vec<Arc<dyn Interceptor>>,
+    wrappers: Vec<Arc<dyn Wrap>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -127,6 +129,7 @@ pub struct ChannelBuilder {
     tls: Option<ClientTls>,
     memory: Option<crate::memory::MemoryConnector>,
     interceptors: Vec<Arc<dyn Interceptor>>,
+    wrappers: Vec<Arc<dyn Wrap>>,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -145,6 +148,14 @@ impl ChannelBuilder {
     #[must_use]
     pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
         self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    /// Adds a wrapper of unary calls (retry, circuit breaking, auth); they run in the order
+    /// added, the first outermost. See [`crate::interceptor`].
+    #[must_use]
+    pub fn wrap(mut self, wrapper: impl Wrap) -> Self {
+        self.wrappers.push(Arc::new(wrapper));
         self
     }
 
@@ -365,6 +376,7 @@ impl ChannelBuilder {
                     .accept_compression
                     .unwrap_or(self.send_compression.is_some()),
                 interceptors: self.interceptors,
+                wrappers: self.wrappers,
             }),
         })
     }
@@ -397,6 +409,7 @@ impl Channel {
             tls: None,
             memory: None,
             interceptors: Vec::new(),
+            wrappers: Vec::new(),
         }
     }
 
@@ -434,6 +447,7 @@ impl Channel {
                 use_get: inner.use_get,
                 accept_compression: inner.accept_compression,
                 interceptors: inner.interceptors.clone(),
+                wrappers: inner.wrappers.clone(),
             }),
         })
     }
@@ -496,19 +510,65 @@ impl Channel {
         let timeout = self.effective_timeout(timeout);
         let mut buf = BytesMut::new();
         inner.codec.encode(&message, &mut buf)?;
+        // Only wrappers need the deadline (a channel without them reads no clock for it).
+        let deadline = timeout
+            .filter(|_| !inner.wrappers.is_empty())
+            .map(|t| tokio::time::Instant::now() + t);
+        let call = UnaryCall {
+            method,
+            headers: metadata,
+            message: buf.freeze(),
+            deadline,
+        };
+        let call = async {
+            let reply = if inner.wrappers.is_empty() {
+                self.attempt(call, timeout).await
+            } else {
+                // The channel's timeout bounds the whole chain; each attempt carries what is
+                // left of it.
+                let send = move |call: UnaryCall| -> WrapFuture<'_> {
+                    let left =
+                        deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+                    Box::pin(self.attempt(call, left))
+                };
+                Next::new(&inner.wrappers, &send).run(call).await
+            }?;
+            let message = inner.codec.decode::<Res>(reply.message).map_err(|e| {
+                Error::internal(format!("cannot decode the response: {}", e.message()))
+            })?;
+            Ok(Response::from_parts(message, reply.headers, reply.trailers))
+        };
+        let outcome = with_timeout(timeout, call).await;
+        self.after(method, outcome.as_ref().map(Response::headers));
+        outcome
+    }
+
+    /// Sends one attempt of a unary call and reads its answer (not yet decoded).
+    async fn attempt(
+        &self,
+        call: UnaryCall,
+        timeout: Option<Duration>,
+    ) -> Result<UnaryReply, Error> {
+        let inner = &*self.inner;
+        let UnaryCall {
+            method,
+            headers: metadata,
+            message,
+            ..
+        } = call;
         let compression = inner
             .send_compression
-            .filter(|_| buf.len() >= inner.compress_min_bytes);
+            .filter(|_| message.len() >= inner.compress_min_bytes);
         let body = match compression {
             Some(c) => {
                 let mut compressed = BytesMut::new();
-                c.compress(&buf, &mut compressed)?;
+                c.compress(&message, &mut compressed)?;
                 compressed.freeze()
             }
-            None => buf.freeze(),
+            None => message,
         };
         let use_get = inner.use_get && method.idempotency == Idempotency::NoSideEffects;
-        let http_request = if use_get {
+        let mut http_request = if use_get {
             let query = get::build_query(inner.codec, compression, &body);
             let mut request =
                 self.http_request(method, Some(&query), None, metadata, timeout, Body::empty())?;
@@ -530,41 +590,34 @@ impl Channel {
             }
             request
         };
-        let call = async {
-            let mut http_request = http_request;
-            if inner.accept_compression {
-                http_request
-                    .headers_mut()
-                    .insert(ACCEPT_ENCODING, compression::ACCEPT_ENCODING.clone());
-            }
-            let response = self.send(http_request).await?;
-            let (parts, body) = response.into_parts();
-            let (headers, trailers) = split_trailers(parts.headers);
-            if parts.status != StatusCode::OK {
-                return Err(
-                    error_from_response(parts.status, headers, trailers, body, inner).await,
-                );
-            }
-            // C3, C4: a success must carry our codec's unary content type.
-            check_content_type(&headers, inner.codec, false)?;
-            let response_compression = response_encoding(&headers, &CONTENT_ENCODING)?;
-            let bytes = body::read_to_bytes(body, inner.max_message_size)
-                .await
-                .map_err(client_side)?;
-            let bytes = match response_compression {
-                Some(c) => c
-                    .decompress(&bytes, inner.max_message_size)
-                    .map_err(client_side)?,
-                None => bytes,
-            };
-            let message = inner.codec.decode::<Res>(bytes).map_err(|e| {
-                Error::internal(format!("cannot decode the response: {}", e.message()))
-            })?;
-            Ok(Response::from_parts(message, headers, trailers))
+        if inner.accept_compression {
+            http_request
+                .headers_mut()
+                .insert(ACCEPT_ENCODING, compression::ACCEPT_ENCODING.clone());
+        }
+        let response = self.send(http_request).await?;
+        let (parts, body) = response.into_parts();
+        let (headers, trailers) = split_trailers(parts.headers);
+        if parts.status != StatusCode::OK {
+            return Err(error_from_response(parts.status, headers, trailers, body, inner).await);
+        }
+        // C3, C4: a success must carry our codec's unary content type.
+        check_content_type(&headers, inner.codec, false)?;
+        let response_compression = response_encoding(&headers, &CONTENT_ENCODING)?;
+        let bytes = body::read_to_bytes(body, inner.max_message_size)
+            .await
+            .map_err(client_side)?;
+        let message = match response_compression {
+            Some(c) => c
+                .decompress(&bytes, inner.max_message_size)
+                .map_err(client_side)?,
+            None => bytes,
         };
-        let outcome = with_timeout(timeout, call).await;
-        self.after(method, outcome.as_ref().map(Response::headers));
-        outcome
+        Ok(UnaryReply {
+            headers,
+            message,
+            trailers,
+        })
     }
 
     fn after(&self, method: &MethodDescriptor, outcome: Result<&HeaderMap, &Error>) {

@@ -1,0 +1,292 @@
+//! [`CircuitBreaker`]: stops calling an endpoint that keeps failing, so callers fail at once
+//! instead of waiting on it, and probes it again after a while.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::interceptor::{Next, UnaryCall, Wrap, WrapFuture};
+use crate::{Code, Error};
+
+/// Where a [`CircuitBreaker`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through; consecutive failures are counted.
+    Closed,
+    /// Calls fail at once with `unavailable`, until the open time has passed.
+    Open,
+    /// A bounded number of probe calls go through; enough successes close the breaker, one
+    /// failure opens it again.
+    HalfOpen,
+}
+
+type OnChange = Arc<dyn Fn(BreakerState, BreakerState) + Send + Sync>;
+
+/// A circuit breaker for the endpoint of the channel it wraps (one per channel): closed /
+/// open / half-open, with connect-plugin-go's defaults (5 consecutive failures open it, it
+/// stays open 10 s, then 2 successful probes close it; one probe at a time). Failures are
+/// the codes that say the endpoint is in trouble (`unavailable`, `deadline_exceeded`,
+/// `resource_exhausted`, `internal`, `unknown`), not the caller's mistakes. An open breaker
+/// answers in well under a millisecond with `unavailable`.
+///
+/// Add it with [`ChannelBuilder::wrap`](crate::ChannelBuilder::wrap), before a retry.
+pub struct CircuitBreaker {
+    failure_threshold: u32,
+    success_threshold: u32,
+    open_for: Duration,
+    half_open_probes: u32,
+    failures: Vec<Code>,
+    on_change: Option<OnChange>,
+    state: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    /// Consecutive failures while closed; successes while half-open.
+    count: u32,
+    opened: Instant,
+    probes: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CircuitBreaker {
+    /// A closed breaker with the defaults above.
+    pub fn new() -> Self {
+        Self {
+            failure_threshold: 5,
+            success_threshold: 2,
+            open_for: Duration::from_secs(10),
+            half_open_probes: 1,
+            failures: vec![
+                Code::Unavailable,
+                Code::DeadlineExceeded,
+                Code::ResourceExhausted,
+                Code::Internal,
+                Code::Unknown,
+            ],
+            on_change: None,
+            state: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                count: 0,
+                opened: Instant::now(),
+                probes: 0,
+            }),
+        }
+    }
+
+    /// Consecutive failures that open it (default 5).
+    #[must_use]
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures.max(1);
+        self
+    }
+
+    /// Successful probes that close it again (default 2).
+    #[must_use]
+    pub fn success_threshold(mut self, successes: u32) -> Self {
+        self.success_threshold = successes.max(1);
+        self
+    }
+
+    /// How long it stays open before probing (default 10 s).
+    #[must_use]
+    pub fn open_for(mut self, duration: Duration) -> Self {
+        self.open_for = duration;
+        self
+    }
+
+    /// How many probes may be in flight at once while half-open (default 1).
+    #[must_use]
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        self.half_open_probes = probes.max(1);
+        self
+    }
+
+    /// Called with the old and new state at every change.
+    #[must_use]
+    pub fn on_state_change(
+        mut self,
+        callback: impl Fn(BreakerState, BreakerState) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_change = Some(Arc::new(callback));
+        self
+    }
+
+    /// The current state (an open breaker whose time has passed reads half-open).
+    pub fn state(&self) -> BreakerState {
+        let inner = self.inner();
+        match inner.state {
+            BreakerState::Open if inner.opened.elapsed() >= self.open_for => BreakerState::HalfOpen,
+            state => state,
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, inner: &mut Inner, state: BreakerState) -> Option<(BreakerState, BreakerState)> {
+        let old = inner.state;
+        inner.state = state;
+        inner.count = 0;
+        inner.probes = 0;
+        if state == BreakerState::Open {
+            inner.opened = Instant::now();
+        }
+        (old != state).then_some((old, state))
+    }
+
+    fn changed(&self, change: Option<(BreakerState, BreakerState)>) {
+        if let (Some((old, new)), Some(on_change)) = (change, &self.on_change) {
+            on_change(old, new);
+        }
+    }
+
+    /// Lets a call through (and whether it is a probe), or refuses it.
+    fn admit(&self) -> Result<bool, Error> {
+        let mut inner = self.inner();
+        let mut change = None;
+        if inner.state == BreakerState::Open {
+            let waited = inner.opened.elapsed();
+            if waited < self.open_for {
+                let left = self.open_for - waited;
+                return Err(Error::unavailable(format!(
+                    "circuit breaker open: the endpoint failed {} times in a row; calls resume in {} ms",
+                    self.failure_threshold,
+                    left.as_millis()
+                )));
+            }
+            change = self.set(&mut inner, BreakerState::HalfOpen);
+        }
+        let probe = inner.state == BreakerState::HalfOpen;
+        if probe {
+            if inner.probes >= self.half_open_probes {
+                drop(inner);
+                self.changed(change);
+                return Err(Error::unavailable(
+                    "circuit breaker half-open: a probe call is testing the endpoint; try again shortly",
+                ));
+            }
+            inner.probes += 1;
+        }
+        drop(inner);
+        self.changed(change);
+        Ok(probe)
+    }
+
+    /// Records the outcome of a call let through.
+    fn record(&self, probe: bool, outcome: Result<(), Code>) {
+        let failed = outcome.is_err_and(|code| self.failures.contains(&code));
+        let mut inner = self.inner();
+        let change = match (inner.state, failed) {
+            (BreakerState::Closed, false) => {
+                inner.count = 0;
+                None
+            }
+            (BreakerState::Closed, true) => {
+                inner.count += 1;
+                (inner.count >= self.failure_threshold)
+                    .then(|| self.set(&mut inner, BreakerState::Open))
+                    .flatten()
+            }
+            (BreakerState::HalfOpen, false) if probe => {
+                inner.probes = inner.probes.saturating_sub(1);
+                inner.count += 1;
+                (inner.count >= self.success_threshold)
+                    .then(|| self.set(&mut inner, BreakerState::Closed))
+                    .flatten()
+            }
+            (BreakerState::HalfOpen, true) if probe => self.set(&mut inner, BreakerState::Open),
+            // A call admitted before the state changed: its outcome is old news.
+            _ => None,
+        };
+        drop(inner);
+        self.changed(change);
+    }
+}
+
+impl Wrap for CircuitBreaker {
+    fn unary<'a>(&'a self, call: UnaryCall, next: Next<'a>) -> WrapFuture<'a> {
+        let probe = match self.admit() {
+            Ok(probe) => probe,
+            Err(refused) => return Box::pin(std::future::ready(Err(refused))),
+        };
+        Box::pin(async move {
+            let outcome = next.run(call).await;
+            self.record(probe, outcome.as_ref().map(drop).map_err(Error::code));
+            outcome
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_open_half_open_and_closed_again() {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&changes);
+        let breaker = CircuitBreaker::new()
+            .on_state_change(move |old, new| seen.lock().unwrap().push((old, new)));
+        let fail = Err(Code::Unavailable);
+        // Caller mistakes do not count; four failures do not open it; a success resets.
+        for _ in 0..4 {
+            breaker.record(false, fail);
+        }
+        breaker.record(false, Err(Code::InvalidArgument));
+        breaker.record(false, Ok(()));
+        for _ in 0..4 {
+            breaker.record(false, fail);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        breaker.record(false, fail);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        let err = breaker.admit().unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().contains("calls resume in"), "{err}");
+
+        // After the open time, one probe at a time; a failed probe opens it again.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(breaker.admit().unwrap(), "a probe");
+        assert!(breaker.admit().is_err(), "one probe at a time");
+        breaker.record(true, fail);
+        assert_eq!(breaker.state(), BreakerState::Open);
+
+        // Two successful probes close it.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(breaker.admit().unwrap());
+        breaker.record(true, Ok(()));
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.admit().unwrap());
+        breaker.record(true, Ok(()));
+        assert_eq!(breaker.state(), BreakerState::Closed);
+
+        use BreakerState::{Closed, HalfOpen, Open};
+        assert_eq!(
+            *changes.lock().unwrap(),
+            [
+                (Closed, Open),
+                (Open, HalfOpen),
+                (HalfOpen, Open),
+                (Open, HalfOpen),
+                (HalfOpen, Closed)
+            ]
+        );
+    }
+}
