@@ -137,9 +137,21 @@ async fn a_killed_plugin_is_withdrawn_at_once_restarted_and_called_again() {
     })
     .await
     .expect("the plugin is started again and registers");
-    let new_id = platform.runtime_id("cache-plugin").await.unwrap();
-    assert_ne!(new_id, first_id);
-    assert_ne!(platform.pid("cache-plugin").await, Some(pid));
+    // The platform takes the new process on once it is healthy.
+    let started = Instant::now();
+    loop {
+        let new_id = platform.runtime_id("cache-plugin").await.unwrap();
+        let new_pid = platform.pid("cache-plugin").await;
+        if new_id != first_id && new_pid.is_some() {
+            assert_ne!(new_pid, Some(pid));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the restart completes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     // Calls through the client made before the crash reach the new process.
     let ok_at_restart = ok.load(Ordering::Relaxed);

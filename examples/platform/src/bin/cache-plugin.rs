@@ -54,11 +54,13 @@ impl Cache {
                 if probe.is_ok() {
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                // A logger is registered but does not answer yet: look again in a second.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             tracing::info!("a logger answers again; cache-plugin is HEALTHY");
-            let _ = host.report_health(HealthState::Healthy, "").await;
+            // Cleared first: a failure from now on degrades it again.
             degraded.store(false, Ordering::Release);
+            let _ = host.report_health(HealthState::Healthy, "").await;
         });
     }
 }

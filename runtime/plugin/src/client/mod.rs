@@ -316,6 +316,8 @@ pub struct Client {
     last_health: std::sync::Mutex<(wire::HealthState, String)>,
     /// What [`Client::register`] registered, registered again after a rejoin.
     registered: std::sync::Mutex<Vec<wire::RegisterServiceRequest>>,
+    /// Whether some of them still have to be registered again.
+    pending: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -385,6 +387,7 @@ impl Client {
             closed: AtomicBool::new(false),
             last_health: std::sync::Mutex::new((wire::HealthState::Healthy, String::new())),
             registered: std::sync::Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
         })
     }
 

@@ -95,7 +95,8 @@ impl Client {
         Ok(id)
     }
 
-    /// Registers again what [`Client::register`] registered (after a rejoin).
+    /// Registers again what [`Client::register`] registered (after a rejoin); what fails is
+    /// tried again at the next heartbeat.
     pub(super) async fn register_again(&self) {
         let registrations = self
             .registered
@@ -104,21 +105,31 @@ impl Client {
             .clone();
         // With the identity just issued (no renewal check: this runs inside one).
         let Some(identity) = self.runtime_identity() else {
+            self.pending
+                .store(true, std::sync::atomic::Ordering::Release);
             return;
         };
+        let mut failed = false;
         for registration in registrations {
             let mut request = crate::Request::new(registration.clone());
             identity.apply(request.metadata_mut());
-            let outcome = self.registry().register_service(request).await.map(drop);
-            match outcome {
-                Ok(()) => {
-                    tracing::info!(host = %self.endpoint, service_type = %registration.service_type, "registered again")
+            match self.registry().register_service(request).await {
+                Ok(_) => {
+                    tracing::info!(host = %self.endpoint, service_type = %registration.service_type, "registered again");
                 }
                 Err(error) => {
-                    tracing::warn!(host = %self.endpoint, service_type = %registration.service_type, "registering again failed: {error}")
+                    failed = true;
+                    tracing::warn!(host = %self.endpoint, service_type = %registration.service_type, "registering again failed (tried again at the next heartbeat): {error}");
                 }
             }
         }
+        self.pending
+            .store(failed, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether registrations wait to be made again.
+    fn registrations_pending(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reports this plugin's health to the host (`PluginLifecycle.ReportHealth`).
@@ -147,6 +158,8 @@ impl Client {
         let client = std::sync::Arc::clone(self);
         Heartbeat(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
+            // A beat that could not run in time is not made up for with a burst.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
                 let (state, reason) = client
@@ -155,10 +168,19 @@ impl Client {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
                 match client.report_health(state, &reason).await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        // Registrations a rejoin could not make yet are tried again.
+                        if client.registrations_pending() {
+                            client.register_again().await;
+                        }
+                    }
                     // The host no longer knows this identity (it restarted, or the identity
-                    // ended): join again, so the next beat goes through.
-                    Err(error) if error.code() == crate::Code::Unauthenticated => {
+                    // ended), or gave none at the last rejoin: join again, so the next beat
+                    // goes through (at most once a beat).
+                    Err(error)
+                        if error.code() == crate::Code::Unauthenticated
+                            || client.runtime_identity().is_none() =>
+                    {
                         tracing::warn!(
                             "heartbeat to {} refused ({error}); joining again",
                             client.endpoint

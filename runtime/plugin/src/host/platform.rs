@@ -17,6 +17,7 @@
 //! [`crate::host::depgraph`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, oneshot, watch};
@@ -49,6 +50,8 @@ pub struct PluginSpec {
 /// A plugin on the platform: its spec and the task that supervises its process.
 struct Running {
     spec: PluginSpec,
+    /// Shared with its supervisor.
+    control: Arc<Control>,
     /// The runtime id and process id of its current process (a restart gives new ones).
     current: watch::Receiver<(String, Option<u32>)>,
     /// Asks the supervisor to stop the process gracefully, within the given time.
@@ -56,9 +59,41 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a plugin's supervisor and the platform share.
+#[derive(Default)]
+struct Control {
+    /// Set when the platform takes the plugin away: no more restarts.
+    stopping: std::sync::atomic::AtomicBool,
+    /// The join token of the current process, revoked (dropped) when it goes.
+    ticket: std::sync::Mutex<Option<JoinTicket>>,
+}
+
+impl Control {
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_ticket(&self, ticket: Option<JoinTicket>) {
+        *self
+            .ticket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ticket;
+    }
+}
+
 impl Running {
     fn runtime_id(&self) -> String {
         self.current.borrow().0.clone()
+    }
+
+    /// The first step of taking the plugin away, before its registrations are withdrawn:
+    /// no restart from now on, and its join token no longer admits anyone (so the process,
+    /// still running while it drains, cannot join again and register anew).
+    fn begin_stop(&self) {
+        self.control
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.control.set_ticket(None);
     }
 
     /// Stops the process (closing its stdin, killing it after `grace`) and its supervisor.
@@ -199,15 +234,20 @@ impl Platform {
     fn supervise(&self, spec: PluginSpec, started: Started) -> Running {
         let (current, watch) = watch::channel((started.runtime_id.clone(), started.process.id()));
         let (stop, stopped) = oneshot::channel();
+        let control = Arc::new(Control::default());
         let task = tokio::spawn(supervise(
             self.shared.clone(),
             spec.clone(),
             started,
-            current,
-            stopped,
+            Supervision {
+                control: Arc::clone(&control),
+                current,
+                stop: stopped,
+            },
         ));
         Running {
             spec,
+            control,
             current: watch,
             stop: Some(stop),
             task,
@@ -241,6 +281,7 @@ impl Platform {
         let running = plugins
             .remove(name)
             .ok_or_else(|| Error::not_found(format!("no plugin {name:?} on the platform")))?;
+        running.begin_stop();
         let runtime_id = running.runtime_id();
         let registry = &self.shared.registry;
         registry.remove_runtime(&runtime_id);
@@ -271,6 +312,7 @@ impl Platform {
             }
         };
         let runtime_id = started.runtime_id.clone();
+        old.begin_stop();
         let old_id = old.runtime_id();
         let registry = &self.shared.registry;
         registry.replace_runtime(&old_id, &runtime_id);
@@ -289,13 +331,51 @@ impl Platform {
         let registry = &self.shared.registry;
         for name in order.iter().rev() {
             if let Some(running) = plugins.remove(name) {
+                running.begin_stop();
                 registry.remove_runtime(&running.runtime_id());
                 running.shutdown(self.shared.timeout).await;
             }
         }
         for (_, running) in plugins.drain() {
+            running.begin_stop();
             registry.remove_runtime(&running.runtime_id());
             running.shutdown(self.shared.timeout).await;
+        }
+    }
+}
+
+/// Whose registrations a start leaves behind if it fails or is abandoned.
+enum Launch {
+    /// Every runtime id the launch token admitted.
+    Token(String),
+    /// The identity issued to a managed plugin.
+    Runtime(String),
+}
+
+/// Removes what a start registered unless it succeeds ([`Abandoned::disarm`]).
+struct Abandoned<'a> {
+    registry: &'a ServiceRegistry,
+    of: Launch,
+    armed: bool,
+}
+
+impl Abandoned<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ids = match &self.of {
+            Launch::Token(token) => self.registry.join_policy().admitted(token),
+            Launch::Runtime(id) => vec![id.clone()],
+        };
+        for id in ids {
+            self.registry.remove_runtime(&id);
         }
     }
 }
@@ -342,6 +422,13 @@ impl Shared {
         let provides: Vec<String> = spec.provides.iter().map(|(t, _)| t.clone()).collect();
         let ticket = JoinTicket::new(policy, policy.issue_launch(&spec.name, &provides)?);
         let token = ticket.token();
+        // A start that fails or is abandoned takes what its process registered with it
+        // (dropped before the ticket, while the token still knows whom it admitted).
+        let abandoned = Abandoned {
+            registry: &self.registry,
+            of: Launch::Token(token.to_owned()),
+            armed: true,
+        };
         let launch = self
             .launch_config(spec)
             .env("HOST_URL", &self.host_url)
@@ -392,6 +479,7 @@ impl Shared {
                     )
                 })?;
         }
+        abandoned.disarm();
         Ok(Started {
             process,
             runtime_id,
@@ -444,6 +532,11 @@ impl Shared {
         let identity = self
             .registry
             .issue_identity(&info.self_id, spec.provides.iter().map(|(t, _)| t.clone()))?;
+        let abandoned = Abandoned {
+            registry: &self.registry,
+            of: Launch::Runtime(identity.runtime_id.clone()),
+            armed: true,
+        };
         self.registry.bind(
             &identity.runtime_id,
             &process.endpoint(),
@@ -478,6 +571,7 @@ impl Shared {
                     )
                 })?;
         }
+        abandoned.disarm();
         Ok(Started {
             process,
             runtime_id,
@@ -486,38 +580,51 @@ impl Shared {
     }
 }
 
+/// A supervisor's side of [`Control`], its state watch and its stop signal.
+struct Supervision {
+    control: Arc<Control>,
+    current: watch::Sender<(String, Option<u32>)>,
+    stop: oneshot::Receiver<Duration>,
+}
+
 /// Supervises a plugin's process until told to stop: when it exits unasked, its
 /// registrations are withdrawn and its token revoked at once, and it is started again as its
-/// restart policy says.
+/// restart policy says (unless the platform is taking it away).
 async fn supervise(
     shared: Shared,
     mut spec: PluginSpec,
     started: Started,
-    current: watch::Sender<(String, Option<u32>)>,
-    mut stop: oneshot::Receiver<Duration>,
+    supervision: Supervision,
 ) {
+    let Supervision {
+        control,
+        current,
+        mut stop,
+    } = supervision;
     let Started {
         mut process,
-        mut ticket,
+        ticket,
         ..
     } = started;
+    control.set_ticket(ticket);
     let policy = spec.launch.restart_policy();
     let mut restarts = 0u32;
     loop {
         let status = tokio::select! {
-            status = process.wait() => status,
+            biased;
             grace = &mut stop => {
                 let _ = process.shutdown(grace.unwrap_or(shared.timeout)).await;
                 return;
             }
+            status = process.wait() => status,
         };
         // Withdrawn at once: nothing more is routed to a process that is gone, and watchers
         // of its services hear of it now, not when a lease runs out.
         let gone = current.borrow().0.clone();
         current.send_modify(|(_, pid)| *pid = None);
         shared.registry.withdraw_restarting(&gone);
-        drop(ticket.take());
-        let will_restart = restarts < policy.max_restarts;
+        control.set_ticket(None);
+        let will_restart = restarts < policy.max_restarts && !control.stopping();
         tracing::warn!(plugin = %spec.name, runtime_id = %gone, ?status, will_restart, "plugin process exited; its registrations are withdrawn");
         spec.launch.report_crash(&CrashEvent {
             plugin: spec.name.clone(),
@@ -527,17 +634,19 @@ async fn supervise(
         });
         // Started again, with backoff, until it runs or the policy gives up.
         let restarted = loop {
-            if restarts >= policy.max_restarts {
+            if restarts >= policy.max_restarts || control.stopping() {
                 break None;
             }
             restarts += 1;
             tokio::select! {
-                () = tokio::time::sleep(policy.backoff(restarts)) => {}
+                biased;
                 _ = &mut stop => return,
+                () = tokio::time::sleep(policy.backoff(restarts)) => {}
             }
             let launched = tokio::select! {
-                launched = shared.launch(&mut spec, None) => launched,
+                biased;
                 _ = &mut stop => return,
+                launched = shared.launch(&mut spec, None) => launched,
             };
             match launched {
                 Ok(started) => break Some(started),
@@ -547,17 +656,26 @@ async fn supervise(
             }
         };
         let Some(started) = restarted else {
-            tracing::error!(plugin = %spec.name, restarts, "plugin stays down: its restart policy allows no more restarts");
+            if !control.stopping() {
+                tracing::error!(plugin = %spec.name, restarts, "plugin stays down: its restart policy allows no more restarts");
+            }
             shared.registry.remove_runtime(&gone);
             let _ = stop.await;
             return;
         };
+        if control.stopping() {
+            // Taken away while it restarted: the new process goes too.
+            shared.registry.remove_runtime(&started.runtime_id);
+            let _ = started.process.shutdown(shared.timeout).await;
+            let _ = stop.await;
+            return;
+        }
         tracing::info!(plugin = %spec.name, runtime_id = %started.runtime_id, restarts, "plugin restarted");
         // Callers still addressing the gone process (typed clients made before the crash)
         // reach its successor.
         shared.registry.replace_runtime(&gone, &started.runtime_id);
         current.send_replace((started.runtime_id, started.process.id()));
+        control.set_ticket(started.ticket);
         process = started.process;
-        ticket = started.ticket;
     }
 }

@@ -275,6 +275,12 @@ impl ServiceRegistry {
     pub fn replace_runtime(&self, old: &str, new: &str) {
         let types: Vec<String> = {
             let mut state = self.state();
+            // Chains stay one step long: what pointed at `old` points at `new` now.
+            for target in state.aliases.values_mut() {
+                if target == old {
+                    new.clone_into(target);
+                }
+            }
             state.aliases.insert(old.to_owned(), new.to_owned());
             let mut types = Vec::new();
             for (service_type, providers) in &mut state.providers {
@@ -321,12 +327,10 @@ impl ServiceRegistry {
         provider_id: &str,
         timeout: std::time::Duration,
     ) -> Result<(), Error> {
-        let inflight = Arc::clone(
-            self.state()
-                .inflight
-                .entry(provider_id.to_owned())
-                .or_default(),
-        );
+        // No entry: nothing in flight (and none is made here, so the map does not grow).
+        let Some(inflight) = self.state().inflight.get(provider_id).cloned() else {
+            return Ok(());
+        };
         let wait = async {
             loop {
                 let idle = inflight.idle.notified();
@@ -336,7 +340,7 @@ impl ServiceRegistry {
                 idle.await;
             }
         };
-        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+        let drained = tokio::time::timeout(timeout, wait).await.map_err(|_| {
             Error::new(
                 Code::DeadlineExceeded,
                 format!(
@@ -345,7 +349,23 @@ impl ServiceRegistry {
                     timeout.as_millis()
                 ),
             )
-        })
+        });
+        // Drained: the entry goes, unless the provider is still registered and called.
+        let mut state = self.state();
+        let registered = state
+            .providers
+            .values()
+            .flatten()
+            .any(|p| p.runtime_id == provider_id);
+        if !registered
+            && state
+                .inflight
+                .get(provider_id)
+                .is_some_and(|i| i.count.load(std::sync::atomic::Ordering::Acquire) == 0)
+        {
+            state.inflight.remove(provider_id);
+        }
+        drained
     }
 
     /// The lease, if registrations expire.
