@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use connect_plugin::host::platform::Platform;
 use connect_plugin::process::RestartPolicy;
+use connect_plugin::rpc::policy::Retry;
 use connect_plugin::{Client, ClientConfig, Code, Request, ServiceRegistry};
 use connect_plugin_tests::{plugin_spec, serve_registry};
 use platform::cache::{CacheServicePlugin, SetRequest};
@@ -23,6 +24,11 @@ fn kill9(pid: u32) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The URL of the host `app` joined.
+fn platform_host_url(app: &Client) -> String {
+    app.channel().base_url().to_owned()
 }
 
 /// Polls `check` every 2 ms until it holds; how long that took, or `None` after `limit`.
@@ -73,6 +79,20 @@ async fn a_killed_plugin_is_withdrawn_at_once_restarted_and_called_again() {
     // Made before the crash: pinned to the first process's id.
     let cache = app.provider::<CacheServicePlugin>("").await.unwrap();
 
+    // The same load from a client that retries (5 attempts, 100 ms doubling): it should see
+    // none of the failures the plain workers see while the cache restarts.
+    let retrying_app = Client::new(
+        ClientConfig::new(platform_host_url(&app))
+            .self_id("app", "1.0.0")
+            .join_token(APP_TOKEN)
+            .channel(|c| c.wrap(Retry::new().max_attempts(5).non_idempotent(true))),
+    )
+    .unwrap();
+    let retrying = retrying_app
+        .provider::<CacheServicePlugin>("")
+        .await
+        .unwrap();
+
     // Continuous routed load: two workers, each call with a 2 s deadline.
     let stop = Arc::new(AtomicBool::new(false));
     let (made, failed, hung, ok) = (
@@ -113,6 +133,30 @@ async fn a_killed_plugin_is_withdrawn_at_once_restarted_and_called_again() {
             })
         })
         .collect();
+    let (retried_made, retried_failed) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let retrying_worker = {
+        let (stop, made, failed) = (
+            Arc::clone(&stop),
+            Arc::clone(&retried_made),
+            Arc::clone(&retried_failed),
+        );
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let request = Request::new(SetRequest {
+                    key: format!("r-{i}"),
+                    value: "v".into(),
+                })
+                .with_timeout(Duration::from_secs(5));
+                made.fetch_add(1, Ordering::Relaxed);
+                if retrying.set(request).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
     within(Duration::from_secs(5), || ok.load(Ordering::Relaxed) >= 20)
         .await
         .expect("calls succeed before the crash");
@@ -164,12 +208,20 @@ async fn a_killed_plugin_is_withdrawn_at_once_restarted_and_called_again() {
     for worker in workers {
         worker.await.unwrap();
     }
+    retrying_worker.await.unwrap();
     println!(
-        "kill -9 under load: withdrawn after {withdrawn:?}, reaped after {reaped:?}, registered again after {restarted:?}; calls made {}, ok {}, failed {}, hung {}",
+        "kill -9 under load: withdrawn after {withdrawn:?}, reaped after {reaped:?}, registered again after {restarted:?}; plain calls made {}, ok {}, failed {}, hung {}; retrying calls made {}, failed {}",
         made.load(Ordering::Relaxed),
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
         hung.load(Ordering::Relaxed),
+        retried_made.load(Ordering::Relaxed),
+        retried_failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        retried_failed.load(Ordering::Relaxed),
+        0,
+        "retries hide the restart"
     );
     assert_eq!(
         hung.load(Ordering::Relaxed),
