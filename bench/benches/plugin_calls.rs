@@ -306,6 +306,33 @@ fn ours(addr: SocketAddr, codec: Codec, gzip: bool) -> Caller {
     ))
 }
 
+/// A no-op call wrapper: what the chain itself costs.
+struct PassThrough;
+
+impl connect_plugin::rpc::interceptor::Wrap for PassThrough {
+    fn unary<'a>(
+        &'a self,
+        call: connect_plugin::rpc::interceptor::UnaryCall,
+        next: connect_plugin::rpc::interceptor::Next<'a>,
+    ) -> connect_plugin::rpc::interceptor::WrapFuture<'a> {
+        next.run(call)
+    }
+}
+
+/// Our client with call wrappers: none, a no-op one, or a circuit breaker and retry.
+fn wrapped(addr: SocketAddr, wrappers: &str) -> Caller {
+    use connect_plugin::rpc::policy::{CircuitBreaker, Retry};
+    let builder = Channel::builder(format!("http://{addr}"));
+    let builder = match wrappers {
+        "no-op" => builder.wrap(PassThrough),
+        "breaker+retry" => builder.wrap(CircuitBreaker::new()).wrap(Retry::new()),
+        _ => builder,
+    };
+    Caller::Ours(connect_plugin::dispense::<InteropServicePlugin>(
+        &builder.build().unwrap(),
+    ))
+}
+
 fn raw(addr: SocketAddr) -> Caller {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
@@ -914,8 +941,45 @@ async fn run(settings: &Settings) -> Vec<Row> {
     }
 
     rows.extend(routed(ours_addr, settings).await);
+    rows.extend(call_wrappers(ours_addr, settings).await);
     rows.extend(handshake_flood(settings).await);
     rows
+}
+
+/// What call wrappers cost on the hot path: none, a no-op one (the chain itself), and a
+/// circuit breaker with retry (calls that succeed: the policies' bookkeeping only).
+async fn call_wrappers(ours_addr: SocketAddr, settings: &Settings) -> Vec<Row> {
+    const SCENARIO: &str = "unary latency c=1, 64 B, call wrappers";
+    let subjects = [
+        ("no wrappers", wrapped(ours_addr, "none")),
+        ("a no-op wrapper", wrapped(ours_addr, "no-op")),
+        ("circuit breaker + retry", wrapped(ours_addr, "breaker+retry")),
+    ];
+    let p = payload(64);
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
+    for _ in 0..settings.rounds {
+        for (i, (_, caller)) in subjects.iter().enumerate() {
+            times[i].push(latency(caller, &p, settings.latency_calls).await);
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    subjects
+        .iter()
+        .zip(&medians)
+        .map(|((subject, _), value)| Row {
+            scenario: SCENARIO.into(),
+            subject: (*subject).into(),
+            value: *value,
+            unit: "us",
+            ratio: Some(value / medians[0]),
+            target: if *subject == "no wrappers" {
+                String::new()
+            } else {
+                "<= 1.05 x no wrappers".into()
+            },
+            met: (*subject != "no wrappers").then(|| value / medians[0] <= 1.05),
+        })
+        .collect()
 }
 
 /// Handshakes that issue an identity, with few and with 9,000 identities alive: issuing is
