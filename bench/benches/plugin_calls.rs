@@ -953,7 +953,10 @@ async fn call_wrappers(ours_addr: SocketAddr, settings: &Settings) -> Vec<Row> {
     let subjects = [
         ("no wrappers", wrapped(ours_addr, "none")),
         ("a no-op wrapper", wrapped(ours_addr, "no-op")),
-        ("circuit breaker + retry", wrapped(ours_addr, "breaker+retry")),
+        (
+            "circuit breaker + retry",
+            wrapped(ours_addr, "breaker+retry"),
+        ),
     ];
     let p = payload(64);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
