@@ -629,3 +629,37 @@ async fn providers_over_tls_and_http1_only_are_routed() {
         }
     }
 }
+
+/// The host limits the calls each plugin routes through it, keyed by its verified runtime id.
+#[tokio::test]
+async fn the_host_limits_routed_calls_per_calling_plugin() {
+    use connect_plugin::rpc::policy::RateLimit;
+
+    let registry = connect_plugin_tests::open_registry();
+    assert!(registry.set_routed_rate_limit(RateLimit::per_second(1.0, 2)));
+    let host_url = serve_host(registry).await;
+    register_provider(
+        &host_url,
+        "echo",
+        InteropServiceServer::new(Named("echo")).into_service(),
+    )
+    .await;
+    let app = |name: &'static str| {
+        let host_url = host_url.clone();
+        async move {
+            let client = Client::new(ClientConfig::new(&host_url).self_id(name, "1.0.0")).unwrap();
+            client.provider::<InteropServicePlugin>("").await.unwrap()
+        }
+    };
+    let busy = app("busy").await;
+    for _ in 0..2 {
+        busy.unary(Payload::default()).await.unwrap();
+    }
+    let err = busy.unary(Payload::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.metadata().contains_key("retry-after-ms"), "{err:?}");
+    let calm = app("calm").await;
+    calm.unary(Payload::default())
+        .await
+        .expect("another plugin has its own rate");
+}

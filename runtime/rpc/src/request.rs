@@ -18,6 +18,8 @@ use crate::tls::PeerCertificate;
 pub(crate) struct Peer {
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) certificate: Option<Arc<PeerCertificate>>,
+    /// Who makes the call, as a server interceptor established it.
+    pub(crate) principal: Option<Arc<str>>,
 }
 
 /// A request message with its metadata (HTTP headers) and, on a client, an optional per-call
@@ -98,6 +100,13 @@ impl<T> Request<T> {
     /// otherwise.
     pub fn peer_certificate(&self) -> Option<&PeerCertificate> {
         self.peer.certificate.as_deref()
+    }
+
+    /// On a server, who makes the call, as an authenticating
+    /// [`ServerInterceptor`](crate::server::ServerInterceptor) established it (for example
+    /// [`crate::policy::Auth`]); `None` without one.
+    pub fn principal(&self) -> Option<&str> {
+        self.peer.principal.as_deref()
     }
 
     /// Sets the timeout for this call (client side); it is sent as `Connect-Timeout-Ms` and

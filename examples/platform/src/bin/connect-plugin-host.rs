@@ -16,6 +16,7 @@ use std::time::Duration;
 use connect_plugin::host::Host;
 use connect_plugin::host::depgraph::{DependencyGraph, PluginNode};
 use connect_plugin::host::platform::PluginSpec;
+use connect_plugin::rpc::policy::RateLimit;
 use connect_plugin::rpc::tls::{ClientAuth, ClientTls, ServerTls};
 use connect_plugin::{
     CapabilityBroker, LaunchConfig, host::broker::TracingLogger, plugin::ServiceDependency,
@@ -46,6 +47,9 @@ struct Config {
     /// Serve over TLS, or mutual TLS with `client_ca`.
     #[serde(default)]
     tls: Option<TlsConfig>,
+    /// Limit the calls each plugin routes through the host.
+    #[serde(default)]
+    routed_rate_limit: Option<RateLimitConfig>,
     plugins: Vec<PluginConfig>,
 }
 
@@ -74,6 +78,13 @@ struct TlsConfig {
     /// certificates in `cert`, which must then include the root).
     #[serde(default)]
     plugin_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitConfig {
+    per_second: f64,
+    burst: u32,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +249,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err("join_certificates need mutual TLS: set tls.client_ca".into());
     }
     let host = builder.start().await?;
+    if let Some(limit) = &config.routed_rate_limit {
+        host.registry()
+            .set_routed_rate_limit(RateLimit::per_second(limit.per_second, limit.burst));
+    }
     let joining = host.registry().join_policy();
     joining.set_open(config.open_registration);
     for (i, join) in config.join_tokens.iter().enumerate() {

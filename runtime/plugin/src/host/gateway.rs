@@ -148,6 +148,7 @@ async fn route(
     request: http::Request<RecvBody>,
 ) -> Result<http::Response<Body>, Error> {
     let caller = registry.authenticate_caller(request.headers())?;
+    registry.take_routed(&caller)?;
     let path = request.uri().path().to_owned();
     let rest = path.strip_prefix(SERVICES_PREFIX).unwrap_or_default();
     let mut parts = rest.splitn(3, '/');

@@ -78,6 +78,7 @@ pub struct ServeConfig {
     stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     announce: bool,
     memory: Option<tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>>,
+    interceptors: Vec<Box<dyn FnOnce(Server) -> Server + Send>>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -126,6 +127,7 @@ impl ServeConfig {
             stop: None,
             announce: true,
             memory: None,
+            interceptors: Vec::new(),
         }
     }
 
@@ -244,6 +246,18 @@ impl ServeConfig {
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Adds a server interceptor run before every call's handler (authentication, rate
+    /// limiting: [`crate::rpc::policy`]); they run in the order added. They see every
+    /// procedure this process serves, the handshake and health included: open those a caller
+    /// without credentials must reach (`Auth::open`).
+    #[must_use]
+    pub fn intercept(mut self, interceptor: impl crate::rpc::server::ServerInterceptor) -> Self {
+        self.interceptors.push(Box::new(move |server: Server| {
+            server.intercept(interceptor)
+        }));
         self
     }
 
@@ -372,6 +386,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         stop,
         announce,
         memory,
+        interceptors,
     } = config;
     let mut set = PluginSet::new();
     for plugin in plugins {
@@ -401,6 +416,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     }
     if let Some(tls) = tls {
         server = server.tls(tls);
+    }
+    for intercept in interceptors {
+        server = intercept(server);
     }
     let mut infos = Vec::new();
     for (metadata, service) in set.into_parts() {

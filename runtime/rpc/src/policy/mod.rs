@@ -1,7 +1,13 @@
-//! Call policies for clients, as [`Wrap`](crate::interceptor::Wrap)pers of a channel's unary
-//! calls: [`Retry`] and [`CircuitBreaker`]. Add them in this order, after any auth wrapper:
-//! auth, then the breaker, then retry (the breaker sees one outcome per call, retries stay
-//! inside it).
+//! Call policies.
+//!
+//! Clients, as [`Wrap`](crate::interceptor::Wrap)pers of a channel's unary calls: [`Retry`]
+//! and [`CircuitBreaker`], and credentials as interceptors ([`BearerToken`], [`ApiKey`]).
+//! Add wrappers in this order: auth, then the breaker, then retry (the breaker sees one
+//! outcome per call, retries stay inside it).
+//!
+//! Servers, as [`ServerInterceptor`](crate::server::ServerInterceptor)s: [`Auth`] (bearer
+//! tokens, API keys, client certificates; the principal reaches handlers) and [`RateLimit`]
+//! (per verified caller). Add `Auth` first, so the limit is per principal.
 //!
 //! ```no_run
 //! use connect_plugin_rpc::Channel;
@@ -14,8 +20,12 @@
 //! # Ok::<(), connect_plugin_rpc::Error>(())
 //! ```
 
+mod auth;
 mod breaker;
+mod rate_limit;
 mod retry;
 
+pub use auth::{ApiKey, Auth, BearerToken};
 pub use breaker::{BreakerState, CircuitBreaker};
+pub use rate_limit::RateLimit;
 pub use retry::Retry;

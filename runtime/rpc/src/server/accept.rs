@@ -402,7 +402,7 @@ impl Connection {
                 };
                 let peer = Peer {
                     addr: self.peer,
-                    certificate: None,
+                    ..Peer::default()
                 };
                 self.drive(stream, wire, peer).await
             }
@@ -437,6 +437,7 @@ impl Connection {
                 let peer = Peer {
                     addr: self.peer,
                     certificate,
+                    principal: None,
                 };
                 self.drive(stream, wire, peer).await
             }

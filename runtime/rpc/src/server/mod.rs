@@ -14,6 +14,7 @@
 mod accept;
 mod handler;
 mod http_service;
+pub mod intercept;
 mod response;
 mod router;
 
@@ -29,6 +30,7 @@ use crate::memory::Incoming;
 use crate::tls::ServerTls;
 pub use handler::Service;
 pub use http_service::{HttpService, ResponseBody};
+pub use intercept::{CallContext, ServerInterceptor};
 pub(crate) use response::error_response;
 pub(crate) use router::Router;
 use router::{CallLimits, Route};
@@ -77,6 +79,7 @@ pub struct Server {
     tls: Option<ServerTls>,
     connections: accept::ConnectionLimits,
     guard: Option<Guard>,
+    interceptors: Vec<Arc<dyn ServerInterceptor>>,
 }
 
 impl Default for Server {
@@ -113,6 +116,7 @@ impl Server {
             tls: None,
             connections: accept::ConnectionLimits::default(),
             guard: None,
+            interceptors: Vec::new(),
         }
     }
 
@@ -162,6 +166,14 @@ impl Server {
         self
     }
 
+    /// Adds an interceptor run before each call's handler (authentication, rate limiting);
+    /// they run in the order added. See [`intercept`].
+    #[must_use]
+    pub fn intercept(mut self, interceptor: impl ServerInterceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Checks every request with `guard` before routing it.
     pub(crate) fn guard(mut self, guard: Guard) -> Self {
         self.guard = Some(guard);
@@ -186,6 +198,7 @@ impl Server {
             prefixes,
             limits: self.limits,
             guard: self.guard,
+            interceptors: self.interceptors,
         })
     }
 

@@ -15,6 +15,7 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::handler::{Call, CallBody, Handler};
+use super::intercept::{CallContext, ServerInterceptor};
 use super::response::{error_response, error_response_with_status};
 use crate::body::{Body, RecvBody};
 use crate::method::{Idempotency, MethodDescriptor, StreamKind};
@@ -56,6 +57,8 @@ pub(crate) struct Router {
     pub(crate) limits: CallLimits,
     /// Checked before anything else, on every request.
     pub(crate) guard: Option<Guard>,
+    /// Run before each call's handler.
+    pub(crate) interceptors: Vec<Arc<dyn ServerInterceptor>>,
 }
 
 /// A check every request must pass before it is routed (who may call this server at all);
@@ -105,10 +108,28 @@ impl Router {
                 return response;
             }
         };
-        match call {
-            Ok(call) => Arc::clone(&route.handler).call(call).await,
-            Err(rejection) => rejection,
+        let mut call = match call {
+            Ok(call) => call,
+            Err(rejection) => return rejection,
+        };
+        if !self.interceptors.is_empty() {
+            let mut context = CallContext {
+                method: route.method,
+                headers: &call.headers,
+                peer: &mut call.peer,
+                deadline: call.deadline,
+            };
+            for interceptor in &self.interceptors {
+                if let Err(refused) = interceptor.before(&mut context) {
+                    return error_response_with_status(
+                        &refused,
+                        StatusCode::from_u16(refused.code().http_status())
+                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    );
+                }
+            }
         }
+        Arc::clone(&route.handler).call(call).await
     }
 
     /// Plain HTTP routes (exact, then by prefix), else the 404 of an unknown procedure.

@@ -167,6 +167,7 @@ struct Inner {
     identities: OnceLock<Arc<IdentityStore>>,
     rng: SystemRandom,
     provider_tls: std::sync::RwLock<Option<crate::rpc::tls::ClientTls>>,
+    routed_limit: OnceLock<crate::rpc::policy::RateLimit>,
 }
 
 /// The host's registry of provided services; give it to [`crate::ServeConfig::registry`].
@@ -218,6 +219,7 @@ impl ServiceRegistry {
                 identities: OnceLock::new(),
                 rng: SystemRandom::new(),
                 provider_tls: std::sync::RwLock::new(None),
+                routed_limit: OnceLock::new(),
             }),
         }
     }
@@ -665,6 +667,21 @@ impl ServiceRegistry {
             .provider_tls
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tls);
+    }
+
+    /// Limits the calls each plugin routes through the host (keyed by its verified runtime
+    /// id): past it, `resource_exhausted` with a retry hint. Set once; later calls are
+    /// ignored (returns whether this one took effect).
+    pub fn set_routed_rate_limit(&self, limit: crate::rpc::policy::RateLimit) -> bool {
+        self.inner.routed_limit.set(limit).is_ok()
+    }
+
+    /// Takes one routed call of `caller` from its rate, if one is set.
+    pub(crate) fn take_routed(&self, caller: &str) -> Result<(), Error> {
+        match self.inner.routed_limit.get() {
+            Some(limit) => limit.check(caller),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn provider_tls(&self) -> Option<crate::rpc::tls::ClientTls> {

@@ -1,0 +1,254 @@
+//! Authentication for users' own services: [`Auth`] on the server (bearer tokens, API keys,
+//! client certificates, composed), [`BearerToken`] and [`ApiKey`] on the client.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::interceptor::Interceptor;
+use crate::server::intercept::{CallContext, ServerInterceptor};
+use crate::tls::PeerCertificate;
+use crate::{Code, Error, MethodDescriptor};
+
+type Check<T> = Arc<dyn Fn(&T) -> Option<String> + Send + Sync>;
+
+enum Credential {
+    Bearer(Check<str>),
+    ApiKey(HeaderName, Check<str>),
+    Certificate(Check<PeerCertificate>),
+}
+
+/// Authenticates calls before their handler runs, with each credential kind added, in order:
+/// the first that names a principal wins, and handlers see it
+/// ([`Request::principal`](crate::Request::principal)). A call presenting a credential that
+/// does not check out, or none at all, is refused with `unauthenticated` (unless
+/// [`Auth::optional`]); procedures listed with [`Auth::open`] are not checked. Validators
+/// receive the presented value and return the principal, or `None` to refuse; compare secrets
+/// in constant time.
+///
+/// ```
+/// use connect_plugin_rpc::Server;
+/// use connect_plugin_rpc::policy::Auth;
+///
+/// let server = Server::new().intercept(
+///     Auth::new()
+///         .bearer(|token| (token == "s3cret-token").then(|| "alice".to_owned()))
+///         .api_key("x-api-key", |key| (key == "k-123").then(|| "batch-job".to_owned())),
+/// );
+/// ```
+#[derive(Default)]
+pub struct Auth {
+    credentials: Vec<Credential>,
+    optional: bool,
+    open: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("credentials", &self.credentials.len())
+            .field("optional", &self.optional)
+            .field("open", &self.open)
+            .finish()
+    }
+}
+
+impl Auth {
+    /// No credential kind yet: add some.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accepts `Authorization: Bearer <token>` when `check(token)` names a principal.
+    #[must_use]
+    pub fn bearer(
+        mut self,
+        check: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.credentials.push(Credential::Bearer(Arc::new(check)));
+        self
+    }
+
+    /// Accepts an API key in `header` when `check(key)` names a principal.
+    ///
+    /// # Panics
+    /// If `header` is not a valid header name (a programming error, found at start).
+    #[must_use]
+    pub fn api_key(
+        mut self,
+        header: &'static str,
+        check: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.credentials.push(Credential::ApiKey(
+            HeaderName::from_static(header),
+            Arc::new(check),
+        ));
+        self
+    }
+
+    /// Accepts the client certificate a mutual-TLS handshake verified when `check(cert)`
+    /// names a principal (see [`PeerCertificate::is_valid_for_name`]).
+    #[must_use]
+    pub fn certificate(
+        mut self,
+        check: impl Fn(&PeerCertificate) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.credentials
+            .push(Credential::Certificate(Arc::new(check)));
+        self
+    }
+
+    /// Lets calls without any credential through (with no principal); a credential that is
+    /// presented must still check out.
+    #[must_use]
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    /// Does not check calls to `procedure` (e.g. `/grpc.health.v1.Health/Check`).
+    #[must_use]
+    pub fn open(mut self, procedure: &'static str) -> Self {
+        self.open.push(procedure);
+        self
+    }
+
+    /// The principal the call's credentials name: `Ok(None)` when it presents none.
+    fn authenticate(&self, call: &CallContext<'_>) -> Result<Option<String>, Error> {
+        let mut presented = false;
+        for credential in &self.credentials {
+            let found = match credential {
+                Credential::Bearer(check) => bearer(call.headers()).map(|t| check(t)),
+                Credential::ApiKey(name, check) => call
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|key| check(key)),
+                Credential::Certificate(check) => call.peer_certificate().map(|c| check(c)),
+            };
+            match found {
+                Some(Some(principal)) => return Ok(Some(principal)),
+                Some(None) => presented = true,
+                None => {}
+            }
+        }
+        if presented {
+            return Err(Error::new(
+                Code::Unauthenticated,
+                format!(
+                    "the credentials presented for {} are not valid",
+                    call.method().path
+                ),
+            ));
+        }
+        Ok(None)
+    }
+
+    fn missing(&self, method: &MethodDescriptor) -> Error {
+        let accepted: Vec<String> = self
+            .credentials
+            .iter()
+            .map(|c| match c {
+                Credential::Bearer(_) => "Authorization: Bearer <token>".to_owned(),
+                Credential::ApiKey(name, _) => format!("{name}: <key>"),
+                Credential::Certificate(_) => "a client certificate (mutual TLS)".to_owned(),
+            })
+            .collect();
+        Error::new(
+            Code::Unauthenticated,
+            format!(
+                "{} needs credentials: {}",
+                method.path,
+                if accepted.is_empty() {
+                    "none are accepted (Auth has no credential kind)".to_owned()
+                } else {
+                    accepted.join(", or ")
+                }
+            ),
+        )
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+impl ServerInterceptor for Auth {
+    fn before(&self, call: &mut CallContext<'_>) -> Result<(), Error> {
+        if self.open.contains(&call.method().path) {
+            return Ok(());
+        }
+        match self.authenticate(call)? {
+            Some(principal) => {
+                call.set_principal(principal);
+                Ok(())
+            }
+            None if self.optional => Ok(()),
+            None => Err(self.missing(call.method())),
+        }
+    }
+}
+
+/// Sends `Authorization: Bearer <token>` with every call of a channel.
+#[derive(Clone)]
+pub struct BearerToken(HeaderValue);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+impl BearerToken {
+    /// # Errors
+    /// `invalid_argument` if the token cannot be a header value.
+    pub fn new(token: &str) -> Result<Self, Error> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Error::invalid_argument("the bearer token is not a valid header value"))?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn before(&self, _: &MethodDescriptor, headers: &mut HeaderMap) -> Result<(), Error> {
+        headers.insert(http::header::AUTHORIZATION, self.0.clone());
+        Ok(())
+    }
+}
+
+/// Sends an API key in a header with every call of a channel.
+#[derive(Clone)]
+pub struct ApiKey(HeaderName, HeaderValue);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ApiKey")
+            .field(&self.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    /// # Errors
+    /// `invalid_argument` for a header name or key that cannot be sent.
+    pub fn new(header: &str, key: &str) -> Result<Self, Error> {
+        let name = HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| Error::invalid_argument(format!("{header:?} is not a header name")))?;
+        let mut value = HeaderValue::from_str(key)
+            .map_err(|_| Error::invalid_argument("the API key is not a valid header value"))?;
+        value.set_sensitive(true);
+        Ok(Self(name, value))
+    }
+}
+
+impl Interceptor for ApiKey {
+    fn before(&self, _: &MethodDescriptor, headers: &mut HeaderMap) -> Result<(), Error> {
+        headers.insert(self.0.clone(), self.1.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! Reliability issue: server interceptors for users' own services, authentication (bearer
+//! tokens, API keys; the principal reaches the handler) and rate limiting per verified caller,
+//! against real clients over real sockets.
+
+use connect_plugin::rpc::policy::{ApiKey, Auth, BearerToken, RateLimit};
+use connect_plugin::rpc::{Channel, ChannelBuilder, Server};
+use connect_plugin::{Code, Error, MessageStream, Request, Response, ServerStream, Streaming};
+use connect_plugin_tests::interop::{
+    InteropService, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload,
+};
+
+/// Answers with the principal the interceptors established ("" without one).
+struct WhoAmI;
+
+impl InteropService for WhoAmI {
+    async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
+        Ok(Response::new(Payload {
+            text: request.principal().unwrap_or_default().to_owned(),
+            ..Default::default()
+        }))
+    }
+    async fn lookup(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
+        self.unary(request).await
+    }
+    async fn server_stream(
+        &self,
+        _: Request<Payload>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
+        Ok(Response::new(MessageStream::from_iter([])))
+    }
+    async fn client_stream(
+        &self,
+        _: Request<Streaming<Payload>>,
+    ) -> Result<Response<Payload>, Error> {
+        Err(Error::unimplemented("not used"))
+    }
+    async fn bidi(
+        &self,
+        _: Request<Streaming<Payload>>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
+        Err(Error::unimplemented("not used"))
+    }
+}
+
+async fn serve(server: Server) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        server
+            .add_service(InteropServiceServer::new(WhoAmI).into_service())
+            .serve(listener),
+    );
+    url
+}
+
+fn client(
+    url: &str,
+    configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder,
+) -> InteropServiceClient {
+    connect_plugin::dispense::<InteropServicePlugin>(
+        &configure(Channel::builder(url)).build().unwrap(),
+    )
+}
+
+fn auth() -> Auth {
+    Auth::new()
+        .bearer(|token| match token {
+            "alice-token" => Some("alice".to_owned()),
+            "bob-token" => Some("bob".to_owned()),
+            _ => None,
+        })
+        .api_key("x-api-key", |key| {
+            (key == "key-1").then(|| "batch".to_owned())
+        })
+        .open("/interop.v1.InteropService/Lookup")
+}
+
+#[tokio::test]
+async fn auth_names_the_principal_and_refuses_missing_or_bad_credentials() {
+    let url = serve(Server::new().intercept(auth())).await;
+    let who = |c: &InteropServiceClient| {
+        let c = c.clone();
+        async move {
+            c.unary(Payload::default())
+                .await
+                .map(|r| r.into_message().text)
+        }
+    };
+
+    let alice = client(&url, |c| {
+        c.interceptor(BearerToken::new("alice-token").unwrap())
+    });
+    assert_eq!(who(&alice).await.unwrap(), "alice");
+    let batch = client(&url, |c| {
+        c.interceptor(ApiKey::new("x-api-key", "key-1").unwrap())
+    });
+    assert_eq!(who(&batch).await.unwrap(), "batch");
+
+    let anonymous = client(&url, |c| c);
+    let err = who(&anonymous).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(
+        err.message()
+            .contains("Authorization: Bearer <token>, or x-api-key: <key>"),
+        "{err}"
+    );
+    let guessing = client(&url, |c| c.interceptor(BearerToken::new("guess").unwrap()));
+    let err = who(&guessing).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("not valid"), "{err}");
+
+    // An open procedure needs nothing, and names no one.
+    let open = anonymous.lookup(Payload::default()).await.unwrap();
+    assert_eq!(open.text, "");
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_per_verified_caller() {
+    let url = serve(
+        Server::new()
+            .intercept(auth())
+            .intercept(RateLimit::per_second(1.0, 3)),
+    )
+    .await;
+    let alice = client(&url, |c| {
+        c.interceptor(BearerToken::new("alice-token").unwrap())
+    });
+    for _ in 0..3 {
+        alice.unary(Payload::default()).await.unwrap();
+    }
+    let err = alice.unary(Payload::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("principal alice"), "{err}");
+    let hint: u64 = err
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry hint");
+    assert!((1..=1000).contains(&hint), "{hint}");
+
+    // Bob has his own bucket; a header a client chooses does not change whose it is.
+    let bob = client(&url, |c| {
+        c.interceptor(BearerToken::new("bob-token").unwrap())
+    });
+    bob.unary(Payload::default())
+        .await
+        .expect("bob is not limited by alice");
+    let mut posing = Request::new(Payload::default());
+    posing
+        .metadata_mut()
+        .insert("x-principal", http::HeaderValue::from_static("carol"));
+    let err = alice.unary(posing).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+}
