@@ -376,3 +376,47 @@ async fn after_a_host_restart_a_self_registering_plugin_is_back_within_5_s() {
     .expect("the plugin joins and registers again within 5 s");
     println!("host restart: the example logger registered again after {back:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_managed_plugin_is_restarted_and_assigned_a_new_identity() {
+    let registry = ServiceRegistry::new();
+    let host_url = serve_registry(&registry).await;
+    let platform = Platform::new(registry.clone(), &host_url).timeout(Duration::from_secs(20));
+    let mut logger = plugin_spec("logger-plugin", LOGGER, "logger", None);
+    logger.launch = logger.launch.restart(RestartPolicy::with_backoff(
+        2,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+    ));
+    let first_id = platform.add_managed(logger).await.unwrap();
+    let pid = platform.pid("logger-plugin").await.unwrap();
+    kill9(pid);
+    within(Duration::from_secs(1), || {
+        registry
+            .providers("logger")
+            .iter()
+            .all(|p| p.runtime_id != first_id)
+    })
+    .await
+    .expect("withdrawn within 1 s");
+    let started = Instant::now();
+    let new_id = loop {
+        let id = platform.runtime_id("logger-plugin").await.unwrap();
+        if id != first_id && platform.pid("logger-plugin").await.is_some() {
+            break id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the managed plugin is restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        registry
+            .providers("logger")
+            .iter()
+            .any(|p| p.runtime_id == new_id),
+        "it registered again under the identity the host assigned"
+    );
+    platform.shutdown().await;
+}

@@ -663,3 +663,88 @@ async fn the_host_limits_routed_calls_per_calling_plugin() {
         .await
         .expect("another plugin has its own rate");
 }
+
+/// A stream cut mid-way (its provider killed with `kill -9`) ends with a Connect error for
+/// the caller, directly and through the host: never a clean, silent end.
+#[tokio::test]
+async fn a_stream_cut_mid_way_ends_with_an_error_not_silently() {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+    use kv::v1::{KvServicePlugin, PutRequest, WatchRequest};
+
+    let kv_process =
+        connect_plugin_tests::launch_kv_plugin_for_anyone(env!("CARGO_BIN_EXE_e2e-kv-plugin"))
+            .await;
+    let host_url = serve_host(connect_plugin_tests::open_registry()).await;
+    let provider = Client::new(
+        ClientConfig::new(&host_url)
+            .self_id("kv-provider", "1.0.0")
+            .provides(["kv"]),
+    )
+    .unwrap();
+    let registration = provider
+        .authenticated(RegisterServiceRequest {
+            service_type: "kv".into(),
+            version: "1.0.0".into(),
+            endpoint_path: "/kv.v1.KVService/".into(),
+            metadata: [("base_url".to_owned(), kv_process.endpoint())].into(),
+        })
+        .await
+        .unwrap();
+    provider
+        .registry()
+        .register_service(registration)
+        .await
+        .unwrap();
+    let direct = connect_plugin::dispense::<KvServicePlugin>(
+        &connect_plugin::Channel::new(kv_process.endpoint()).unwrap(),
+    );
+    let caller = Client::new(ClientConfig::new(&host_url).self_id("caller", "1.0.0")).unwrap();
+    let routed = caller.provider::<KvServicePlugin>("").await.unwrap();
+
+    let watch = |kv: kv::v1::KvServiceClient| async move {
+        kv.watch(WatchRequest {
+            prefix: "cut/".into(),
+        })
+        .await
+        .unwrap()
+        .into_message()
+    };
+    let mut direct_events = watch(direct.clone()).await;
+    let mut routed_events = watch(routed).await;
+    direct
+        .put(PutRequest {
+            key: "cut/a".into(),
+            value: "1".into(),
+        })
+        .await
+        .unwrap();
+    for events in [&mut direct_events, &mut routed_events] {
+        let first = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("an event arrives")
+            .expect("no error yet");
+        assert!(first.is_some(), "the stream carries the event");
+    }
+
+    let status = std::process::Command::new("kill")
+        .args(["-9", &kv_process.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (how, events) in [
+        ("direct", &mut direct_events),
+        ("routed", &mut routed_events),
+    ] {
+        let end = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .unwrap_or_else(|_| panic!("the {how} stream ends within 5 s"));
+        let err = end.expect_err(&format!("the {how} stream ends with an error"));
+        assert!(
+            matches!(
+                err.code(),
+                Code::Unavailable | Code::Internal | Code::Unknown | Code::Canceled
+            ),
+            "{how}: {err}"
+        );
+    }
+}

@@ -127,7 +127,9 @@ struct Shared {
 /// Each process is supervised: when it exits unasked, its registrations are withdrawn at once
 /// (watchers see it), its join token is revoked, the spec's crash callback is told, and it is
 /// started again as its [`RestartPolicy`](crate::process::RestartPolicy) says
-/// ([`LaunchConfig::restart`]), with a new runtime id, registering anew.
+/// ([`LaunchConfig::restart`]), with a new runtime id, registering anew. A process that ran
+/// a minute without crashing starts its restart count afresh, so the policy limits crash
+/// loops rather than crashes over a plugin's life.
 pub struct Platform {
     shared: Shared,
     plugins: Mutex<HashMap<String, Running>>,
@@ -609,6 +611,7 @@ async fn supervise(
     control.set_ticket(ticket);
     let policy = spec.launch.restart_policy();
     let mut restarts = 0u32;
+    let mut running_since = tokio::time::Instant::now();
     loop {
         let status = tokio::select! {
             biased;
@@ -624,6 +627,11 @@ async fn supervise(
         current.send_modify(|(_, pid)| *pid = None);
         shared.registry.withdraw_restarting(&gone);
         control.set_ticket(None);
+        // A process that ran well for a while starts the count afresh: the policy limits
+        // crash loops, not crashes over a plugin's whole life.
+        if running_since.elapsed() >= STABLE_RUN {
+            restarts = 0;
+        }
         let will_restart = restarts < policy.max_restarts && !control.stopping();
         tracing::warn!(plugin = %spec.name, runtime_id = %gone, ?status, will_restart, "plugin process exited; its registrations are withdrawn");
         spec.launch.report_crash(&CrashEvent {
@@ -677,5 +685,9 @@ async fn supervise(
         current.send_replace((started.runtime_id, started.process.id()));
         control.set_ticket(started.ticket);
         process = started.process;
+        running_since = tokio::time::Instant::now();
     }
 }
+
+/// How long a restarted plugin must run for its restart count to start again from zero.
+const STABLE_RUN: Duration = Duration::from_secs(60);
