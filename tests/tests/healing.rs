@@ -420,3 +420,68 @@ async fn a_killed_managed_plugin_is_restarted_and_assigned_a_new_identity() {
     );
     platform.shutdown().await;
 }
+
+/// `PluginControl`: the host stops a plugin it did not launch (model B) with the control token
+/// the plugin gave it when it joined; a stranger who finds the port cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_stops_a_plugin_it_did_not_launch_and_a_stranger_cannot() {
+    use connect_plugin::handshake::JOIN_TOKEN_ENV;
+    use connect_plugin::proto::connectplugin::v1::{
+        GetHealthRequest, HealthState, PluginControlClient, ShutdownRequest,
+    };
+    use connect_plugin::{Channel, LaunchConfig, PluginProcess};
+
+    const TOKEN: &str = "logger-join-token-0123456789abcdef";
+    let registry = ServiceRegistry::new();
+    registry
+        .join_policy()
+        .allow(Some("logger-plugin"), TOKEN, ["logger"])
+        .unwrap();
+    let host_url = serve_registry(&registry).await;
+    // Started by someone else (no launch secret guards it): only the control token does.
+    let logger = PluginProcess::launch(
+        LaunchConfig::new("logger", LOGGER)
+            .env("HOST_URL", &host_url)
+            .env(JOIN_TOKEN_ENV, TOKEN)
+            .answer_anyone()
+            .start_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    within(Duration::from_secs(10), || {
+        !registry.providers("logger").is_empty()
+    })
+    .await
+    .expect("registered");
+    let runtime_id = registry.providers("logger")[0].runtime_id.clone();
+    let pid = logger.id().unwrap();
+
+    let stranger = PluginControlClient::new(Channel::new(logger.endpoint()).unwrap());
+    let health = stranger
+        .get_health(GetHealthRequest {})
+        .await
+        .unwrap()
+        .into_message();
+    assert_eq!(health.state, HealthState::Healthy as i32);
+    let err = stranger
+        .shutdown(ShutdownRequest {
+            grace_period_seconds: 1,
+            reason: "mischief".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    registry
+        .stop_plugin(&runtime_id, Duration::from_secs(5), "maintenance")
+        .await
+        .expect("the host stops it");
+    assert!(registry.providers("logger").is_empty(), "withdrawn");
+    let exited = within(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.split(' ').nth(2) == Some("Z"))
+    })
+    .await;
+    assert!(exited.is_some(), "the plugin process exits");
+    drop(logger);
+}

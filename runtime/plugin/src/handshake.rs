@@ -65,6 +65,13 @@ pub(crate) enum Reach {
     Listed(Arc<[String]>),
 }
 
+/// The handshake client metadata key carrying a plugin's control token to its host (see
+/// [`crate::serve::control`]).
+pub const CONTROL_TOKEN_KEY: &str = "control_token";
+
+/// The request header carrying the control token on `PluginControl.Shutdown`.
+pub const CONTROL_TOKEN_HEADER: &str = "x-plugin-control-token";
+
 /// The client metadata key carrying a join token in the handshake.
 pub const JOIN_TOKEN_KEY: &str = "join_token";
 
@@ -127,6 +134,8 @@ pub(crate) struct Admission {
     /// The identity this admission ended (its credential's oldest, past the per-credential
     /// cap), whose registrations go too.
     pub(crate) superseded: Option<String>,
+    /// The token with which the host may stop the plugin (`PluginControl.Shutdown`).
+    pub(crate) control_token: Option<http::HeaderValue>,
 }
 
 impl Admission {
@@ -398,6 +407,7 @@ impl JoinPolicy {
                     token: Some(token),
                     certificate: false,
                     superseded: None,
+                    control_token: None,
                 });
             }
             if log_allowed() {
@@ -415,6 +425,7 @@ impl JoinPolicy {
                     token: None,
                     certificate: true,
                     superseded: None,
+                    control_token: None,
                 });
             }
             if log_allowed() {
@@ -437,6 +448,7 @@ impl JoinPolicy {
             token: None,
             certificate: false,
             superseded: None,
+            control_token: None,
         })
     }
 
@@ -454,6 +466,15 @@ impl JoinPolicy {
             return Ok(None);
         };
         let mut admission = admission;
+        admission.control_token = request
+            .client_metadata
+            .get(CONTROL_TOKEN_KEY)
+            .filter(|t| !t.is_empty() && t.len() <= MAX_JOIN_TOKEN)
+            .and_then(|t| http::HeaderValue::from_str(t).ok())
+            .map(|mut t| {
+                t.set_sensitive(true);
+                t
+            });
         let identity =
             identities.issue_admitted(&request.self_id, Some(admission.tag(&request.self_id)))?;
         admission.superseded = Self::record_in(&mut tokens, &admission, &identity.runtime_id);

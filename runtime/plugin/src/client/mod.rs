@@ -493,6 +493,13 @@ impl Client {
             client_metadata.remove(crate::handshake::JOIN_TOKEN_KEY);
         }
         client_metadata.insert("client_version".into(), env!("CARGO_PKG_VERSION").into());
+        if self.self_id.is_some() {
+            // The host this plugin joins (and only it) may stop it: PluginControl.Shutdown.
+            client_metadata.insert(
+                crate::serve::control::CONTROL_TOKEN_KEY.into(),
+                crate::serve::control::token().to_owned(),
+            );
+        }
         let versions: Vec<String> = self
             .app_protocol_versions
             .iter()

@@ -22,7 +22,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use crate::handshake::{HandshakeServer, JoinHook, JoinPolicy};
@@ -36,6 +35,7 @@ use crate::rpc::tls::ServerTls;
 use crate::rpc::{Server, Service};
 use crate::{Code, Error};
 
+pub mod control;
 pub mod host_only;
 pub mod readiness;
 
@@ -444,9 +444,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         join: join.clone(),
         on_join: host.on_join,
     };
+    let control_stop = Arc::new(tokio::sync::Notify::new());
     server = server
         .add_service(HandshakeServiceServer::new(handshake).into_service())
-        .add_service(HealthServiceServer::new(health.clone()).into_service());
+        .add_service(HealthServiceServer::new(health.clone()).into_service())
+        .add_service(
+            wire::PluginControlServer::new(control::Control::new(
+                health.clone(),
+                Arc::clone(&control_stop),
+            ))
+            .into_service(),
+        );
     server = rpc_private::route_raw(server, "/healthz", probe(&health));
     server = rpc_private::route_raw(server, "/readyz", probe(&health));
 
@@ -478,9 +486,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         tracing::warn!(address = %where_, "serving with open joining");
     }
     let stop = async {
-        match stop {
-            Some(stop) => stop.await,
-            None => stop_signal(launched).await,
+        let asked = async {
+            match stop {
+                Some(stop) => stop.await,
+                None => stop_signal(launched).await,
+            }
+        };
+        tokio::select! {
+            () = asked => {}
+            () = control_stop.notified() => {}
         }
         // Readiness flips first, so load balancers and hosts stop sending new calls.
         health.shutdown();
@@ -552,10 +566,23 @@ async fn stop_signal(launched: bool) {
         if !launched {
             return std::future::pending().await;
         }
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 64];
-        // Anything the host writes is ignored; end of file (or an error) means "stop".
-        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+        // A thread of its own, not the runtime's blocking pool: a read blocked on stdin must
+        // not keep the process alive once serving ended for another reason (a SIGTERM, the
+        // host's PluginControl.Shutdown), as a runtime waits for its blocking tasks.
+        let (closed, on_close) = tokio::sync::oneshot::channel::<()>();
+        let watcher = std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(move || {
+                use std::io::Read as _;
+                let mut stdin = std::io::stdin();
+                let mut buf = [0u8; 64];
+                // Anything the host writes is ignored; end of file (or an error) means "stop".
+                while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = closed.send(());
+            });
+        if watcher.is_err() || on_close.await.is_err() {
+            return std::future::pending().await;
+        }
         tracing::info!("host closed stdin; shutting down");
     };
     let terminate = async {

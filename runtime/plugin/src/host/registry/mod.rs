@@ -124,6 +124,8 @@ struct State {
     allowed: HashMap<String, HashSet<String>>,
     /// Where the host may reach each runtime id, when not simply at its own address.
     reach: HashMap<String, Reach>,
+    /// The control token each runtime id gave the host in its handshake.
+    control: HashMap<String, http::HeaderValue>,
     /// The last health each runtime id reported.
     health: HashMap<String, HealthState>,
     strategies: HashMap<String, SelectionStrategy>,
@@ -459,6 +461,9 @@ impl ServiceRegistry {
             .entry(runtime_id.to_owned())
             .or_default()
             .extend(admission.provides.iter().cloned());
+        if let Some(token) = &admission.control_token {
+            state.control.insert(runtime_id.to_owned(), token.clone());
+        }
         // Never undo a binding made meanwhile (the launcher may have bound this id already).
         if !matches!(admission.reach, Reach::Own)
             && !matches!(state.reach.get(runtime_id), Some(Reach::Launched { .. }))
@@ -669,6 +674,76 @@ impl ServiceRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tls);
     }
 
+    /// Asks the plugin `runtime_id` to stop (`PluginControl.Shutdown`, with the control token
+    /// it gave this host when it joined, and its launch secret if this host launched it),
+    /// then withdraws its registrations and ends its identity. For plugins the host did not
+    /// launch (deployment model B); a [`Platform`](crate::host::Platform) stops its own.
+    ///
+    /// # Errors
+    /// `not_found` if it has no registration with a `base_url`; `failed_precondition` if it
+    /// gave no control token (a client of another implementation); the plugin's refusal or
+    /// `unavailable` if it cannot be reached.
+    pub async fn stop_plugin(
+        &self,
+        runtime_id: &str,
+        grace: std::time::Duration,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let (base_url, token, secret) = {
+            let state = self.state();
+            let base_url = state
+                .providers
+                .values()
+                .flatten()
+                .find(|p| p.runtime_id == runtime_id)
+                .and_then(|p| p.metadata.get(BASE_URL_KEY).cloned())
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "plugin {runtime_id:?} has no registration with a base_url to reach it at"
+                    ))
+                })?;
+            let token = state.control.get(runtime_id).cloned().ok_or_else(|| {
+                Error::new(
+                    Code::FailedPrecondition,
+                    format!(
+                        "plugin {runtime_id:?} gave this host no control token when it joined, so it cannot be stopped from here"
+                    ),
+                )
+            })?;
+            let secret = match state.reach.get(runtime_id) {
+                Some(Reach::Launched { secret, .. }) => secret.clone(),
+                _ => None,
+            };
+            (base_url, token, secret)
+        };
+        let mut builder = crate::Channel::builder(base_url.as_str())
+            .timeout(std::time::Duration::from_secs(10))
+            .header(
+                http::HeaderName::from_static(crate::handshake::CONTROL_TOKEN_HEADER),
+                token,
+            );
+        if let Some(secret) = secret {
+            builder = builder.header(
+                http::HeaderName::from_static(crate::serve::host_only::LAUNCH_SECRET_HEADER),
+                secret,
+            );
+        }
+        if base_url.starts_with("https://")
+            && let Some(tls) = self.provider_tls()
+        {
+            builder = builder.tls(tls);
+        }
+        let control = wire::PluginControlClient::new(builder.build()?);
+        control
+            .shutdown(wire::ShutdownRequest {
+                grace_period_seconds: i32::try_from(grace.as_secs()).unwrap_or(i32::MAX),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        self.remove_runtime(runtime_id);
+        Ok(())
+    }
+
     /// Limits the calls each plugin routes through the host (keyed by its verified runtime
     /// id): past it, `resource_exhausted` with a retry hint. Set once; later calls are
     /// ignored (returns whether this one took effect).
@@ -761,6 +836,7 @@ impl ServiceRegistry {
             state.health.remove(runtime_id);
             state.allowed.remove(runtime_id);
             state.reach.remove(runtime_id);
+            state.control.remove(runtime_id);
             state.last_seen.remove(runtime_id);
             // Maps shrink with their plugins: calls addressed to a replaced provider keep
             // going to its replacement only while the replacement lives.
