@@ -8,8 +8,8 @@
 //!   order added, the first outermost; the channel's timeout bounds the whole chain, retries
 //!   included. A channel without wrappers pays nothing for them.
 //!
-//! [`crate::Channel`] runs them. Servers have no interceptors here: a server-side hook goes in
-//! the handler or in a tower layer around [`crate::server::HttpService`].
+//! [`crate::Channel`] runs them. Servers have interceptors of their own
+//! ([`crate::server::intercept`]).
 
 use std::future::Future;
 use std::pin::Pin;

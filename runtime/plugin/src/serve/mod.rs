@@ -251,8 +251,9 @@ impl ServeConfig {
 
     /// Adds a server interceptor run before every call's handler (authentication, rate
     /// limiting: [`crate::rpc::policy`]); they run in the order added. They see every
-    /// procedure this process serves, the handshake and health included: open those a caller
-    /// without credentials must reach (`Auth::open`).
+    /// Connect procedure this process serves, the handshake and health included (open those a
+    /// caller without credentials must reach with `Auth::open`), but not the plain HTTP
+    /// routes: `/healthz`, `/readyz` and a host's `/services/` and `/capabilities/` proxies.
     #[must_use]
     pub fn intercept(mut self, interceptor: impl crate::rpc::server::ServerInterceptor) -> Self {
         self.interceptors.push(Box::new(move |server: Server| {

@@ -529,7 +529,9 @@ impl Channel {
                 let send = move |call: UnaryCall| -> WrapFuture<'_> {
                     let left =
                         deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                    Box::pin(self.attempt(call, left))
+                    // Each attempt ends by the deadline itself, so wrappers see its outcome
+                    // (`deadline_exceeded`) rather than being dropped by the outer timeout.
+                    Box::pin(with_timeout(left, self.attempt(call, left)))
                 };
                 Next::new(&inner.wrappers, &send).run(call).await
             }?;

@@ -16,6 +16,8 @@ enum Credential {
     Bearer(Check<str>),
     ApiKey(HeaderName, Check<str>),
     Certificate(Check<PeerCertificate>),
+    /// A credential kind configured wrongly: every checked call is refused, naming it.
+    Misconfigured(String),
 }
 
 /// Authenticates calls before their handler runs, with each credential kind added, in order:
@@ -69,20 +71,22 @@ impl Auth {
         self
     }
 
-    /// Accepts an API key in `header` when `check(key)` names a principal.
-    ///
-    /// # Panics
-    /// If `header` is not a valid header name (a programming error, found at start).
+    /// Accepts an API key in `header` (any case) when `check(key)` names a principal. A
+    /// `header` that is not a header name makes every checked call fail with `internal`,
+    /// naming it.
     #[must_use]
     pub fn api_key(
         mut self,
-        header: &'static str,
+        header: &str,
         check: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.credentials.push(Credential::ApiKey(
-            HeaderName::from_static(header),
-            Arc::new(check),
-        ));
+        self.credentials
+            .push(match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(name) => Credential::ApiKey(name, Arc::new(check)),
+                Err(_) => Credential::Misconfigured(format!(
+                    "Auth::api_key: {header:?} is not a header name (letters, digits and '-')"
+                )),
+            });
         self
     }
 
@@ -113,18 +117,22 @@ impl Auth {
         self
     }
 
-    /// The principal the call's credentials name: `Ok(None)` when it presents none.
+    /// The principal the call's credentials name: `Ok(None)` when it presents none. A
+    /// credential header that is present counts as presented, even when it cannot be read or
+    /// appears more than once (it is then invalid, not absent).
     fn authenticate(&self, call: &CallContext<'_>) -> Result<Option<String>, Error> {
         let mut presented = false;
         for credential in &self.credentials {
             let found = match credential {
-                Credential::Bearer(check) => bearer(call.headers()).map(|t| check(t)),
-                Credential::ApiKey(name, check) => call
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|key| check(key)),
+                Credential::Bearer(check) => {
+                    one_value(call.headers(), &http::header::AUTHORIZATION)
+                        .map(|value| value.and_then(bearer_token).and_then(|token| check(token)))
+                }
+                Credential::ApiKey(name, check) => {
+                    one_value(call.headers(), name).map(|value| value.and_then(|key| check(key)))
+                }
                 Credential::Certificate(check) => call.peer_certificate().map(|c| check(c)),
+                Credential::Misconfigured(why) => return Err(Error::internal(why.clone())),
             };
             match found {
                 Some(Some(principal)) => return Ok(Some(principal)),
@@ -152,6 +160,7 @@ impl Auth {
                 Credential::Bearer(_) => "Authorization: Bearer <token>".to_owned(),
                 Credential::ApiKey(name, _) => format!("{name}: <key>"),
                 Credential::Certificate(_) => "a client certificate (mutual TLS)".to_owned(),
+                Credential::Misconfigured(why) => why.clone(),
             })
             .collect();
         Error::new(
@@ -169,12 +178,24 @@ impl Auth {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+/// `None` when `name` is absent; `Some(None)` when present but unusable (not text, or more
+/// than one value); `Some(Some(value))` otherwise.
+fn one_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<Option<&'h str>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return Some(None);
+    }
+    Some(first.to_str().ok())
+}
+
+/// The token of a `Bearer` authorization value (the scheme matched case-insensitively).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 impl ServerInterceptor for Auth {

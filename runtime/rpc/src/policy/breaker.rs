@@ -220,14 +220,41 @@ impl CircuitBreaker {
     }
 }
 
+/// A call let through; a probe given up before its outcome (the caller went away) gives its
+/// place back, counting as neither success nor failure.
+struct Admitted<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            let mut inner = self.breaker.inner();
+            if inner.state == BreakerState::HalfOpen {
+                inner.probes = inner.probes.saturating_sub(1);
+            }
+        }
+    }
+}
+
 impl Wrap for CircuitBreaker {
     fn unary<'a>(&'a self, call: UnaryCall, next: Next<'a>) -> WrapFuture<'a> {
         let probe = match self.admit() {
             Ok(probe) => probe,
             Err(refused) => return Box::pin(std::future::ready(Err(refused))),
         };
+        let admitted = Admitted {
+            breaker: self,
+            probe,
+            recorded: false,
+        };
         Box::pin(async move {
+            // The whole guard moves in (not just a field), so dropping the future drops it.
+            let mut admitted = admitted;
             let outcome = next.run(call).await;
+            admitted.recorded = true;
             self.record(probe, outcome.as_ref().map(drop).map_err(Error::code));
             outcome
         })
@@ -237,6 +264,21 @@ impl Wrap for CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_given_up_gives_its_place_back() {
+        let breaker = CircuitBreaker::new().failure_threshold(1);
+        breaker.record(false, Err(Code::Unavailable));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = Admitted {
+            breaker: &breaker,
+            probe: breaker.admit().unwrap(),
+            recorded: false,
+        };
+        assert!(breaker.admit().is_err(), "one probe at a time");
+        drop(probe);
+        assert!(breaker.admit().unwrap(), "the next call probes");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn closed_open_half_open_and_closed_again() {

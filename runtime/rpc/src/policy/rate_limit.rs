@@ -23,6 +23,8 @@ pub struct RateLimit {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<Arc<str>, Bucket>>,
+    /// When idle callers were last forgotten (at most once a second, however busy).
+    swept: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -41,19 +43,36 @@ struct Bucket {
 }
 
 impl RateLimit {
-    /// `rate` calls a second per caller, in bursts of up to `burst`.
+    /// `rate` calls a second per caller (at least one a thousand seconds; not a number
+    /// counts as that), in bursts of up to `burst`.
     pub fn per_second(rate: f64, burst: u32) -> Self {
+        let rate = if rate.is_nan() {
+            0.001
+        } else {
+            rate.clamp(0.001, 1e9)
+        };
         Self {
-            rate: rate.max(f64::MIN_POSITIVE),
+            rate,
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
         }
     }
 
     fn key(call: &CallContext<'_>) -> Arc<str> {
         match (call.principal(), call.peer_addr()) {
             (Some(principal), _) => Arc::from(format!("principal {principal}")),
-            (None, Some(addr)) => Arc::from(format!("address {}", addr.ip())),
+            // An IPv6 host holds a whole /64: one bucket for it, not one per address.
+            (None, Some(addr)) => match addr.ip() {
+                std::net::IpAddr::V6(ip) if ip.to_ipv4_mapped().is_none() => {
+                    let s = ip.segments();
+                    Arc::from(format!(
+                        "network {:x}:{:x}:{:x}:{:x}::/64",
+                        s[0], s[1], s[2], s[3]
+                    ))
+                }
+                ip => Arc::from(format!("address {}", ip.to_canonical())),
+            },
             (None, None) => Arc::from("unknown caller"),
         }
     }
@@ -62,11 +81,17 @@ impl RateLimit {
     fn take(&self, key: Arc<str>, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_CALLERS && !buckets.contains_key(&key) {
-            // Forget callers whose bucket has refilled: they are as if new.
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.refilled).as_secs_f64() * rate < burst
-            });
+            // Forget callers whose bucket has refilled (they are as if new), at most once a
+            // second so that a crowd of new callers does not make every call sweep.
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if now.saturating_duration_since(*swept) >= Duration::from_secs(1) {
+                *swept = now;
+                let (rate, burst) = (self.rate, self.burst);
+                buckets.retain(|_, b| {
+                    b.tokens + now.saturating_duration_since(b.refilled).as_secs_f64() * rate
+                        < burst
+                });
+            }
         }
         let key = if buckets.len() >= MAX_CALLERS && !buckets.contains_key(&key) {
             Arc::from("too many callers")
@@ -84,7 +109,8 @@ impl RateLimit {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+            let wait = (1.0 - bucket.tokens) / self.rate;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 }
@@ -103,7 +129,7 @@ impl RateLimit {
         let Err(wait) = self.take(Arc::clone(&key), Instant::now()) else {
             return Ok(());
         };
-        let millis = wait.as_millis().max(1);
+        let millis = wait.as_millis().clamp(1, u128::from(u64::MAX));
         let mut error = Error::new(
             Code::ResourceExhausted,
             format!(
@@ -127,6 +153,16 @@ impl ServerInterceptor for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn odd_rates_do_not_panic() {
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300] {
+            let limit = RateLimit::per_second(rate, 1);
+            let now = Instant::now();
+            limit.take(Arc::from("a"), now).unwrap();
+            assert!(limit.take(Arc::from("a"), now).is_err() || rate.is_infinite());
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn each_caller_has_its_own_bucket_that_refills() {

@@ -15,11 +15,13 @@ use crate::{Code, Error, Idempotency};
 /// `resource_exhausted`, `internal`, `unknown`, and `deadline_exceeded` while the call's own
 /// deadline allows).
 ///
-/// - Never past the call's deadline: no backoff or attempt starts that could not end before it.
+/// - Never past the call's deadline: no backoff is waited that would end after it, and every
+///   attempt is cut at it.
 /// - Only methods marked idempotent or side-effect free, unless
 ///   [`Retry::non_idempotent`] says otherwise.
 /// - A retry budget: retries may add at most a fifth to the calls made (and 10 a second
-///   whatever the traffic), so that when a server is down, retries do not multiply the load.
+///   whatever the traffic; unspent, at most 100 are saved up), so that when a server is down,
+///   retries do not multiply the load.
 ///
 /// Add it with [`ChannelBuilder::wrap`](crate::ChannelBuilder::wrap), after a circuit breaker
 /// (so the breaker sees one outcome per call).
@@ -54,6 +56,14 @@ impl Budget {
     }
 }
 
+/// A seed for the jitter that differs between processes and instances (so clients that saw
+/// the same outage do not retry in step).
+fn seed() -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()))
+}
+
 impl Default for Retry {
     fn default() -> Self {
         Self::new()
@@ -84,7 +94,7 @@ impl Retry {
                 per_second: 10.0,
                 cap: 100.0,
             }),
-            seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            seed: AtomicU64::new(seed()),
         }
     }
 
