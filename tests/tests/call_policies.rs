@@ -272,3 +272,84 @@ async fn wrappers_run_in_order_auth_then_breaker_then_retry() {
         "the second failed call opens it"
     );
 }
+
+/// Answers every unary call with its own name.
+struct Named(&'static str);
+
+impl InteropService for Named {
+    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
+        Ok(Response::new(Payload {
+            text: self.0.into(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Serves `Named(name)` on `addr` until `stop` fires.
+async fn serve_named(
+    name: &'static str,
+    addr: std::net::SocketAddr,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = connect_plugin::rpc::server::listen(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::new()
+        .shutdown_timeout(Duration::from_millis(100))
+        .add_service(InteropServiceServer::new(Named(name)).into_service());
+    let task = tokio::spawn(async move {
+        let _ = server
+            .serve_with_shutdown(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (stop, addr, task)
+}
+
+#[tokio::test]
+async fn failover_moves_to_a_healthy_endpoint_and_back() {
+    use connect_plugin::rpc::policy::Failover;
+
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (stop_a, a, task_a) = serve_named("a", any).await;
+    let (_stop_b, b, _task_b) = serve_named("b", any).await;
+    let channel = Failover::new(
+        [(format!("http://{a}"), 10), (format!("http://{b}"), 1)],
+        |endpoint| {
+            endpoint.wrap(
+                CircuitBreaker::new()
+                    .failure_threshold(1)
+                    .open_for(Duration::from_millis(300)),
+            )
+        },
+    )
+    .unwrap()
+    .channel(|c| c)
+    .unwrap();
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
+    let name = || {
+        let client = client.clone();
+        async move {
+            client
+                .unary(Payload::default())
+                .await
+                .map(|r| r.into_message().text)
+        }
+    };
+    assert_eq!(name().await.unwrap(), "a", "the preferred endpoint");
+
+    // A goes away: calls move to B without failing; A's breaker then skips it at once.
+    stop_a.send(()).unwrap();
+    task_a.await.unwrap();
+    assert_eq!(name().await.unwrap(), "b");
+    assert_eq!(name().await.unwrap(), "b");
+
+    // A comes back on its address: after the breaker's open time, calls return to it.
+    let (_stop_a, _, _task_a) = serve_named("a", a).await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(name().await.unwrap(), "a", "back to the preferred endpoint");
+}

@@ -521,20 +521,7 @@ impl Channel {
             deadline,
         };
         let call = async {
-            let reply = if inner.wrappers.is_empty() {
-                self.attempt(call, timeout).await
-            } else {
-                // The channel's timeout bounds the whole chain; each attempt carries what is
-                // left of it.
-                let send = move |call: UnaryCall| -> WrapFuture<'_> {
-                    let left =
-                        deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                    // Each attempt ends by the deadline itself, so wrappers see its outcome
-                    // (`deadline_exceeded`) rather than being dropped by the outer timeout.
-                    Box::pin(with_timeout(left, self.attempt(call, left)))
-                };
-                Next::new(&inner.wrappers, &send).run(call).await
-            }?;
+            let reply = self.chain(call, timeout).await?;
             let message = inner.codec.decode::<Res>(reply.message).map_err(|e| {
                 Error::internal(format!("cannot decode the response: {}", e.message()))
             })?;
@@ -543,6 +530,42 @@ impl Channel {
         let outcome = with_timeout(timeout, call).await;
         self.after(method, outcome.as_ref().map(Response::headers));
         outcome
+    }
+
+    /// Runs `call` through this channel's wrappers (if any) and transport.
+    async fn chain(&self, call: UnaryCall, timeout: Option<Duration>) -> Result<UnaryReply, Error> {
+        let inner = &*self.inner;
+        if inner.wrappers.is_empty() {
+            return self.attempt(call, timeout).await;
+        }
+        // The channel's timeout bounds the whole chain; each attempt carries what is left.
+        let deadline = call.deadline;
+        let send = move |call: UnaryCall| -> WrapFuture<'_> {
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            // Each attempt ends by the deadline itself, so wrappers see its outcome
+            // (`deadline_exceeded`) rather than being dropped by the outer timeout.
+            Box::pin(with_timeout(left, self.attempt(call, left)))
+        };
+        Next::new(&inner.wrappers, &send).run(call).await
+    }
+
+    /// Sends an already encoded unary call through this channel's wrappers and transport, by
+    /// `call.deadline` (else the channel's timeout): how a wrapper that picks among several
+    /// endpoints ([`crate::policy::Failover`]) sends a call to one. The message must be
+    /// encoded with this channel's codec.
+    ///
+    /// # Errors
+    /// As for [`Channel::unary`].
+    pub async fn call_unary(&self, mut call: UnaryCall) -> Result<UnaryReply, Error> {
+        let now = tokio::time::Instant::now();
+        let timeout = match call.deadline {
+            Some(deadline) => Some(deadline.saturating_duration_since(now)),
+            None => self.inner.timeout,
+        };
+        if call.deadline.is_none() {
+            call.deadline = timeout.map(|t| now + t);
+        }
+        with_timeout(timeout, self.chain(call, timeout)).await
     }
 
     /// Sends one attempt of a unary call and reads its answer (not yet decoded).

@@ -1,7 +1,8 @@
 //! Call policies.
 //!
-//! Clients, as [`Wrap`](crate::interceptor::Wrap)pers of a channel's unary calls: [`Retry`]
-//! and [`CircuitBreaker`], and credentials as interceptors ([`BearerToken`], [`ApiKey`]).
+//! Clients, as [`Wrap`](crate::interceptor::Wrap)pers of a channel's unary calls: [`Retry`],
+//! [`CircuitBreaker`] and [`Failover`] between endpoints, and credentials as interceptors
+//! ([`BearerToken`], [`ApiKey`]).
 //! Add wrappers in this order: auth, then the breaker, then retry (the breaker sees one
 //! outcome per call, retries stay inside it).
 //!
@@ -22,10 +23,12 @@
 
 mod auth;
 mod breaker;
+mod failover;
 mod rate_limit;
 mod retry;
 
 pub use auth::{ApiKey, Auth, BearerToken};
 pub use breaker::{BreakerState, CircuitBreaker};
+pub use failover::Failover;
 pub use rate_limit::RateLimit;
 pub use retry::Retry;
