@@ -138,3 +138,16 @@ pub async fn serve_interop_with(server: connect_plugin::rpc::Server) -> String {
     tokio::spawn(server.serve(listener));
     format!("{scheme}://{addr}")
 }
+
+/// Answers every unary call with its own name (other methods: `unimplemented`).
+#[derive(Debug, Clone, Copy)]
+pub struct Named(pub &'static str);
+
+impl InteropService for Named {
+    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
+        Ok(Response::new(Payload {
+            text: self.0.into(),
+            ..Default::default()
+        }))
+    }
+}

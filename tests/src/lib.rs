@@ -308,3 +308,34 @@ pub fn plugin_spec(
         managed: false,
     }
 }
+
+/// Kills process `pid` with SIGKILL.
+pub fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+/// Registers a provider of "kv" (self id "kv-provider", open joining) with the host at
+/// `host_url`, served at `base_url`; its client.
+pub async fn register_kv_provider(host_url: &str, base_url: String) -> connect_plugin::Client {
+    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
+    let provider = connect_plugin::Client::new(
+        connect_plugin::ClientConfig::new(host_url)
+            .self_id("kv-provider", "1.0.0")
+            .provides(["kv"]),
+    )
+    .expect("client");
+    provider
+        .register(RegisterServiceRequest {
+            service_type: "kv".into(),
+            version: "1.0.0".into(),
+            endpoint_path: "/kv.v1.KVService/".into(),
+            metadata: [("base_url".to_owned(), base_url)].into(),
+        })
+        .await
+        .expect("registered");
+    provider
+}

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use connect_plugin::rpc::policy::{BreakerState, CircuitBreaker, Retry};
 use connect_plugin::rpc::{Channel, ChannelBuilder, Server};
-use connect_plugin::{Code, Error, MessageStream, Request, Response, ServerStream, Streaming};
+use connect_plugin::{Code, Error, Request, Response};
 use connect_plugin_tests::interop::{
-    InteropService, InteropServicePlugin, InteropServiceServer, Payload,
+    InteropService, InteropServicePlugin, InteropServiceServer, Named, Payload,
 };
 
 /// Fails the first `count` calls for each `text` with `fail_code`, then answers; counts every
@@ -45,24 +45,6 @@ impl InteropService for Flaky {
     }
     async fn lookup(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
         self.answer(request.into_message())
-    }
-    async fn server_stream(
-        &self,
-        _: Request<Payload>,
-    ) -> Result<Response<ServerStream<Payload>>, Error> {
-        Ok(Response::new(MessageStream::from_iter([])))
-    }
-    async fn client_stream(
-        &self,
-        _: Request<Streaming<Payload>>,
-    ) -> Result<Response<Payload>, Error> {
-        Err(Error::unimplemented("not used"))
-    }
-    async fn bidi(
-        &self,
-        _: Request<Streaming<Payload>>,
-    ) -> Result<Response<ServerStream<Payload>>, Error> {
-        Err(Error::unimplemented("not used"))
     }
 }
 
@@ -271,18 +253,6 @@ async fn wrappers_run_in_order_auth_then_breaker_then_retry() {
         [(BreakerState::Closed, BreakerState::Open)],
         "the second failed call opens it"
     );
-}
-
-/// Answers every unary call with its own name.
-struct Named(&'static str);
-
-impl InteropService for Named {
-    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
-        Ok(Response::new(Payload {
-            text: self.0.into(),
-            ..Default::default()
-        }))
-    }
 }
 
 /// Serves `Named(name)` on `addr` until `stop` fires.

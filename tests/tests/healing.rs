@@ -18,13 +18,7 @@ const APP_TOKEN: &str = "app-join-token-0123456789abcdef";
 const LOGGER: &str = env!("CARGO_BIN_EXE_e2e-logger-plugin");
 const CACHE: &str = env!("CARGO_BIN_EXE_e2e-cache-plugin");
 
-fn kill9(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use connect_plugin_tests::kill9;
 
 /// The URL of the host `app` joined.
 fn platform_host_url(app: &Client) -> String {

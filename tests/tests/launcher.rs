@@ -24,13 +24,7 @@ fn alive(pid: u32) -> bool {
             .contains(") Z ")
 }
 
-fn kill9(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use connect_plugin_tests::kill9;
 
 #[tokio::test]
 async fn kill_9_is_noticed_within_a_second_and_the_plugin_comes_back() {

@@ -11,7 +11,7 @@ use connect_plugin::{
     ServiceRegistry, Streaming, host::registry::SelectionStrategy,
 };
 use connect_plugin_tests::interop::{
-    InteropService, InteropServicePlugin, InteropServiceServer, Payload,
+    InteropService, InteropServicePlugin, InteropServiceServer, Named, Payload,
 };
 use connect_plugin_tests::raw_http1;
 
@@ -121,18 +121,6 @@ async fn host_with_provider() -> (String, Client, String) {
     let service = InteropServiceServer::new(WhoCalls).into_service();
     let (provider, provider_id) = register_provider(&host_url, "echo", service).await;
     (host_url, provider, provider_id)
-}
-
-/// Answers every unary call with its own name.
-struct Named(&'static str);
-
-impl InteropService for Named {
-    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
-        Ok(Response::new(Payload {
-            text: self.0.into(),
-            ..Default::default()
-        }))
-    }
 }
 
 #[tokio::test]
@@ -451,29 +439,14 @@ async fn a_registration_must_name_one_service() {
 /// timeout and 10%, not `unavailable` much later.
 #[tokio::test]
 async fn a_routed_call_to_a_stopped_provider_ends_at_the_callers_deadline() {
-    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
     use kv::v1::{GetRequest, KvServicePlugin};
 
     let host_url = serve_host(connect_plugin_tests::open_registry()).await;
     let kv_process =
         connect_plugin_tests::launch_kv_plugin_for_anyone(env!("CARGO_BIN_EXE_e2e-kv-plugin"))
             .await;
-    let provider = Client::new(
-        ClientConfig::new(&host_url)
-            .self_id("kv-provider", "1.0.0")
-            .provides(["kv"]),
-    )
-    .unwrap();
-    let request = provider
-        .authenticated(RegisterServiceRequest {
-            service_type: "kv".into(),
-            version: "1.0.0".into(),
-            endpoint_path: "/kv.v1.KVService/".into(),
-            metadata: [("base_url".to_owned(), kv_process.endpoint())].into(),
-        })
-        .await
-        .unwrap();
-    provider.registry().register_service(request).await.unwrap();
+    let provider =
+        connect_plugin_tests::register_kv_provider(&host_url, kv_process.endpoint()).await;
     let caller = Client::new(ClientConfig::new(&host_url).self_id("caller", "1.0.0")).unwrap();
     let kv = caller.provider::<KvServicePlugin>("").await.unwrap();
     kv.get(GetRequest { key: "k".into() })
@@ -668,33 +641,14 @@ async fn the_host_limits_routed_calls_per_calling_plugin() {
 /// the caller, directly and through the host: never a clean, silent end.
 #[tokio::test]
 async fn a_stream_cut_mid_way_ends_with_an_error_not_silently() {
-    use connect_plugin::proto::connectplugin::v1::RegisterServiceRequest;
     use kv::v1::{KvServicePlugin, PutRequest, WatchRequest};
 
     let kv_process =
         connect_plugin_tests::launch_kv_plugin_for_anyone(env!("CARGO_BIN_EXE_e2e-kv-plugin"))
             .await;
     let host_url = serve_host(connect_plugin_tests::open_registry()).await;
-    let provider = Client::new(
-        ClientConfig::new(&host_url)
-            .self_id("kv-provider", "1.0.0")
-            .provides(["kv"]),
-    )
-    .unwrap();
-    let registration = provider
-        .authenticated(RegisterServiceRequest {
-            service_type: "kv".into(),
-            version: "1.0.0".into(),
-            endpoint_path: "/kv.v1.KVService/".into(),
-            metadata: [("base_url".to_owned(), kv_process.endpoint())].into(),
-        })
-        .await
-        .unwrap();
-    provider
-        .registry()
-        .register_service(registration)
-        .await
-        .unwrap();
+    let _provider =
+        connect_plugin_tests::register_kv_provider(&host_url, kv_process.endpoint()).await;
     let direct = connect_plugin::dispense::<KvServicePlugin>(
         &connect_plugin::Channel::new(kv_process.endpoint()).unwrap(),
     );

@@ -4,7 +4,7 @@
 
 use connect_plugin::rpc::policy::{ApiKey, Auth, BearerToken, RateLimit};
 use connect_plugin::rpc::{Channel, ChannelBuilder, Server};
-use connect_plugin::{Code, Error, MessageStream, Request, Response, ServerStream, Streaming};
+use connect_plugin::{Code, Error, Request, Response};
 use connect_plugin_tests::interop::{
     InteropService, InteropServiceClient, InteropServicePlugin, InteropServiceServer, Payload,
 };
@@ -21,24 +21,6 @@ impl InteropService for WhoAmI {
     }
     async fn lookup(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
         self.unary(request).await
-    }
-    async fn server_stream(
-        &self,
-        _: Request<Payload>,
-    ) -> Result<Response<ServerStream<Payload>>, Error> {
-        Ok(Response::new(MessageStream::from_iter([])))
-    }
-    async fn client_stream(
-        &self,
-        _: Request<Streaming<Payload>>,
-    ) -> Result<Response<Payload>, Error> {
-        Err(Error::unimplemented("not used"))
-    }
-    async fn bidi(
-        &self,
-        _: Request<Streaming<Payload>>,
-    ) -> Result<Response<ServerStream<Payload>>, Error> {
-        Err(Error::unimplemented("not used"))
     }
 }
 
