@@ -323,3 +323,39 @@ async fn failover_moves_to_a_healthy_endpoint_and_back() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(name().await.unwrap(), "a", "back to the preferred endpoint");
 }
+
+/// Discovery feeds failover: every endpoint a discovery knows, by weight.
+#[tokio::test]
+async fn a_failover_channel_from_static_discovery() {
+    use connect_plugin::client::discovery::{Endpoint, StaticDiscovery, failover_channel};
+
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (stop_heavy, heavy, task) = serve_named("heavy", any).await;
+    let (_stop_light, light, _task) = serve_named("light", any).await;
+    let discovery = StaticDiscovery::new();
+    discovery.add_endpoint("echo", Endpoint::new(format!("http://{light}")));
+    discovery.add_endpoint(
+        "echo",
+        Endpoint {
+            weight: 5,
+            ..Endpoint::new(format!("http://{heavy}"))
+        },
+    );
+    let channel = failover_channel(&discovery, "echo", |e| e.wrap(CircuitBreaker::new()), |c| c)
+        .await
+        .unwrap();
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
+    let name = || {
+        let client = client.clone();
+        async move {
+            client
+                .unary(Payload::default())
+                .await
+                .map(|r| r.into_message().text)
+        }
+    };
+    assert_eq!(name().await.unwrap(), "heavy");
+    stop_heavy.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(name().await.unwrap(), "light");
+}

@@ -3,7 +3,9 @@
 //! takes the first endpoint and ignores weights, [`Client::discover`] picks the endpoint with
 //! the highest weight.
 //!
-//! It only picks a base URL from a list given up front; finding a provider at runtime through a
+//! [`failover_channel`] uses them all: one channel that fails over between the endpoints.
+//!
+//! It only picks base URLs from a list given up front; finding a provider at runtime through a
 //! host's registry is [`crate::Client::provider`], answered by [`crate::host::registry`].
 
 use std::collections::HashMap;
@@ -124,6 +126,24 @@ impl Client {
             .ok_or_else(|| Error::not_found(format!("no endpoints for service {service:?}")))?;
         Client::new(config.endpoint(best))
     }
+}
+
+/// A channel over every endpoint `discovery` knows for `service`, failing over between them
+/// by weight ([`Failover`](crate::rpc::policy::Failover)); `endpoint` configures each
+/// endpoint's channel (give each a circuit breaker there), `logical` the channel as a whole
+/// (a retry, outermost).
+///
+/// # Errors
+/// The discovery's error; a bad endpoint URL.
+pub async fn failover_channel(
+    discovery: &dyn Discovery,
+    service: &str,
+    endpoint: impl Fn(crate::rpc::ChannelBuilder) -> crate::rpc::ChannelBuilder,
+    logical: impl FnOnce(crate::rpc::ChannelBuilder) -> crate::rpc::ChannelBuilder,
+) -> Result<crate::Channel, Error> {
+    let endpoints = discovery.discover(service).await?;
+    crate::rpc::policy::Failover::new(endpoints.into_iter().map(|e| (e.url, e.weight)), endpoint)?
+        .channel(logical)
 }
 
 #[cfg(test)]
