@@ -13,6 +13,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# dnsmasq: the real DNS server the discovery tests query (Debian's dnsmasq-base, the binary
+# alone, no system service).
+if [ ! -x /usr/sbin/dnsmasq ] && ! command -v dnsmasq >/dev/null 2>&1; then
+  echo "==> apt-get install dnsmasq-base (the DNS server of the discovery tests)"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get install -y -q dnsmasq-base >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dnsmasq-base >/dev/null; }
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -5,7 +5,10 @@
 //!
 //! [`failover_channel`] uses them all: one channel that fails over between the endpoints.
 //!
-//! It only picks base URLs from a list given up front; finding a provider at runtime through a
+//! [`DnsDiscovery`] reads endpoints from DNS (SRV, A/AAAA), as a headless Kubernetes Service
+//! publishes them.
+//!
+//! It only picks base URLs from lists it is given or looks up; finding a provider at runtime through a
 //! host's registry is [`crate::Client::provider`], answered by [`crate::host::registry`].
 
 use std::collections::HashMap;
@@ -14,6 +17,10 @@ use std::pin::Pin;
 use std::sync::RwLock;
 
 use crate::{Client, ClientConfig, Error};
+
+mod dns;
+
+pub use dns::DnsDiscovery;
 
 /// A server offering a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
