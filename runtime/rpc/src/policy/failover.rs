@@ -1,7 +1,7 @@
 //! [`Failover`]: one logical channel over several endpoints of a service; calls go to the
 //! preferred healthy endpoint and move to the next when one fails.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::interceptor::{Next, UnaryCall, Wrap, WrapFuture};
 use crate::{Channel, ChannelBuilder, Code, Codec, Error};
@@ -23,15 +23,27 @@ use crate::{Channel, ChannelBuilder, Code, Codec, Error};
 /// # Ok::<(), connect_plugin_rpc::Error>(())
 /// ```
 ///
-/// Unary calls only; streams go to the first endpoint.
+/// Unary calls only; streams go to the first endpoint. Cheap to clone: clones share the
+/// endpoints, so a clone kept aside can [update](Failover::set_endpoints) them while the
+/// channel is in use (what a refreshing discovery does).
+#[derive(Clone)]
 pub struct Failover {
-    /// By weight, highest first (ties in the given order).
-    endpoints: Arc<[Member]>,
-    codec: Codec,
+    shared: Arc<Shared>,
 }
 
+type Configure = Box<dyn Fn(ChannelBuilder) -> ChannelBuilder + Send + Sync>;
+
+struct Shared {
+    /// By weight, highest first (ties in the given order).
+    endpoints: RwLock<Arc<[Member]>>,
+    codec: Codec,
+    configure: Configure,
+}
+
+#[derive(Clone)]
 struct Member {
     url: String,
+    weight: u32,
     channel: Channel,
 }
 
@@ -40,7 +52,11 @@ impl std::fmt::Debug for Failover {
         f.debug_struct("Failover")
             .field(
                 "endpoints",
-                &self.endpoints.iter().map(|m| &m.url).collect::<Vec<_>>(),
+                &self
+                    .endpoints()
+                    .iter()
+                    .map(|m| m.url.clone())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -53,7 +69,7 @@ impl Failover {
     /// `invalid_argument` for no endpoint or a bad URL.
     pub fn new<I, S>(
         endpoints: I,
-        configure: impl Fn(ChannelBuilder) -> ChannelBuilder,
+        configure: impl Fn(ChannelBuilder) -> ChannelBuilder + Send + Sync + 'static,
     ) -> Result<Self, Error>
     where
         I: IntoIterator<Item = (S, u32)>,
@@ -69,28 +85,78 @@ impl Failover {
     pub fn with_codec<I, S>(
         endpoints: I,
         codec: Codec,
-        configure: impl Fn(ChannelBuilder) -> ChannelBuilder,
+        configure: impl Fn(ChannelBuilder) -> ChannelBuilder + Send + Sync + 'static,
     ) -> Result<Self, Error>
     where
         I: IntoIterator<Item = (S, u32)>,
         S: Into<String>,
     {
-        let mut weighted: Vec<(u32, Member)> = Vec::new();
+        let failover = Self {
+            shared: Arc::new(Shared {
+                endpoints: RwLock::new(Arc::from(Vec::new())),
+                codec,
+                configure: Box::new(configure),
+            }),
+        };
+        failover.set_endpoints(endpoints)?;
+        Ok(failover)
+    }
+
+    /// A handle that does not keep the endpoints alive: what a background refresh holds, so
+    /// it ends with the channel.
+    pub fn downgrade(&self) -> WeakFailover {
+        WeakFailover(Arc::downgrade(&self.shared))
+    }
+
+    fn endpoints(&self) -> Arc<[Member]> {
+        Arc::clone(
+            &self
+                .shared
+                .endpoints
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the endpoints (a discovery refreshed them). Endpoints kept keep their channel,
+    /// and so their connection and breaker state.
+    ///
+    /// # Errors
+    /// `invalid_argument` for no endpoint or a bad URL; the endpoints are then unchanged.
+    pub fn set_endpoints<I, S>(&self, endpoints: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = (S, u32)>,
+        S: Into<String>,
+    {
+        let current = self.endpoints();
+        let mut members: Vec<Member> = Vec::new();
         for (url, weight) in endpoints {
             let url = url.into();
-            let channel = configure(Channel::builder(url.as_str()).codec(codec)).build()?;
-            weighted.push((weight, Member { url, channel }));
+            let channel = match current.iter().find(|m| m.url == url) {
+                Some(kept) => kept.channel.clone(),
+                None => {
+                    (self.shared.configure)(Channel::builder(url.as_str()).codec(self.shared.codec))
+                        .build()?
+                }
+            };
+            members.push(Member {
+                url,
+                weight,
+                channel,
+            });
         }
-        if weighted.is_empty() {
+        if members.is_empty() {
             return Err(Error::invalid_argument(
                 "Failover needs at least one endpoint",
             ));
         }
-        weighted.sort_by_key(|(weight, _)| std::cmp::Reverse(*weight));
-        Ok(Self {
-            endpoints: weighted.into_iter().map(|(_, m)| m).collect(),
-            codec,
-        })
+        members.sort_by_key(|m| std::cmp::Reverse(m.weight));
+        *self
+            .shared
+            .endpoints
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(members);
+        Ok(())
     }
 
     /// The logical channel: calls through it fail over between the endpoints. `configure`
@@ -102,11 +168,28 @@ impl Failover {
         self,
         configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder,
     ) -> Result<Channel, Error> {
-        let first = self.endpoints[0].url.clone();
-        let codec = self.codec;
+        let first = self.endpoints()[0].url.clone();
+        let codec = self.shared.codec;
         configure(Channel::builder(first).codec(codec))
             .wrap(self)
             .build()
+    }
+}
+
+/// A [`Failover`] that may be gone ([`Failover::downgrade`]).
+#[derive(Clone)]
+pub struct WeakFailover(std::sync::Weak<Shared>);
+
+impl std::fmt::Debug for WeakFailover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakFailover")
+    }
+}
+
+impl WeakFailover {
+    /// The failover, while a channel still uses it.
+    pub fn upgrade(&self) -> Option<Failover> {
+        self.0.upgrade().map(|shared| Failover { shared })
     }
 }
 
@@ -114,7 +197,8 @@ impl Wrap for Failover {
     fn unary<'a>(&'a self, call: UnaryCall, _: Next<'a>) -> WrapFuture<'a> {
         Box::pin(async move {
             let mut last = None;
-            for member in self.endpoints.iter() {
+            let endpoints = self.endpoints();
+            for member in endpoints.iter() {
                 match member.channel.call_unary(call.clone()).await {
                     Err(error) if error.code() == Code::Unavailable => {
                         tracing::debug!(endpoint = %member.url, "failing over: {error}");

@@ -29,6 +29,6 @@ mod retry;
 
 pub use auth::{ApiKey, Auth, BearerToken};
 pub use breaker::{BreakerState, CircuitBreaker};
-pub use failover::Failover;
+pub use failover::{Failover, WeakFailover};
 pub use rate_limit::RateLimit;
 pub use retry::Retry;

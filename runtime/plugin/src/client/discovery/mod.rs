@@ -145,12 +145,62 @@ impl Client {
 pub async fn failover_channel(
     discovery: &dyn Discovery,
     service: &str,
-    endpoint: impl Fn(crate::rpc::ChannelBuilder) -> crate::rpc::ChannelBuilder,
+    endpoint: impl Fn(crate::rpc::ChannelBuilder) -> crate::rpc::ChannelBuilder + Send + Sync + 'static,
     logical: impl FnOnce(crate::rpc::ChannelBuilder) -> crate::rpc::ChannelBuilder,
 ) -> Result<crate::Channel, Error> {
     let endpoints = discovery.discover(service).await?;
     crate::rpc::policy::Failover::new(endpoints.into_iter().map(|e| (e.url, e.weight)), endpoint)?
         .channel(logical)
+}
+
+/// [`failover_channel`] whose endpoints are discovered again every `every` while the channel
+/// is in use (endpoints kept keep their connection and breaker); a failed refresh keeps the
+/// endpoints known. The refresh ends when the channel (and every clone of it) is dropped.
+///
+/// # Errors
+/// As for [`failover_channel`] (the first discovery must succeed).
+pub async fn refreshing_failover_channel(
+    discovery: std::sync::Arc<dyn Discovery>,
+    service: impl Into<String>,
+    every: std::time::Duration,
+    endpoint: impl Fn(crate::rpc::ChannelBuilder) -> crate::rpc::ChannelBuilder + Send + Sync + 'static,
+    logical: impl FnOnce(crate::rpc::ChannelBuilder) -> crate::rpc::ChannelBuilder,
+) -> Result<crate::Channel, Error> {
+    let service = service.into();
+    let endpoints = discovery.discover(&service).await?;
+    let failover = crate::rpc::policy::Failover::new(
+        endpoints.into_iter().map(|e| (e.url, e.weight)),
+        endpoint,
+    )?;
+    let weak = failover.downgrade();
+    let channel = failover.channel(logical)?;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if weak.upgrade().is_none() {
+                return;
+            }
+            match discovery.discover(&service).await {
+                Ok(endpoints) => {
+                    let Some(failover) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(error) =
+                        failover.set_endpoints(endpoints.into_iter().map(|e| (e.url, e.weight)))
+                    {
+                        tracing::warn!(%service, "refreshed endpoints refused: {error}");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%service, "refreshing endpoints failed (keeping the known ones): {error}");
+                }
+            }
+        }
+    });
+    Ok(channel)
 }
 
 #[cfg(test)]
