@@ -19,6 +19,7 @@ use crate::{Code, Error, Idempotency};
 ///   attempt is cut at it.
 /// - Only methods marked idempotent or side-effect free, unless
 ///   [`Retry::non_idempotent`] says otherwise.
+/// - A server's `retry-after-ms` hint (a rate limit's) is waited for, if longer.
 /// - A retry budget: retries may add at most a fifth to the calls made (and 10 a second
 ///   whatever the traffic; unspent, at most 100 are saved up), so that when a server is down,
 ///   retries do not multiply the load.
@@ -212,7 +213,15 @@ impl Wrap for Retry {
                 if attempt >= self.max_attempts || !self.retryable_for(&call, &error) {
                     return Err(error);
                 }
-                let wait = self.jittered(attempt);
+                // A server that says when to come back (`retry-after-ms`, as a rate limit does)
+                // is not asked sooner.
+                let hinted = error
+                    .metadata()
+                    .get("retry-after-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_millis);
+                let wait = self.jittered(attempt).max(hinted.unwrap_or_default());
                 // Never past the call's deadline: a retry that could not finish is not made.
                 if call
                     .deadline
@@ -250,6 +259,51 @@ mod tests {
             let jittered = retry.jittered(1).as_millis();
             assert!((80..=120).contains(&jittered), "{n}: {jittered}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_for_the_servers_hint() {
+        use crate::interceptor::UnaryReply;
+        use crate::{Idempotency, MethodDescriptor, StreamKind};
+
+        static METHOD: MethodDescriptor = MethodDescriptor {
+            service: "t.T",
+            method: "M",
+            path: "/t.T/M",
+            kind: StreamKind::Unary,
+            idempotency: Idempotency::NoSideEffects,
+        };
+        let retry = Retry::new().jitter(0.0);
+        let calls = std::sync::Mutex::new(Vec::new());
+        let send = |_: UnaryCall| -> WrapFuture<'_> {
+            calls.lock().unwrap().push(Instant::now());
+            let first = calls.lock().unwrap().len() == 1;
+            Box::pin(async move {
+                if first {
+                    let mut limited = Error::new(Code::ResourceExhausted, "slow down");
+                    limited
+                        .metadata_mut()
+                        .insert("retry-after-ms", http::HeaderValue::from_static("700"));
+                    Err(limited)
+                } else {
+                    Ok(UnaryReply::default())
+                }
+            })
+        };
+        let call = UnaryCall {
+            method: &METHOD,
+            headers: http::HeaderMap::new(),
+            message: bytes::Bytes::new(),
+            deadline: None,
+        };
+        retry.unary(call, Next::new(&[], &send)).await.unwrap();
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            calls[1] - calls[0],
+            Duration::from_millis(700),
+            "not the 100 ms backoff"
+        );
     }
 
     #[tokio::test(start_paused = true)]
