@@ -91,6 +91,31 @@ async fn auth_names_the_principal_and_refuses_missing_or_bad_credentials() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     assert!(err.message().contains("not valid"), "{err}");
 
+    // A stream is refused in its end-stream message, as its handler would have refused it.
+    let streamed = async {
+        let mut stream = anonymous
+            .server_stream(Payload::default())
+            .await?
+            .into_message();
+        stream.message().await
+    };
+    let err = streamed.await.expect_err("a refused stream");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    // On the wire: HTTP 200 and the error in the end-stream message (Connect's streaming rule).
+    let raw = connect_plugin_tests::raw_http1(
+        url.trim_start_matches("http://").parse().unwrap(),
+        "POST",
+        "/interop.v1.InteropService/ServerStream",
+        &[
+            ("content-type", "application/connect+json"),
+            ("connect-protocol-version", "1"),
+        ],
+        b"\x00\x00\x00\x00\x02{}",
+    )
+    .await;
+    assert_eq!(raw.status, 200, "{}", raw.text());
+    assert!(raw.text().contains("unauthenticated"), "{}", raw.text());
+
     // An open procedure needs nothing, and names no one.
     let open = anonymous.lookup(Payload::default()).await.unwrap();
     assert_eq!(open.text, "");

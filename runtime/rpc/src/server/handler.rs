@@ -295,7 +295,7 @@ fn stream_response(call: &Call, headers: &HeaderMap, body: Body) -> http::Respon
 
 /// A streaming response that carries only an error in its end-stream message. The error's
 /// metadata travels in the end-stream message only.
-fn stream_error(call: &Call, error: &Error) -> http::Response<Body> {
+pub(crate) fn stream_error(call: &Call, error: &Error) -> http::Response<Body> {
     let mut out = http::Response::new(Body::full(stream::end_stream_error(error)));
     out.headers_mut()
         .insert(CONTENT_TYPE, call.codec.stream_content_type());

@@ -121,6 +121,12 @@ impl Router {
             };
             for interceptor in &self.interceptors {
                 if let Err(refused) = interceptor.before(&mut context) {
+                    // As the handler would have answered: a stream's error in its end-stream
+                    // message (metadata such as a retry hint included), a unary one with its
+                    // code's status.
+                    if kind.is_streaming() {
+                        return super::handler::stream_error(&call, &refused);
+                    }
                     return error_response_with_status(
                         &refused,
                         StatusCode::from_u16(refused.code().http_status())
