@@ -200,3 +200,51 @@ async fn a_registration_points_the_host_only_at_the_plugins_own_address() {
         .expect("its own address");
     assert_eq!(registry.providers("cache").len(), 4);
 }
+
+/// A plugin's secrets for its host (its control token, a join token from the environment) go
+/// to its own host (`HOST_URL`) only: not to another server it introduces itself to.
+#[tokio::test]
+async fn a_plugin_shows_its_control_token_to_no_server_but_its_host() {
+    use connect_plugin::proto::connectplugin::v1::{
+        HandshakeRequest, HandshakeResponse, HandshakeService, HandshakeServiceServer,
+    };
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    /// Records what a client tells it in the handshake.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Option<HashMap<String, String>>>>);
+    impl HandshakeService for Recorder {
+        async fn handshake(
+            &self,
+            request: connect_plugin::Request<HandshakeRequest>,
+        ) -> Result<connect_plugin::Response<HandshakeResponse>, connect_plugin::Error> {
+            *self.0.lock().unwrap() = Some(request.into_message().client_metadata);
+            Ok(connect_plugin::Response::new(HandshakeResponse {
+                core_protocol_version: 1,
+                app_protocol_version: 1,
+                ..Default::default()
+            }))
+        }
+    }
+    let recorder = Recorder::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        connect_plugin::rpc::Server::new()
+            .add_service(HandshakeServiceServer::new(recorder.clone()).into_service())
+            .serve(listener),
+    );
+    let client = Client::new(ClientConfig::new(&url).self_id("curious-plugin", "1.0.0")).unwrap();
+    client.connect().await.unwrap();
+    let told = recorder.0.lock().unwrap().clone().expect("a handshake");
+    assert!(told.contains_key("client_version"), "{told:?}");
+    assert!(
+        !told.contains_key(connect_plugin::handshake::CONTROL_TOKEN_KEY),
+        "{told:?}"
+    );
+    assert!(
+        !told.contains_key(connect_plugin::handshake::JOIN_TOKEN_KEY),
+        "{told:?}"
+    );
+}

@@ -66,6 +66,8 @@ pub struct ClientConfig {
     metadata: HashMap<String, String>,
     channel: Box<dyn FnOnce(ChannelBuilder) -> ChannelBuilder + Send>,
     launch_secret: Option<http::HeaderValue>,
+    /// Whether the endpoint is this plugin's own host (`HOST_URL`).
+    own_host: bool,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -105,6 +107,7 @@ impl ClientConfig {
             metadata,
             channel: Box::new(|b| b),
             launch_secret: None,
+            own_host,
         }
     }
 
@@ -130,6 +133,8 @@ impl ClientConfig {
     #[must_use]
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = endpoint.into();
+        self.own_host = std::env::var("HOST_URL")
+            .is_ok_and(|host| host.trim_end_matches('/') == self.endpoint.trim_end_matches('/'));
         self
     }
 
@@ -318,6 +323,9 @@ pub struct Client {
     registered: std::sync::Mutex<Vec<wire::RegisterServiceRequest>>,
     /// Whether some of them still have to be registered again.
     pending: AtomicBool,
+    /// Whether the endpoint is this plugin's own host (`HOST_URL`): only it gets the
+    /// control token.
+    joins_own_host: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -388,6 +396,7 @@ impl Client {
             last_health: std::sync::Mutex::new((wire::HealthState::Healthy, String::new())),
             registered: std::sync::Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
+            joins_own_host: config.own_host,
         })
     }
 
@@ -493,8 +502,9 @@ impl Client {
             client_metadata.remove(crate::handshake::JOIN_TOKEN_KEY);
         }
         client_metadata.insert("client_version".into(), env!("CARGO_PKG_VERSION").into());
-        if self.self_id.is_some() {
-            // The host this plugin joins (and only it) may stop it: PluginControl.Shutdown.
+        if self.self_id.is_some() && self.joins_own_host {
+            // The host this plugin joins (its HOST_URL, and only it) may stop it:
+            // PluginControl.Shutdown.
             client_metadata.insert(
                 crate::serve::control::CONTROL_TOKEN_KEY.into(),
                 crate::serve::control::token().to_owned(),

@@ -3,7 +3,8 @@
 //! did not launch (deployment model B).
 //!
 //! Who may stop a plugin: its host. A plugin process has one random control token
-//! (random, made on first use); a client that joins a host with a `self_id` hands it to that host in the
+//! (random, made on first use); a client that joins its own host (`HOST_URL`) with a `self_id`
+//! hands it to that host, and no other server, in the
 //! handshake (client metadata [`CONTROL_TOKEN_KEY`]), and only a call carrying it in
 //! [`CONTROL_TOKEN_HEADER`] is obeyed. `GetHealth` answers anyone the server answers.
 //!

@@ -578,7 +578,13 @@ async fn stop_signal(launched: bool) {
                 let mut stdin = std::io::stdin();
                 let mut buf = [0u8; 64];
                 // Anything the host writes is ignored; end of file (or an error) means "stop".
-                while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+                loop {
+                    match stdin.read(&mut buf) {
+                        Ok(n) if n > 0 => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        _ => break,
+                    }
+                }
                 let _ = closed.send(());
             });
         if watcher.is_err() || on_close.await.is_err() {

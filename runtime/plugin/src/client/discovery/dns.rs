@@ -128,17 +128,33 @@ impl DnsDiscovery {
         let mut endpoints = Vec::new();
         if service.starts_with('_') {
             let answer = self.query(service, TYPE_SRV).await?;
+            let mut resolved: Vec<(String, Vec<IpAddr>)> = Vec::new();
             for srv in &answer.services {
+                // "." says the service is not available there (RFC 2782).
+                if srv.target.is_empty() {
+                    continue;
+                }
                 let known: Vec<IpAddr> = answer
                     .additional
                     .iter()
                     .filter(|(name, _)| name.eq_ignore_ascii_case(&srv.target))
                     .map(|(_, ip)| *ip)
                     .collect();
-                let ips = if known.is_empty() {
-                    self.addresses(&srv.target).await?
-                } else {
+                let ips = if !known.is_empty() {
                     known
+                } else if let Some((_, ips)) = resolved
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(&srv.target))
+                {
+                    ips.clone()
+                } else {
+                    // One target that does not resolve does not hide the others.
+                    let ips = self.addresses(&srv.target).await.unwrap_or_else(|error| {
+                        tracing::warn!(target = %srv.target, "SRV target not resolved: {error}");
+                        Vec::new()
+                    });
+                    resolved.push((srv.target.clone(), ips.clone()));
+                    ips
                 };
                 // Lower priority first, then higher weight: one number, higher wins.
                 let weight = (u32::from(u16::MAX - srv.priority) << 16) | u32::from(srv.weight);
@@ -177,7 +193,22 @@ impl Discovery for DnsDiscovery {
         &'a self,
         service: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Endpoint>, Error>> + Send + 'a>> {
-        Box::pin(self.endpoints(service))
+        // However many targets an SRV answer names, a discovery ends in bounded time.
+        let overall = self.timeout.saturating_mul(5);
+        Box::pin(async move {
+            tokio::time::timeout(overall, self.endpoints(service))
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "discovering {service:?} with DNS server {} took over {} ms",
+                            self.server,
+                            overall.as_millis()
+                        ),
+                    )
+                })?
+        })
     }
 }
 
@@ -185,7 +216,7 @@ fn encode_query(id: u16, name: &str, record: u16) -> Result<Vec<u8>, Error> {
     let mut packet = Vec::with_capacity(32 + name.len());
     packet.extend_from_slice(&id.to_be_bytes());
     packet.extend_from_slice(&[0x01, 0x00]); // a standard query, recursion desired
-    packet.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // one question
+    packet.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]); // one question, one OPT record
     for label in name.trim_end_matches('.').split('.') {
         if label.is_empty() || label.len() > 63 {
             return Err(Error::invalid_argument(format!(
@@ -198,6 +229,8 @@ fn encode_query(id: u16, name: &str, record: u16) -> Result<Vec<u8>, Error> {
     packet.push(0);
     packet.extend_from_slice(&record.to_be_bytes());
     packet.extend_from_slice(&[0, 1]); // class IN
+    // EDNS0: answers up to 4 KiB over UDP (a large SRV set fits, not truncated at 512 bytes).
+    packet.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
     Ok(packet)
 }
 
@@ -235,6 +268,9 @@ fn read_name(packet: &[u8], at: &mut usize) -> Result<String, Error> {
             }
             return Ok(labels.join("."));
         }
+        if len & 0xC0 == 0x40 || len & 0xC0 == 0x80 {
+            return Err(malformed()); // reserved label types
+        }
         if len & 0xC0 == 0xC0 {
             let low = *packet.get(pos + 1).ok_or_else(malformed)?;
             if !jumped {
@@ -260,6 +296,9 @@ fn read_u16(packet: &[u8], at: usize) -> Result<u16, Error> {
 fn decode_answer(packet: &[u8]) -> Result<Answer, Error> {
     if packet.len() < 12 {
         return Err(malformed());
+    }
+    if packet[2] & 0x02 != 0 {
+        tracing::warn!("the DNS answer was truncated: some endpoints may be missing");
     }
     let rcode = packet[3] & 0x0F;
     if rcode == 3 {

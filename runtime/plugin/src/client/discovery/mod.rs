@@ -153,9 +153,11 @@ pub async fn failover_channel(
         .channel(logical)
 }
 
-/// [`failover_channel`] whose endpoints are discovered again every `every` while the channel
-/// is in use (endpoints kept keep their connection and breaker); a failed refresh keeps the
-/// endpoints known. The refresh ends when the channel (and every clone of it) is dropped.
+/// [`failover_channel`] whose endpoints are discovered again every `every` (at least 10 ms)
+/// while the channel is in use (endpoints kept keep their connection and breaker); a failed
+/// refresh keeps the endpoints known. The refresh ends when the channel (and every clone of
+/// it) is dropped. Unary calls follow the endpoints; streams go to the endpoint that was
+/// first when the channel was made.
 ///
 /// # Errors
 /// As for [`failover_channel`] (the first discovery must succeed).
@@ -175,7 +177,7 @@ pub async fn refreshing_failover_channel(
     let weak = failover.downgrade();
     let channel = failover.channel(logical)?;
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
+        let mut ticks = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {

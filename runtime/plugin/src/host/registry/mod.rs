@@ -716,6 +716,12 @@ impl ServiceRegistry {
             };
             (base_url, token, secret)
         };
+        if base_url.starts_with("http://")
+            && Origin::parse(&base_url)
+                .is_ok_and(|o| !o.is_at(std::net::SocketAddr::from(([127, 0, 0, 1], 0))))
+        {
+            tracing::warn!(%runtime_id, %base_url, "sending a plugin's control token in cleartext over the network: serve plugins over TLS");
+        }
         let mut builder = crate::Channel::builder(base_url.as_str())
             .timeout(std::time::Duration::from_secs(10))
             .header(
