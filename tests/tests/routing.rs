@@ -702,3 +702,49 @@ async fn a_stream_cut_mid_way_ends_with_an_error_not_silently() {
         );
     }
 }
+
+/// Always fails, as a provider in trouble does.
+struct Down;
+
+impl InteropService for Down {
+    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
+        Err(Error::unavailable("down for maintenance"))
+    }
+}
+
+/// A breaker per provider client: a provider that keeps failing opens its own breaker, and
+/// the client's calls to the host and to other providers go on.
+#[tokio::test]
+async fn each_provider_client_has_a_breaker_of_its_own() {
+    use connect_plugin::proto::connectplugin::v1::HealthState;
+    use connect_plugin::rpc::policy::CircuitBreaker;
+
+    let host_url = serve_host(connect_plugin_tests::open_registry()).await;
+    register_provider(
+        &host_url,
+        "down",
+        InteropServiceServer::new(Down).into_service(),
+    )
+    .await;
+    let app = Client::new(
+        ClientConfig::new(&host_url)
+            .self_id("app", "1.0.0")
+            .provider_wrapper(|| CircuitBreaker::new().failure_threshold(2)),
+    )
+    .unwrap();
+    let failing = app.provider::<InteropServicePlugin>("").await.unwrap();
+    for _ in 0..2 {
+        let err = failing.unary(Payload::default()).await.unwrap_err();
+        assert!(err.message().contains("down for maintenance"), "{err}");
+    }
+    let err = failing.unary(Payload::default()).await.unwrap_err();
+    assert!(err.message().contains("circuit breaker open"), "{err}");
+
+    // The host is not behind that breaker, nor is another provider client.
+    app.report_health(HealthState::Healthy, "")
+        .await
+        .expect("calls to the host go on");
+    let fresh = app.provider::<InteropServicePlugin>("").await.unwrap();
+    let err = fresh.unary(Payload::default()).await.unwrap_err();
+    assert!(err.message().contains("down for maintenance"), "{err}");
+}

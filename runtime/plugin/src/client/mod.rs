@@ -68,7 +68,11 @@ pub struct ClientConfig {
     launch_secret: Option<http::HeaderValue>,
     /// Whether the endpoint is this plugin's own host (`HOST_URL`).
     own_host: bool,
+    provider_wrapper: Option<ProviderWrapper>,
 }
+
+/// Makes the wrapper each provider client gets for itself.
+type ProviderWrapper = Arc<dyn Fn() -> Arc<dyn crate::rpc::interceptor::Wrap> + Send + Sync>;
 
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,7 +112,23 @@ impl ClientConfig {
             channel: Box::new(|b| b),
             launch_secret: None,
             own_host,
+            provider_wrapper: None,
         }
+    }
+
+    /// Gives each typed provider client ([`Client::provider`]) a wrapper of its own, made by
+    /// `make` (for example a [`CircuitBreaker`](crate::rpc::policy::CircuitBreaker) per
+    /// provider), inside the channel's own wrappers: a provider that keeps failing opens its
+    /// breaker alone, not the host's or other providers'.
+    #[must_use]
+    pub fn provider_wrapper<W: crate::rpc::interceptor::Wrap>(
+        mut self,
+        make: impl Fn() -> W + Send + Sync + 'static,
+    ) -> Self {
+        self.provider_wrapper = Some(Arc::new(move || {
+            Arc::new(make()) as Arc<dyn crate::rpc::interceptor::Wrap>
+        }));
+        self
     }
 
     /// Sends the launch secret of a plugin this host launched on every call (what
@@ -326,6 +346,7 @@ pub struct Client {
     /// Whether the endpoint is this plugin's own host (`HOST_URL`): only it gets the
     /// control token.
     joins_own_host: bool,
+    provider_wrapper: Option<ProviderWrapper>,
 }
 
 impl std::fmt::Debug for Client {
@@ -397,6 +418,7 @@ impl Client {
             registered: std::sync::Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
             joins_own_host: config.own_host,
+            provider_wrapper: config.provider_wrapper,
         })
     }
 

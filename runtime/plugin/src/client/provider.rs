@@ -62,9 +62,12 @@ impl Client {
             Error::invalid_argument(format!("min_version {min_version:?} is not a version"))
         })?;
         headers.insert(super::REROUTE_HEADER, accepted);
-        Ok(P::client(
-            self.channel.derive(&endpoint.endpoint_url, headers)?,
-        ))
+        let own = self.provider_wrapper.as_ref().map(|make| make());
+        Ok(P::client(self.channel.derive_wrapped(
+            &endpoint.endpoint_url,
+            headers,
+            own,
+        )?))
     }
 
     /// Registers a service this plugin provides with the host's registry, with this client's

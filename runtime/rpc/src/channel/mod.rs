@@ -452,6 +452,28 @@ impl Channel {
         })
     }
 
+    /// [`Channel::derive`], with `wrappers` added after this channel's own (innermost): for
+    /// policies that belong to the derived target alone, such as a circuit breaker per
+    /// provider routed through a host.
+    ///
+    /// # Errors
+    /// As for [`Channel::derive`].
+    pub fn derive_wrapped(
+        &self,
+        path: &str,
+        metadata: HeaderMap,
+        wrappers: impl IntoIterator<Item = Arc<dyn Wrap>>,
+    ) -> Result<Channel, Error> {
+        let mut derived = self.derive(path, metadata)?;
+        let extra: Vec<Arc<dyn Wrap>> = wrappers.into_iter().collect();
+        if !extra.is_empty()
+            && let Some(inner) = Arc::get_mut(&mut derived.inner)
+        {
+            inner.wrappers.extend(extra);
+        }
+        Ok(derived)
+    }
+
     /// This channel with `timeout` as its default call timeout if it has none.
     pub(crate) fn or_timeout(mut self, timeout: Duration) -> Channel {
         if self.inner.timeout.is_none()
