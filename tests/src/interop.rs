@@ -151,3 +151,39 @@ impl InteropService for Named {
         }))
     }
 }
+
+/// Serves [`Named`]`(name)` on `addr` (port 0: any free one) until the returned sender fires
+/// (or is dropped); the task ends once the server has drained.
+pub async fn serve_named(
+    name: &'static str,
+    addr: std::net::SocketAddr,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = connect_plugin::rpc::server::listen(addr)
+        .await
+        .expect("listen");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = connect_plugin::rpc::Server::new()
+        .shutdown_timeout(Duration::from_millis(100))
+        .add_service(InteropServiceServer::new(Named(name)).into_service());
+    let task = tokio::spawn(async move {
+        let _ = server
+            .serve_with_shutdown(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (stop, addr, task)
+}
+
+/// The name of the [`Named`] server a unary call through `client` reached.
+pub async fn answered_by(client: &InteropServiceClient) -> Result<String, Error> {
+    client
+        .unary(Payload::default())
+        .await
+        .map(|r| r.into_message().text)
+}

@@ -339,3 +339,66 @@ pub async fn register_kv_provider(host_url: &str, base_url: String) -> connect_p
         .expect("registered");
     provider
 }
+
+/// A host with a registry on a loopback address that can be restarted there, as a new
+/// process that knows nothing of the plugins the old one had.
+pub struct RestartableHost {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its URL.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), connect_plugin::Error>>>,
+}
+
+impl RestartableHost {
+    /// Serves `registry` on a free port.
+    pub async fn start(registry: &connect_plugin::ServiceRegistry) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut host = Self {
+            addr,
+            url: format!("http://{addr}"),
+            stop: None,
+            task: None,
+        };
+        host.serve(registry, listener);
+        host
+    }
+
+    fn serve(
+        &mut self,
+        registry: &connect_plugin::ServiceRegistry,
+        listener: tokio::net::TcpListener,
+    ) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(connect_plugin::serve(
+            connect_plugin::ServeConfig::new()
+                .registry(registry.clone())
+                .listener(listener)
+                .shutdown_timeout(Duration::from_millis(200))
+                .stop_signal(async {
+                    let _ = stopped.await;
+                }),
+        )));
+    }
+
+    /// Stops the host (its calls drained) and serves `registry` on the same address.
+    pub async fn restart(&mut self, registry: &connect_plugin::ServiceRegistry) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("the host task")
+                .expect("the host stopped cleanly");
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("the address is free again");
+        self.serve(registry, listener);
+    }
+}

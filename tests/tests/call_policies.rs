@@ -9,7 +9,7 @@ use connect_plugin::rpc::policy::{BreakerState, CircuitBreaker, Retry};
 use connect_plugin::rpc::{Channel, ChannelBuilder, Server};
 use connect_plugin::{Code, Error, Request, Response};
 use connect_plugin_tests::interop::{
-    InteropService, InteropServicePlugin, InteropServiceServer, Named, Payload,
+    InteropService, InteropServicePlugin, InteropServiceServer, Payload, answered_by, serve_named,
 };
 
 /// Fails the first `count` calls for each `text` with `fail_code`, then answers; counts every
@@ -255,31 +255,6 @@ async fn wrappers_run_in_order_auth_then_breaker_then_retry() {
     );
 }
 
-/// Serves `Named(name)` on `addr` until `stop` fires.
-async fn serve_named(
-    name: &'static str,
-    addr: std::net::SocketAddr,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    std::net::SocketAddr,
-    tokio::task::JoinHandle<()>,
-) {
-    let listener = connect_plugin::rpc::server::listen(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::new()
-        .shutdown_timeout(Duration::from_millis(100))
-        .add_service(InteropServiceServer::new(Named(name)).into_service());
-    let task = tokio::spawn(async move {
-        let _ = server
-            .serve_with_shutdown(listener, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    (stop, addr, task)
-}
-
 #[tokio::test]
 async fn failover_moves_to_a_healthy_endpoint_and_back() {
     use connect_plugin::rpc::policy::Failover;
@@ -301,27 +276,26 @@ async fn failover_moves_to_a_healthy_endpoint_and_back() {
     .channel(|c| c)
     .unwrap();
     let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
-    let name = || {
-        let client = client.clone();
-        async move {
-            client
-                .unary(Payload::default())
-                .await
-                .map(|r| r.into_message().text)
-        }
-    };
-    assert_eq!(name().await.unwrap(), "a", "the preferred endpoint");
+    assert_eq!(
+        answered_by(&client).await.unwrap(),
+        "a",
+        "the preferred endpoint"
+    );
 
     // A goes away: calls move to B without failing; A's breaker then skips it at once.
     stop_a.send(()).unwrap();
     task_a.await.unwrap();
-    assert_eq!(name().await.unwrap(), "b");
-    assert_eq!(name().await.unwrap(), "b");
+    assert_eq!(answered_by(&client).await.unwrap(), "b");
+    assert_eq!(answered_by(&client).await.unwrap(), "b");
 
     // A comes back on its address: after the breaker's open time, calls return to it.
     let (_stop_a, _, _task_a) = serve_named("a", a).await;
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(name().await.unwrap(), "a", "back to the preferred endpoint");
+    assert_eq!(
+        answered_by(&client).await.unwrap(),
+        "a",
+        "back to the preferred endpoint"
+    );
 }
 
 /// Discovery feeds failover: every endpoint a discovery knows, by weight.
@@ -345,17 +319,8 @@ async fn a_failover_channel_from_static_discovery() {
         .await
         .unwrap();
     let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
-    let name = || {
-        let client = client.clone();
-        async move {
-            client
-                .unary(Payload::default())
-                .await
-                .map(|r| r.into_message().text)
-        }
-    };
-    assert_eq!(name().await.unwrap(), "heavy");
+    assert_eq!(answered_by(&client).await.unwrap(), "heavy");
     stop_heavy.send(()).unwrap();
     task.await.unwrap();
-    assert_eq!(name().await.unwrap(), "light");
+    assert_eq!(answered_by(&client).await.unwrap(), "light");
 }

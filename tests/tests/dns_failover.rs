@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use connect_plugin::Code;
 use connect_plugin::client::discovery::{Discovery, DnsDiscovery, failover_channel};
-use connect_plugin::rpc::Server;
 use connect_plugin::rpc::policy::CircuitBreaker;
-use connect_plugin_tests::interop::{InteropServicePlugin, InteropServiceServer, Named, Payload};
+use connect_plugin_tests::interop::{InteropServicePlugin, answered_by, serve_named};
+
+/// Any free loopback port.
+fn any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
 
 /// The dnsmasq binary; fails (never skips) when it is missing.
 fn dnsmasq() -> &'static str {
@@ -20,24 +24,6 @@ fn dnsmasq() -> &'static str {
             "dnsmasq is missing: the DNS discovery tests need it. scripts/test.sh installs it \
              (apt-get install dnsmasq-base)",
         )
-}
-
-/// Serves `Named(name)` until `stop` fires; its address.
-async fn serve_named(name: &'static str) -> (tokio::sync::oneshot::Sender<()>, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::new()
-        .shutdown_timeout(Duration::from_millis(100))
-        .add_service(InteropServiceServer::new(Named(name)).into_service());
-    tokio::spawn(async move {
-        let _ = server
-            .serve_with_shutdown(listener, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    (stop, addr)
 }
 
 /// dnsmasq on loopback `port`, publishing `_echo._tcp.test.internal` at each `(name, port,
@@ -119,8 +105,8 @@ async fn answered(
 async fn a_refreshing_channel_follows_what_dns_publishes() {
     use connect_plugin::client::discovery::refreshing_failover_channel;
 
-    let (stop_a, a) = serve_named("a").await;
-    let (_stop_b, b) = serve_named("b").await;
+    let (stop_a, a, _) = serve_named("a", any()).await;
+    let (_stop_b, b, _) = serve_named("b", any()).await;
     let port = free_port();
     let mut dns_server = publish(port, &[("a", a.port(), 0)]);
     let dns = DnsDiscovery::new(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -136,16 +122,7 @@ async fn a_refreshing_channel_follows_what_dns_publishes() {
     .await
     .unwrap();
     let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
-    let name = || {
-        let client = client.clone();
-        async move {
-            client
-                .unary(Payload::default())
-                .await
-                .map(|r| r.into_message().text)
-        }
-    };
-    assert_eq!(name().await.unwrap(), "a");
+    assert_eq!(answered_by(&client).await.unwrap(), "a");
 
     // DNS now publishes b instead of a (a is retired): the channel follows within a refresh.
     dns_server.kill().await.unwrap(); // and waited for, so its port is free again
@@ -158,7 +135,7 @@ async fn a_refreshing_channel_follows_what_dns_publishes() {
     stop_a.send(()).unwrap();
     let started = std::time::Instant::now();
     loop {
-        if name().await.is_ok_and(|n| n == "b") {
+        if answered_by(&client).await.is_ok_and(|n| n == "b") {
             break;
         }
         assert!(
@@ -171,8 +148,8 @@ async fn a_refreshing_channel_follows_what_dns_publishes() {
 
 #[tokio::test]
 async fn calls_fail_over_between_the_providers_dns_publishes() {
-    let (stop_a, a) = serve_named("a").await;
-    let (_stop_b, b) = serve_named("b").await;
+    let (stop_a, a, _) = serve_named("a", any()).await;
+    let (_stop_b, b, _) = serve_named("b", any()).await;
     let port = free_port();
     // a is preferred (priority 0); b backs it up (priority 10).
     let mut dns_server = publish(port, &[("a", a.port(), 0), ("b", b.port(), 10)]);
@@ -211,17 +188,12 @@ async fn calls_fail_over_between_the_providers_dns_publishes() {
     .await
     .unwrap();
     let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
-    let name = || {
-        let client = client.clone();
-        async move {
-            client
-                .unary(Payload::default())
-                .await
-                .map(|r| r.into_message().text)
-        }
-    };
-    assert_eq!(name().await.unwrap(), "a");
+    assert_eq!(answered_by(&client).await.unwrap(), "a");
     stop_a.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(name().await.unwrap(), "b", "failed over to the backup");
+    assert_eq!(
+        answered_by(&client).await.unwrap(),
+        "b",
+        "failed over to the backup"
+    );
 }

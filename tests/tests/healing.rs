@@ -313,7 +313,7 @@ async fn a_lost_dependency_degrades_its_dependent_which_recovers_when_one_return
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_host_restart_a_self_registering_plugin_is_back_within_5_s() {
     use connect_plugin::handshake::JOIN_TOKEN_ENV;
-    use connect_plugin::{LaunchConfig, PluginProcess, ServeConfig};
+    use connect_plugin::{LaunchConfig, PluginProcess};
 
     const TOKEN: &str = "logger-join-token-0123456789abcdef";
     let registry = || {
@@ -324,20 +324,9 @@ async fn after_a_host_restart_a_self_registering_plugin_is_back_within_5_s() {
             .unwrap();
         registry
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let host_url = format!("http://{addr}");
     let first = registry();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let first_host = tokio::spawn(connect_plugin::serve(
-        ServeConfig::new()
-            .registry(first.clone())
-            .listener(listener)
-            .shutdown_timeout(Duration::from_millis(200))
-            .stop_signal(async {
-                let _ = stopped.await;
-            }),
-    ));
+    let mut host = connect_plugin_tests::RestartableHost::start(&first).await;
+    let host_url = host.url.clone();
     // The example logger in deployment model B: it joins with the operator's token.
     let _logger = PluginProcess::launch(
         LaunchConfig::new("logger", LOGGER)
@@ -354,15 +343,8 @@ async fn after_a_host_restart_a_self_registering_plugin_is_back_within_5_s() {
     .expect("registered with the first host");
 
     // The host restarts on the same address and knows nothing of the plugin.
-    stop.send(()).unwrap();
-    first_host.await.unwrap().unwrap();
     let second = registry();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(connect_plugin::serve(
-        ServeConfig::new()
-            .registry(second.clone())
-            .listener(listener),
-    ));
+    host.restart(&second).await;
     let back = within(Duration::from_secs(5), || {
         !second.providers("logger").is_empty()
     })

@@ -95,34 +95,16 @@ async fn a_plugin_keeps_its_identity_across_token_expiry() {
 
 #[tokio::test]
 async fn after_a_host_restart_heartbeats_join_again() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let host_url = format!("http://{addr}");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let first_host = tokio::spawn(connect_plugin::serve(
-        ServeConfig::new()
-            .registry(registry())
-            .listener(listener)
-            .shutdown_timeout(Duration::from_millis(200))
-            .stop_signal(async {
-                let _ = stopped.await;
-            }),
-    ));
+    let mut host = connect_plugin_tests::RestartableHost::start(&registry()).await;
+    let host_url = host.url.clone();
     let cache = plugin(&host_url);
     cache.report_health(HealthState::Healthy, "").await.unwrap();
     let first = cache.runtime_identity().unwrap();
     let _beat = cache.heartbeat(Duration::from_millis(100));
 
     // The host restarts with the same operator token; it knows nothing of the old identity.
-    stop.send(()).unwrap();
-    first_host.await.unwrap().unwrap();
     let second = registry();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(connect_plugin::serve(
-        ServeConfig::new()
-            .registry(second.clone())
-            .listener(listener),
-    ));
+    host.restart(&second).await;
     let rejoined = async {
         loop {
             if let Some(now) = cache.runtime_identity()
