@@ -139,16 +139,30 @@ pub async fn serve_interop_with(server: connect_plugin::rpc::Server) -> String {
     format!("{scheme}://{addr}")
 }
 
-/// Answers every unary call with its own name (other methods: `unimplemented`).
+/// Answers every unary call, and every server-streaming call with one message, with its own
+/// name (other methods: `unimplemented`).
 #[derive(Debug, Clone, Copy)]
 pub struct Named(pub &'static str);
 
-impl InteropService for Named {
-    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
-        Ok(Response::new(Payload {
+impl Named {
+    fn payload(&self) -> Payload {
+        Payload {
             text: self.0.into(),
             ..Default::default()
-        }))
+        }
+    }
+}
+
+impl InteropService for Named {
+    async fn unary(&self, _: Request<Payload>) -> Result<Response<Payload>, Error> {
+        Ok(Response::new(self.payload()))
+    }
+
+    async fn server_stream(
+        &self,
+        _: Request<Payload>,
+    ) -> Result<Response<ServerStream<Payload>>, Error> {
+        Ok(Response::new(MessageStream::from_iter([self.payload()])))
     }
 }
 
@@ -178,6 +192,16 @@ pub async fn serve_named(
             .await;
     });
     (stop, addr, task)
+}
+
+/// The name of the [`Named`] server a server-streaming call through `client` reached.
+pub async fn streamed_by(client: &InteropServiceClient) -> Result<String, Error> {
+    let mut stream = client
+        .server_stream(Payload::default())
+        .await?
+        .into_message();
+    let first = stream.message().await?;
+    Ok(first.map(|p| p.text).unwrap_or_default())
 }
 
 /// The name of the [`Named`] server a unary call through `client` reached.

@@ -12,7 +12,7 @@ use connect_plugin::{
     Channel, Client, ClientConfig, Code, LaunchConfig, PluginProcess, ServiceRegistry,
 };
 use connect_plugin_tests::{launch_kv_plugin, raw_http1};
-use kv::v1::{GetRequest, KvServicePlugin};
+use kv::v1::{GetRequest, KvServicePlugin, WatchRequest};
 
 const KV_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-kv-plugin");
 const LOGGER_PLUGIN: &str = env!("CARGO_BIN_EXE_e2e-logger-plugin");
@@ -49,7 +49,36 @@ async fn a_launched_plugin_refuses_calls_without_its_launch_secret() {
         let err = kv.get(get()).await.expect_err(what);
         assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err}");
         assert!(err.message().contains(LAUNCH_SECRET_HEADER), "{err}");
+        // A stream is refused as a stream (in its end-stream message), so a streaming
+        // client reads the same error rather than an HTTP status.
+        let refused = match kv.watch(WatchRequest::default()).await {
+            Err(err) => err,
+            Ok(stream) => stream
+                .into_message()
+                .message()
+                .await
+                .expect_err("a refused stream"),
+        };
+        assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused}");
+        assert!(
+            refused.message().contains(LAUNCH_SECRET_HEADER),
+            "{refused}"
+        );
     }
+    let streamed = raw_http1(
+        plugin.addr(),
+        "POST",
+        "/kv.v1.KVService/Watch",
+        &[("content-type", "application/connect+json")],
+        b"\x00\x00\x00\x00\x02{}",
+    )
+    .await;
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    assert!(
+        streamed.text().contains("unauthenticated"),
+        "{}",
+        streamed.text()
+    );
     // The handshake too: a stranger learns nothing about what it serves.
     let stranger = Client::new(ClientConfig::new(&endpoint).plugin::<KvServicePlugin>()).unwrap();
     let err = stranger.connect().await.expect_err("no handshake");

@@ -2,7 +2,7 @@
 //! crate's internals only through this module.
 //!
 //! - Raw HTTP routes beside the Connect procedures (`/healthz`, the host's `/services/` and
-//!   `/capabilities/` proxies): `RawHandler`, `route_raw`, `route_prefix`, and
+//!   `/capabilities/` proxies): `RawHandler`, `route_raw`, `route_prefix`, `route_proxy`, and
 //!   `error_response` for their Connect-shaped errors.
 //! - In-process dispatch through a server's router (capabilities behind the broker's proxy):
 //!   `Dispatcher`.
@@ -48,6 +48,13 @@ pub fn route_raw(server: Server, path: &'static str, handler: RawHandler) -> Ser
 /// paths take precedence.
 pub fn route_prefix(server: Server, prefix: impl Into<String>, handler: RawHandler) -> Server {
     server.route_prefix(prefix, handler)
+}
+
+/// Forwards Connect calls under `prefix` with `handler` (a proxy): like [`route_prefix`],
+/// and the server's interceptors see each forwarded call, its procedure being the end of its
+/// path.
+pub fn route_proxy(server: Server, prefix: impl Into<String>, handler: RawHandler) -> Server {
+    server.route_proxy(prefix, handler)
 }
 
 /// A server's router, for dispatching requests in-process without a connection.

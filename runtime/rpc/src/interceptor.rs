@@ -2,22 +2,30 @@
 //!
 //! - An [`Interceptor`] sees each attempt's headers before it is sent (to add metadata such as
 //!   credentials or trace ids, or to refuse it) and its outcome (to log or count).
-//! - A [`Wrap`] wraps a whole unary call: it gets the request (procedure, headers, encoded
-//!   message) and the rest of the chain ([`Next`]), and may short-circuit, call the rest once or
-//!   several times (retry), or look at the outcome (a circuit breaker). Wrappers run in the
-//!   order added, the first outermost; the channel's timeout bounds the whole chain, retries
-//!   included. A channel without wrappers pays nothing for them.
+//! - A [`Wrap`] wraps a whole call: it gets the request (procedure, headers, encoded message)
+//!   and the rest of the chain ([`Next`]), and may short-circuit, call the rest once or several
+//!   times (retry), or look at the outcome (a circuit breaker). Streaming calls go through
+//!   [`Wrap::stream`] with a [`StreamCall`]: the chain ends when the stream opens (its response
+//!   headers arrive), so a stream can be sent again only while no message of it has gone out
+//!   ([`StreamCall::replayable`]), and its later outcome is watched with
+//!   [`StreamReply::on_first_outcome`]. Wrappers run in the order added, the first outermost;
+//!   the channel's timeout bounds the whole chain, retries included. A channel without wrappers
+//!   pays nothing for them.
 //!
 //! [`crate::Channel`] runs them. Servers have interceptors of their own
 //! ([`crate::server::intercept`]).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
 
+use crate::body::{Body, RecvBody};
+use crate::protocol::compression::Compression;
 use crate::{Error, MethodDescriptor};
 
 /// A boxed future of a wrapped call.
@@ -73,6 +81,14 @@ pub struct UnaryReply {
 pub trait Wrap: Send + Sync + 'static {
     /// Handles `call`, usually by passing it (once or more) to `next`.
     fn unary<'a>(&'a self, call: UnaryCall, next: Next<'a>) -> WrapFuture<'a>;
+
+    /// Handles the opening of a streaming call (server, client or bidi streaming), usually by
+    /// passing it to `next`; by default it does just that. Send it again only while
+    /// [`StreamCall::replayable`] holds; watch what follows the opening with
+    /// [`StreamReply::on_first_outcome`].
+    fn stream<'a>(&'a self, call: StreamCall, next: StreamNext<'a>) -> StreamFuture<'a> {
+        next.run(call)
+    }
 }
 
 /// The rest of a wrapper chain: the wrappers after this one, then the call itself.
@@ -104,6 +120,192 @@ impl<'a> Next<'a> {
             Some((first, rest)) => first.unary(
                 call,
                 Next {
+                    rest,
+                    send: self.send,
+                },
+            ),
+            None => (self.send)(call),
+        }
+    }
+}
+
+/// A boxed future of a wrapped stream's opening.
+pub type StreamFuture<'a> = Pin<Box<dyn Future<Output = Result<StreamReply, Error>> + Send + 'a>>;
+
+/// A streaming call on its way out, as [`Wrap::stream`] sees it. Clones share the request, so
+/// a wrapper can send it again while it is [replayable](StreamCall::replayable).
+#[derive(Clone)]
+pub struct StreamCall {
+    /// The procedure called.
+    pub method: &'static MethodDescriptor,
+    /// The request's metadata (the channel's own headers and the protocol's are added to each
+    /// attempt).
+    pub headers: HeaderMap,
+    /// When the call's timeout runs out, if it has one: no attempt or wait may go past it.
+    pub deadline: Option<tokio::time::Instant>,
+    pub(crate) request: StreamRequest,
+    /// How the request's messages are compressed (as the calling channel encoded them).
+    pub(crate) compression: Option<Compression>,
+}
+
+impl std::fmt::Debug for StreamCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamCall")
+            .field("procedure", &self.method.path)
+            .field("replayable", &self.replayable())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamCall {
+    /// Whether the call may still be sent (again): always for a server-streaming call (its one
+    /// request message is kept); for client and bidi streaming, until the first request
+    /// message has been handed to a connection.
+    pub fn replayable(&self) -> bool {
+        match &self.request {
+            StreamRequest::Ready(_) => true,
+            StreamRequest::Shared(shared) => !shared.started.load(Ordering::Acquire),
+        }
+    }
+
+    /// The HTTP body of one attempt.
+    pub(crate) fn body(&self) -> Body {
+        match &self.request {
+            StreamRequest::Ready(bytes) => Body::full(bytes.clone()),
+            StreamRequest::Shared(shared) => Body::Stream(Box::pin(shared.attempt())),
+        }
+    }
+}
+
+/// The request body of a streaming call: enveloped messages ready to send again, or a
+/// stream of them that each attempt takes over.
+#[derive(Clone)]
+pub(crate) enum StreamRequest {
+    Ready(Bytes),
+    Shared(Arc<SharedRequest>),
+}
+
+type BoxedBody = Pin<Box<dyn http_body::Body<Data = Bytes, Error = Error> + Send>>;
+
+/// A request stream several attempts may use in turn: the newest attempt reads it, an older
+/// one sees its end; once a message has gone out it is no longer replayable.
+pub(crate) struct SharedRequest {
+    body: Mutex<BoxedBody>,
+    started: AtomicBool,
+    epoch: AtomicU64,
+}
+
+impl SharedRequest {
+    pub(crate) fn new(body: BoxedBody) -> Arc<Self> {
+        Arc::new(Self {
+            body: Mutex::new(body),
+            started: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    fn attempt(self: &Arc<Self>) -> AttemptBody {
+        AttemptBody {
+            shared: Arc::clone(self),
+            epoch: self.epoch.fetch_add(1, Ordering::AcqRel) + 1,
+        }
+    }
+}
+
+/// One attempt's view of a [`SharedRequest`].
+struct AttemptBody {
+    shared: Arc<SharedRequest>,
+    epoch: u64,
+}
+
+impl http_body::Body for AttemptBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        // A newer attempt owns the stream: this one (abandoned) sends nothing more.
+        if this.shared.epoch.load(Ordering::Acquire) != this.epoch {
+            return Poll::Ready(Some(Err(Error::new(
+                crate::Code::Canceled,
+                "the stream was sent again by a newer attempt",
+            ))));
+        }
+        let mut body = this
+            .shared
+            .body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let frame = body.as_mut().poll_frame(cx);
+        if matches!(&frame, Poll::Ready(Some(Ok(f))) if f.is_data()) {
+            this.shared.started.store(true, Ordering::Release);
+        }
+        frame
+    }
+}
+
+/// A stream opened: its response headers, and its body still to read.
+pub struct StreamReply {
+    /// The response headers.
+    pub headers: HeaderMap,
+    pub(crate) body: RecvBody,
+    pub(crate) compression: Option<Compression>,
+    pub(crate) watchers: Vec<FirstOutcome>,
+}
+
+/// A callback for the first outcome of a stream.
+pub(crate) type FirstOutcome = Box<dyn FnOnce(Result<(), &Error>) + Send>;
+
+impl std::fmt::Debug for StreamReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReply")
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamReply {
+    /// Calls `watch` once, with what the opened stream does first: `Ok` when its first
+    /// message arrives or it ends cleanly, its error if it fails first, and `canceled` if the
+    /// caller drops it before either. (A circuit breaker judges a stream by it.)
+    pub fn on_first_outcome(&mut self, watch: impl FnOnce(Result<(), &Error>) + Send + 'static) {
+        self.watchers.push(Box::new(watch));
+    }
+}
+
+/// The rest of a wrapper chain for a streaming call: see [`Next`].
+#[derive(Clone, Copy)]
+pub struct StreamNext<'a> {
+    rest: &'a [Arc<dyn Wrap>],
+    send: &'a (dyn Fn(StreamCall) -> StreamFuture<'a> + Send + Sync),
+}
+
+impl std::fmt::Debug for StreamNext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamNext")
+            .field("wrappers_left", &self.rest.len())
+            .finish()
+    }
+}
+
+impl<'a> StreamNext<'a> {
+    pub(crate) fn new(
+        rest: &'a [Arc<dyn Wrap>],
+        send: &'a (dyn Fn(StreamCall) -> StreamFuture<'a> + Send + Sync),
+    ) -> Self {
+        Self { rest, send }
+    }
+
+    /// Runs the rest of the chain with `call`; may be called again while the call is
+    /// [replayable](StreamCall::replayable).
+    pub fn run(self, call: StreamCall) -> StreamFuture<'a> {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.stream(
+                call,
+                StreamNext {
                     rest,
                     send: self.send,
                 },

@@ -191,7 +191,12 @@ pub(crate) struct ResponseStreamBody<T> {
     trailers: HeaderMap,
     deadline: Option<Pin<Box<Sleep>>>,
     buf: BytesMut,
+    /// Told how the stream ended (the server's interceptors), once.
+    on_end: Option<OnEnd>,
 }
+
+/// A callback told how a response stream ended.
+pub(crate) type OnEnd = Box<dyn FnOnce(Result<(), &Error>) + Send>;
 
 /// Messages that are ready at once are batched into one body chunk up to this size.
 const BATCH_BYTES: usize = 16 * 1024;
@@ -209,13 +214,24 @@ impl<T: Message> ResponseStreamBody<T> {
             trailers,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             buf: BytesMut::new(),
+            on_end: None,
         }
+    }
+
+    /// Tells `on_end` how the stream ends (if it is dropped first, the callback is dropped
+    /// unrun: whatever it owns reports that).
+    pub(crate) fn on_end(mut self, on_end: OnEnd) -> Self {
+        self.on_end = Some(on_end);
+        self
     }
 
     fn end(&mut self, error: Option<&Error>) {
         self.stream = None;
         self.deadline = None;
         end_stream(error, &self.trailers, &mut self.buf);
+        if let Some(on_end) = self.on_end.take() {
+            on_end(error.map_or(Ok(()), Err));
+        }
     }
 }
 
@@ -377,6 +393,8 @@ pub struct Streaming<T> {
     done: bool,
     /// On a client: the request stream's own error, which wins over what it caused here.
     request_failure: Option<RequestFailure>,
+    /// On a client: told the stream's first outcome (call wrappers watching it).
+    watchers: Vec<crate::interceptor::FirstOutcome>,
     _message: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -395,7 +413,20 @@ impl<T: Message> Streaming<T> {
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             done: false,
             request_failure: None,
+            watchers: Vec::new(),
             _message: std::marker::PhantomData,
+        }
+    }
+
+    /// Tells `watchers` the stream's first outcome (a message or the end, or an error).
+    pub(crate) fn with_watchers(mut self, watchers: Vec<crate::interceptor::FirstOutcome>) -> Self {
+        self.watchers = watchers;
+        self
+    }
+
+    fn tell_watchers(&mut self, outcome: Result<(), &Error>) {
+        for watch in std::mem::take(&mut self.watchers) {
+            watch(outcome);
         }
     }
 
@@ -441,11 +472,40 @@ impl<T: Message> Streaming<T> {
     }
 }
 
+impl<T> Drop for Streaming<T> {
+    fn drop(&mut self) {
+        if !self.watchers.is_empty() {
+            let gone = Error::new(
+                Code::Canceled,
+                "the caller dropped the stream before its first message",
+            );
+            for watch in std::mem::take(&mut self.watchers) {
+                watch(Err(&gone));
+            }
+        }
+    }
+}
+
 impl<T: Message> Stream for Streaming<T> {
     type Item = Result<T, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.watchers.is_empty() {
+            return this.poll_message(cx);
+        }
+        let item = ready!(this.poll_message(cx));
+        match &item {
+            Some(Err(error)) => this.tell_watchers(Err(error)),
+            _ => this.tell_watchers(Ok(())),
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl<T: Message> Streaming<T> {
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
+        let this = self;
         if this.done {
             return Poll::Ready(None);
         }

@@ -31,6 +31,7 @@ use crate::proto::connectplugin::v1::{
     CapabilityBrokerServer, PluginLifecycleServer, ServiceRegistryServer,
 };
 use crate::rpc::__private as rpc_private;
+use crate::rpc::server::ServerInterceptor;
 use crate::rpc::tls::ServerTls;
 use crate::{Error, ServeConfig};
 
@@ -55,7 +56,7 @@ impl ServeConfig {
         parts.mounts.push(Box::new(move |server, identities, _| {
             broker.attach(Arc::clone(identities));
             let server =
-                rpc_private::route_prefix(server, broker::CAPABILITY_PREFIX, broker.proxy());
+                rpc_private::route_proxy(server, broker::CAPABILITY_PREFIX, broker.proxy());
             server.add_service(CapabilityBrokerServer::new(broker).into_service())
         }));
         self
@@ -92,11 +93,7 @@ impl ServeConfig {
                 let server = server
                     .add_service(ServiceRegistryServer::new(registry.clone()).into_service())
                     .add_service(PluginLifecycleServer::new(registry.clone()).into_service());
-                rpc_private::route_prefix(
-                    server,
-                    gateway::SERVICES_PREFIX,
-                    gateway::proxy(registry),
-                )
+                rpc_private::route_proxy(server, gateway::SERVICES_PREFIX, gateway::proxy(registry))
             }));
         self
     }
@@ -113,6 +110,17 @@ pub struct HostBuilder {
     plugin_trust: Option<String>,
     advertise: Option<String>,
     provider_tls: Option<crate::rpc::tls::ClientTls>,
+    interceptors: Interceptors,
+}
+
+/// Server interceptors a [`HostBuilder`] adds.
+#[derive(Default, Clone)]
+struct Interceptors(Vec<Arc<dyn ServerInterceptor>>);
+
+impl std::fmt::Debug for Interceptors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} interceptors", self.0.len())
+    }
 }
 
 impl HostBuilder {
@@ -170,6 +178,19 @@ impl HostBuilder {
         self
     }
 
+    /// Adds a server interceptor (authentication, rate limiting, logging, metrics): it sees
+    /// the host's own procedures and every call the host forwards (plugin-to-plugin calls
+    /// under `/services/`, capabilities under `/capabilities/`), with the procedure at the end
+    /// of the forwarded path. They run in the order added, before the host's own checks
+    /// (a forwarded call's runtime token is checked as it is forwarded), and they see the
+    /// plugins' own calls too (handshake, registration, heartbeats): an `Auth` here must let
+    /// those through. See [`crate::rpc::server::intercept`].
+    #[must_use]
+    pub fn intercept(mut self, interceptor: impl ServerInterceptor) -> Self {
+        self.interceptors.0.push(Arc::new(interceptor));
+        self
+    }
+
     /// How long plugin starts, drains and stops may take (default 30 s).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -214,6 +235,9 @@ impl HostBuilder {
         }
         if let Some(tls) = self.tls {
             config = config.tls(tls);
+        }
+        for interceptor in self.interceptors.0 {
+            config = config.intercept(interceptor);
         }
         let task = tokio::spawn(crate::serve(config));
         let mut platform = Platform::new(registry.clone(), &url);

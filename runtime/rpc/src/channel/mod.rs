@@ -26,7 +26,10 @@ use crate::body::{self, Body, RecvBody};
 pub(crate) mod h2;
 use self::h2::{BoxError, H2Connection, KeepAlive, error_chain};
 use crate::interceptor::Interceptor;
-use crate::interceptor::{Next, UnaryCall, UnaryReply, Wrap, WrapFuture};
+use crate::interceptor::{
+    Next, SharedRequest, StreamCall, StreamFuture, StreamNext, StreamReply, StreamRequest,
+    UnaryCall, UnaryReply, Wrap, WrapFuture,
+};
 use crate::method::{Idempotency, MethodDescriptor};
 use crate::protocol::codec::Message;
 use crate::protocol::compression::{self, Compression};
@@ -42,6 +45,14 @@ use crate::tls::ClientTls;
 use crate::{Code, Error, Request, Response};
 
 type TlsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A streaming call's request body as the typed call methods build it.
+enum OutgoingStream {
+    /// A server-streaming call's one message, enveloped.
+    Ready(bytes::Bytes),
+    /// Client or bidi streaming: the messages as the caller produces them.
+    Body(std::pin::Pin<Box<dyn http_body::Body<Data = bytes::Bytes, Error = Error> + Send>>),
+}
 
 /// The HTTP client: one HTTP/2 connection, or a pool of HTTP/1.1 connections; cleartext, TLS
 /// or in memory.
@@ -688,8 +699,13 @@ impl Channel {
         let mut buf = BytesMut::new();
         self.format(self.inner.send_compression)
             .encode(&message, &mut buf)?;
-        self.open_stream(method, metadata, timeout, Body::full(buf.freeze()))
-            .await
+        self.open_stream(
+            method,
+            metadata,
+            timeout,
+            OutgoingStream::Ready(buf.freeze()),
+        )
+        .await
     }
 
     /// Calls a client-streaming procedure: sends every message of the request stream, then
@@ -706,7 +722,12 @@ impl Channel {
         let body = RequestStreamBody::new(requests, self.format(self.inner.send_compression));
         let failure = body.failure();
         let response = self
-            .open_stream::<Res>(method, metadata, timeout, Body::Stream(Box::pin(body)))
+            .open_stream::<Res>(
+                method,
+                metadata,
+                timeout,
+                OutgoingStream::Body(Box::pin(body)),
+            )
             .await
             .map_err(|e| failure.or(e))?;
         let (stream, headers, _) = response.into_parts();
@@ -745,7 +766,12 @@ impl Channel {
         let body = RequestStreamBody::new(requests, self.format(self.inner.send_compression));
         let failure = body.failure();
         let response = self
-            .open_stream(method, metadata, timeout, Body::Stream(Box::pin(body)))
+            .open_stream(
+                method,
+                metadata,
+                timeout,
+                OutgoingStream::Body(Box::pin(body)),
+            )
             .await
             .map_err(|e| failure.or(e))?;
         let (stream, headers, trailers) = response.into_parts();
@@ -756,18 +782,105 @@ impl Channel {
         ))
     }
 
-    /// Sends a streaming request and checks the response headers (C3-C5); the body becomes a
-    /// [`Streaming`] bounded by the call's deadline.
+    /// Opens a stream (through the wrappers, if any) and hands its body to a [`Streaming`]
+    /// bounded by the call's deadline.
     async fn open_stream<Res: Message>(
         &self,
         method: &'static MethodDescriptor,
         metadata: HeaderMap,
         timeout: Option<Duration>,
-        body: Body,
+        request: OutgoingStream,
     ) -> Result<Response<Streaming<Res>>, Error> {
         let inner = &*self.inner;
         let timeout = self.effective_timeout(timeout);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let compression = inner.send_compression;
+        let call = async {
+            let reply = if inner.wrappers.is_empty() {
+                let body = match request {
+                    OutgoingStream::Ready(bytes) => Body::full(bytes),
+                    OutgoingStream::Body(body) => Body::Stream(body),
+                };
+                self.stream_attempt(method, metadata, timeout, compression, body)
+                    .await?
+            } else {
+                let call = StreamCall {
+                    method,
+                    headers: metadata,
+                    deadline,
+                    request: match request {
+                        OutgoingStream::Ready(bytes) => StreamRequest::Ready(bytes),
+                        OutgoingStream::Body(body) => {
+                            StreamRequest::Shared(SharedRequest::new(body))
+                        }
+                    },
+                    compression,
+                };
+                self.chain_stream(call).await?
+            };
+            let StreamReply {
+                headers,
+                body,
+                compression,
+                watchers,
+            } = reply;
+            let stream = Streaming::new(
+                body,
+                self.format(compression),
+                Direction::FromServer,
+                deadline,
+            )
+            .with_watchers(watchers);
+            Ok(Response::from_parts(stream, headers, HeaderMap::new()))
+        };
+        let outcome = with_timeout(timeout, call).await;
+        self.after(method, outcome.as_ref().map(Response::headers));
+        outcome
+    }
+
+    /// Runs a streaming call's opening through this channel's wrappers and transport.
+    async fn chain_stream(&self, call: StreamCall) -> Result<StreamReply, Error> {
+        let deadline = call.deadline;
+        let send = move |call: StreamCall| -> StreamFuture<'_> {
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            let body = call.body();
+            Box::pin(with_timeout(
+                left,
+                self.stream_attempt(call.method, call.headers, left, call.compression, body),
+            ))
+        };
+        StreamNext::new(&self.inner.wrappers, &send).run(call).await
+    }
+
+    /// Opens an already encoded streaming call through this channel's wrappers and transport,
+    /// by `call.deadline` (else the channel's timeout): how a wrapper that picks among several
+    /// endpoints ([`crate::policy::Failover`]) opens a stream on one. The messages must be
+    /// encoded with this channel's codec.
+    ///
+    /// # Errors
+    /// As for [`Channel::server_streaming`].
+    pub async fn call_stream(&self, mut call: StreamCall) -> Result<StreamReply, Error> {
+        let now = tokio::time::Instant::now();
+        let timeout = match call.deadline {
+            Some(deadline) => Some(deadline.saturating_duration_since(now)),
+            None => self.inner.timeout,
+        };
+        if call.deadline.is_none() {
+            call.deadline = timeout.map(|t| now + t);
+        }
+        with_timeout(timeout, self.chain_stream(call)).await
+    }
+
+    /// Sends one attempt of a streaming request and checks the response headers (C3-C5).
+    async fn stream_attempt(
+        &self,
+        method: &'static MethodDescriptor,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+        compression: Option<Compression>,
+        body: Body,
+    ) -> Result<StreamReply, Error> {
+        let inner = &*self.inner;
         let mut http_request = self.http_request(
             method,
             None,
@@ -783,35 +896,23 @@ impl Channel {
                 compression::ACCEPT_ENCODING.clone(),
             );
         }
-        if let Some(c) = inner.send_compression {
+        if let Some(c) = compression {
             h.insert(CONNECT_CONTENT_ENCODING.clone(), c.header_value());
         }
-        let call = async {
-            let response = self.send(http_request).await?;
-            let (parts, body) = response.into_parts();
-            if parts.status != StatusCode::OK {
-                let (headers, trailers) = split_trailers(parts.headers);
-                return Err(
-                    error_from_response(parts.status, headers, trailers, body, inner).await,
-                );
-            }
-            check_content_type(&parts.headers, inner.codec, true)?;
-            let compression = response_encoding(&parts.headers, &CONNECT_CONTENT_ENCODING)?;
-            let stream = Streaming::new(
-                body,
-                self.format(compression),
-                Direction::FromServer,
-                deadline,
-            );
-            Ok(Response::from_parts(
-                stream,
-                parts.headers,
-                HeaderMap::new(),
-            ))
-        };
-        let outcome = with_timeout(timeout, call).await;
-        self.after(method, outcome.as_ref().map(Response::headers));
-        outcome
+        let response = self.send(http_request).await?;
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let (headers, trailers) = split_trailers(parts.headers);
+            return Err(error_from_response(parts.status, headers, trailers, body, inner).await);
+        }
+        check_content_type(&parts.headers, inner.codec, true)?;
+        let compression = response_encoding(&parts.headers, &CONNECT_CONTENT_ENCODING)?;
+        Ok(StreamReply {
+            headers: parts.headers,
+            body,
+            compression,
+            watchers: Vec::new(),
+        })
     }
 
     fn http_request(

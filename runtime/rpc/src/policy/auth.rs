@@ -145,14 +145,14 @@ impl Auth {
                 Code::Unauthenticated,
                 format!(
                     "the credentials presented for {} are not valid",
-                    call.method().path
+                    call.procedure()
                 ),
             ));
         }
         Ok(None)
     }
 
-    fn missing(&self, method: &MethodDescriptor) -> Error {
+    fn missing(&self, procedure: &str) -> Error {
         let accepted: Vec<String> = self
             .credentials
             .iter()
@@ -167,7 +167,7 @@ impl Auth {
             Code::Unauthenticated,
             format!(
                 "{} needs credentials: {}",
-                method.path,
+                procedure,
                 if accepted.is_empty() {
                     "none are accepted (Auth has no credential kind)".to_owned()
                 } else {
@@ -200,7 +200,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 impl ServerInterceptor for Auth {
     fn before(&self, call: &mut CallContext<'_>) -> Result<(), Error> {
-        if self.open.contains(&call.method().path) {
+        if self.open.contains(&call.procedure()) {
             return Ok(());
         }
         match self.authenticate(call)? {
@@ -209,7 +209,7 @@ impl ServerInterceptor for Auth {
                 Ok(())
             }
             None if self.optional => Ok(()),
-            None => Err(self.missing(call.method())),
+            None => Err(self.missing(call.procedure())),
         }
     }
 }

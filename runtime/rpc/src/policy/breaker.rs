@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::interceptor::{Next, UnaryCall, Wrap, WrapFuture};
+use crate::interceptor::{Next, StreamCall, StreamFuture, StreamNext, UnaryCall, Wrap, WrapFuture};
 use crate::{Code, Error};
 
 /// Where a [`CircuitBreaker`] stands.
@@ -32,6 +32,11 @@ type OnChange = Arc<dyn Fn(BreakerState, BreakerState) + Send + Sync>;
 ///
 /// Add it with [`ChannelBuilder::wrap`](crate::ChannelBuilder::wrap), before a retry.
 pub struct CircuitBreaker {
+    core: Arc<Core>,
+}
+
+/// The breaker's settings and state, shared with the streams it watches.
+struct Core {
     failure_threshold: u32,
     success_threshold: u32,
     open_for: Duration,
@@ -67,7 +72,7 @@ impl Default for CircuitBreaker {
 impl CircuitBreaker {
     /// A closed breaker with the defaults above.
     pub fn new() -> Self {
-        Self {
+        let core = Core {
             failure_threshold: 5,
             success_threshold: 2,
             open_for: Duration::from_secs(10),
@@ -86,49 +91,62 @@ impl CircuitBreaker {
                 opened: Instant::now(),
                 probes: 0,
             }),
+        };
+        Self {
+            core: Arc::new(core),
         }
+    }
+
+    /// Changes a setting (the core is shared only once calls run, after building).
+    fn set_up(mut self, change: impl FnOnce(&mut Core)) -> Self {
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            change(core);
+        }
+        self
     }
 
     /// Consecutive failures that open it (default 5).
     #[must_use]
-    pub fn failure_threshold(mut self, failures: u32) -> Self {
-        self.failure_threshold = failures.max(1);
-        self
+    pub fn failure_threshold(self, failures: u32) -> Self {
+        self.set_up(|c| c.failure_threshold = failures.max(1))
     }
 
     /// Successful probes that close it again (default 2).
     #[must_use]
-    pub fn success_threshold(mut self, successes: u32) -> Self {
-        self.success_threshold = successes.max(1);
-        self
+    pub fn success_threshold(self, successes: u32) -> Self {
+        self.set_up(|c| c.success_threshold = successes.max(1))
     }
 
     /// How long it stays open before probing (default 10 s).
     #[must_use]
-    pub fn open_for(mut self, duration: Duration) -> Self {
-        self.open_for = duration;
-        self
+    pub fn open_for(self, duration: Duration) -> Self {
+        self.set_up(|c| c.open_for = duration)
     }
 
-    /// How many probes may be in flight at once while half-open (default 1).
+    /// How many probes may be in flight at once while half-open (default 1). A stream is a
+    /// probe until its first message or its end: give long, quiet streams more.
     #[must_use]
-    pub fn half_open_probes(mut self, probes: u32) -> Self {
-        self.half_open_probes = probes.max(1);
-        self
+    pub fn half_open_probes(self, probes: u32) -> Self {
+        self.set_up(|c| c.half_open_probes = probes.max(1))
     }
 
     /// Called with the old and new state at every change.
     #[must_use]
     pub fn on_state_change(
-        mut self,
+        self,
         callback: impl Fn(BreakerState, BreakerState) + Send + Sync + 'static,
     ) -> Self {
-        self.on_change = Some(Arc::new(callback));
-        self
+        self.set_up(|c| c.on_change = Some(Arc::new(callback)))
     }
 
     /// The current state (an open breaker whose time has passed reads half-open).
     pub fn state(&self) -> BreakerState {
+        self.core.state()
+    }
+}
+
+impl Core {
+    fn state(&self) -> BreakerState {
         let inner = self.inner();
         match inner.state {
             BreakerState::Open if inner.opened.elapsed() >= self.open_for => BreakerState::HalfOpen,
@@ -189,8 +207,13 @@ impl CircuitBreaker {
         Ok(probe)
     }
 
-    /// Records the outcome of a call let through.
+    /// Records the outcome of a call let through; `canceled` (the caller gave up) is no
+    /// verdict: a probe gives its place back.
     fn record(&self, probe: bool, outcome: Result<(), Code>) {
+        if outcome == Err(Code::Canceled) {
+            self.release(probe);
+            return;
+        }
         let failed = outcome.is_err_and(|code| self.failures.contains(&code));
         let mut inner = self.inner();
         let change = match (inner.state, failed) {
@@ -218,20 +241,11 @@ impl CircuitBreaker {
         drop(inner);
         self.changed(change);
     }
-}
 
-/// A call let through; a probe given up before its outcome (the caller went away) gives its
-/// place back, counting as neither success nor failure.
-struct Admitted<'a> {
-    breaker: &'a CircuitBreaker,
-    probe: bool,
-    recorded: bool,
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        if self.probe && !self.recorded {
-            let mut inner = self.breaker.inner();
+    /// A probe that ended with no verdict gives its place back.
+    fn release(&self, probe: bool) {
+        if probe {
+            let mut inner = self.inner();
             if inner.state == BreakerState::HalfOpen {
                 inner.probes = inner.probes.saturating_sub(1);
             }
@@ -239,14 +253,30 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// A call let through; a probe given up before its outcome (the caller went away) gives its
+/// place back, counting as neither success nor failure.
+struct Admitted<'a> {
+    breaker: &'a Core,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.release(self.probe);
+        }
+    }
+}
+
 impl Wrap for CircuitBreaker {
     fn unary<'a>(&'a self, call: UnaryCall, next: Next<'a>) -> WrapFuture<'a> {
-        let probe = match self.admit() {
+        let probe = match self.core.admit() {
             Ok(probe) => probe,
             Err(refused) => return Box::pin(std::future::ready(Err(refused))),
         };
         let admitted = Admitted {
-            breaker: self,
+            breaker: &self.core,
             probe,
             recorded: false,
         };
@@ -255,8 +285,41 @@ impl Wrap for CircuitBreaker {
             let mut admitted = admitted;
             let outcome = next.run(call).await;
             admitted.recorded = true;
-            self.record(probe, outcome.as_ref().map(drop).map_err(Error::code));
+            self.core
+                .record(probe, outcome.as_ref().map(drop).map_err(Error::code));
             outcome
+        })
+    }
+
+    /// A stream is judged by what it does first: a message or a clean end is a success, an
+    /// error (in opening it, or before its first message) counts as the code says.
+    fn stream<'a>(&'a self, call: StreamCall, next: StreamNext<'a>) -> StreamFuture<'a> {
+        let probe = match self.core.admit() {
+            Ok(probe) => probe,
+            Err(refused) => return Box::pin(std::future::ready(Err(refused))),
+        };
+        let admitted = Admitted {
+            breaker: &self.core,
+            probe,
+            recorded: false,
+        };
+        Box::pin(async move {
+            let mut admitted = admitted;
+            let outcome = next.run(call).await;
+            admitted.recorded = true;
+            match outcome {
+                Err(error) => {
+                    self.core.record(probe, Err(error.code()));
+                    Err(error)
+                }
+                Ok(mut reply) => {
+                    let core = Arc::clone(&self.core);
+                    reply.on_first_outcome(move |first| {
+                        core.record(probe, first.map_err(Error::code));
+                    });
+                    Ok(reply)
+                }
+            }
         })
     }
 }
@@ -268,16 +331,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_given_up_gives_its_place_back() {
         let breaker = CircuitBreaker::new().failure_threshold(1);
-        breaker.record(false, Err(Code::Unavailable));
+        breaker.core.record(false, Err(Code::Unavailable));
         tokio::time::advance(Duration::from_secs(10)).await;
         let probe = Admitted {
-            breaker: &breaker,
-            probe: breaker.admit().unwrap(),
+            breaker: &breaker.core,
+            probe: breaker.core.admit().unwrap(),
             recorded: false,
         };
-        assert!(breaker.admit().is_err(), "one probe at a time");
+        assert!(breaker.core.admit().is_err(), "one probe at a time");
         drop(probe);
-        assert!(breaker.admit().unwrap(), "the next call probes");
+        assert!(breaker.core.admit().unwrap(), "the next call probes");
     }
 
     #[tokio::test(start_paused = true)]
@@ -289,34 +352,34 @@ mod tests {
         let fail = Err(Code::Unavailable);
         // Caller mistakes do not count; four failures do not open it; a success resets.
         for _ in 0..4 {
-            breaker.record(false, fail);
+            breaker.core.record(false, fail);
         }
-        breaker.record(false, Err(Code::InvalidArgument));
-        breaker.record(false, Ok(()));
+        breaker.core.record(false, Err(Code::InvalidArgument));
+        breaker.core.record(false, Ok(()));
         for _ in 0..4 {
-            breaker.record(false, fail);
+            breaker.core.record(false, fail);
         }
         assert_eq!(breaker.state(), BreakerState::Closed);
-        breaker.record(false, fail);
+        breaker.core.record(false, fail);
         assert_eq!(breaker.state(), BreakerState::Open);
-        let err = breaker.admit().unwrap_err();
+        let err = breaker.core.admit().unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.message().contains("calls resume in"), "{err}");
 
         // After the open time, one probe at a time; a failed probe opens it again.
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.admit().unwrap(), "a probe");
-        assert!(breaker.admit().is_err(), "one probe at a time");
-        breaker.record(true, fail);
+        assert!(breaker.core.admit().unwrap(), "a probe");
+        assert!(breaker.core.admit().is_err(), "one probe at a time");
+        breaker.core.record(true, fail);
         assert_eq!(breaker.state(), BreakerState::Open);
 
         // Two successful probes close it.
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.admit().unwrap());
-        breaker.record(true, Ok(()));
+        assert!(breaker.core.admit().unwrap());
+        breaker.core.record(true, Ok(()));
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert!(breaker.admit().unwrap());
-        breaker.record(true, Ok(()));
+        assert!(breaker.core.admit().unwrap());
+        breaker.core.record(true, Ok(()));
         assert_eq!(breaker.state(), BreakerState::Closed);
 
         use BreakerState::{Closed, HalfOpen, Open};

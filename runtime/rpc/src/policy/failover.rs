@@ -1,9 +1,10 @@
 //! [`Failover`]: one logical channel over several endpoints of a service; calls go to the
 //! preferred healthy endpoint and move to the next when one fails.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::interceptor::{Next, UnaryCall, Wrap, WrapFuture};
+use crate::interceptor::{Next, StreamCall, StreamFuture, StreamNext, UnaryCall, Wrap, WrapFuture};
 use crate::{Channel, ChannelBuilder, Code, Codec, Error};
 
 /// Endpoints of one service, tried in order of weight (highest first): a unary call goes to
@@ -23,9 +24,18 @@ use crate::{Channel, ChannelBuilder, Code, Codec, Error};
 /// # Ok::<(), connect_plugin_rpc::Error>(())
 /// ```
 ///
-/// Unary calls only; streams go to the first endpoint. Cheap to clone: clones share the
-/// endpoints, so a clone kept aside can [update](Failover::set_endpoints) them while the
-/// channel is in use (what a refreshing discovery does).
+/// Streams fail over the same way while they fail to open and no message of them has gone out
+/// ([`StreamCall::replayable`](crate::interceptor::StreamCall::replayable)).
+///
+/// With [`Failover::spread_load`], calls are spread over the preferred endpoints instead of
+/// all going to the first: a weight is read as a tier (its upper 16 bits) and a share (its
+/// lower 16 bits, as in a DNS SRV record's priority and weight); each call starts at an
+/// endpoint of the highest tier picked at random in proportion to its share, then fails over
+/// through the rest in order.
+///
+/// Cheap to clone: clones share the endpoints, so a clone kept aside can
+/// [update](Failover::set_endpoints) them while the channel is in use (what a refreshing
+/// discovery does).
 #[derive(Clone)]
 pub struct Failover {
     shared: Arc<Shared>,
@@ -38,6 +48,10 @@ struct Shared {
     endpoints: RwLock<Arc<[Member]>>,
     codec: Codec,
     configure: Configure,
+    /// Whether calls are spread over the highest tier (see [`Failover::spread_load`]).
+    spread: AtomicBool,
+    /// The state of the random pick among the highest tier.
+    pick: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -58,6 +72,7 @@ impl std::fmt::Debug for Failover {
                     .map(|m| m.url.clone())
                     .collect::<Vec<_>>(),
             )
+            .field("spread_load", &self.shared.spread.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -96,10 +111,53 @@ impl Failover {
                 endpoints: RwLock::new(Arc::from(Vec::new())),
                 codec,
                 configure: Box::new(configure),
+                spread: AtomicBool::new(false),
+                pick: AtomicU64::new(seed()),
             }),
         };
         failover.set_endpoints(endpoints)?;
         Ok(failover)
+    }
+
+    /// Spreads calls over the endpoints of the highest tier in proportion to their shares
+    /// (see the [type docs](Failover)) instead of sending them all to the first.
+    #[must_use]
+    pub fn spread_load(self, spread: bool) -> Self {
+        self.shared.spread.store(spread, Ordering::Relaxed);
+        self
+    }
+
+    /// The endpoints, and the one a call tries first (the others follow in order).
+    fn order(&self) -> (Arc<[Member]>, usize) {
+        let endpoints = self.endpoints();
+        if !self.shared.spread.load(Ordering::Relaxed) || endpoints.len() < 2 {
+            return (endpoints, 0);
+        }
+        let tier = endpoints[0].weight >> 16;
+        let group = endpoints
+            .iter()
+            .take_while(|m| m.weight >> 16 == tier)
+            .count();
+        let share = |m: &Member| u64::from(m.weight & 0xFFFF);
+        let total: u64 = endpoints[..group].iter().map(share).sum();
+        let roll = next_random(&self.shared.pick);
+        let first = if total == 0 {
+            // No shares given: all alike.
+            (roll % group as u64) as usize
+        } else {
+            let mut at = roll % total;
+            endpoints[..group]
+                .iter()
+                .position(|m| {
+                    let share = share(m);
+                    at < share || {
+                        at -= share;
+                        false
+                    }
+                })
+                .unwrap_or(0)
+        };
+        (endpoints, first)
     }
 
     /// A handle that does not keep the endpoints alive: what a background refresh holds, so
@@ -193,12 +251,50 @@ impl WeakFailover {
     }
 }
 
+/// A random number (splitmix64 over a shared counter): good enough to spread load; no
+/// secret depends on it.
+fn next_random(state: &AtomicU64) -> u64 {
+    let mut x = state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A seed that differs between processes and instances.
+fn seed() -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()))
+}
+
 impl Wrap for Failover {
+    fn stream<'a>(&'a self, call: StreamCall, _: StreamNext<'a>) -> StreamFuture<'a> {
+        Box::pin(async move {
+            let mut last = None;
+            let (endpoints, first) = self.order();
+            let tried = std::iter::once(first).chain((0..endpoints.len()).filter(|&i| i != first));
+            for member in tried.map(|i| &endpoints[i]) {
+                if last.is_some() && !call.replayable() {
+                    break;
+                }
+                match member.channel.call_stream(call.clone()).await {
+                    Err(error) if error.code() == Code::Unavailable => {
+                        tracing::debug!(endpoint = %member.url, "failing over: {error}");
+                        last = Some(error);
+                    }
+                    outcome => return outcome,
+                }
+            }
+            Err(last.unwrap_or_else(|| Error::unavailable("no endpoint answered")))
+        })
+    }
+
     fn unary<'a>(&'a self, call: UnaryCall, _: Next<'a>) -> WrapFuture<'a> {
         Box::pin(async move {
             let mut last = None;
-            let endpoints = self.endpoints();
-            for member in endpoints.iter() {
+            let (endpoints, first) = self.order();
+            let tried = std::iter::once(first).chain((0..endpoints.len()).filter(|&i| i != first));
+            for member in tried.map(|i| &endpoints[i]) {
                 match member.channel.call_unary(call.clone()).await {
                     Err(error) if error.code() == Code::Unavailable => {
                         tracing::debug!(endpoint = %member.url, "failing over: {error}");

@@ -1,4 +1,4 @@
-//! [`Retry`]: sends a failed unary call again, with exponential backoff and jitter, within the
+//! [`Retry`]: sends a failed call again (a stream only before any message of it went out), with exponential backoff and jitter, within the
 //! call's deadline and a retry budget.
 
 use std::sync::Mutex;
@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::interceptor::{Next, UnaryCall, Wrap, WrapFuture};
-use crate::{Code, Error, Idempotency};
+use crate::interceptor::{Next, StreamCall, StreamFuture, StreamNext, UnaryCall, Wrap, WrapFuture};
+use crate::{Code, Error, Idempotency, MethodDescriptor};
 
-/// Retries unary calls that fail with a retryable code (connect-plugin-go's defaults: 3
+/// Retries calls that fail with a retryable code (connect-plugin-go's defaults: 3
 /// attempts, 100 ms first backoff doubling to at most 10 s, with jitter; `unavailable`,
 /// `resource_exhausted`, `internal`, `unknown`, and `deadline_exceeded` while the call's own
 /// deadline allows).
@@ -19,6 +19,8 @@ use crate::{Code, Error, Idempotency};
 ///   attempt is cut at it.
 /// - Only methods marked idempotent or side-effect free, unless
 ///   [`Retry::non_idempotent`] says otherwise.
+/// - Streams only while they fail to open and no message of them has gone out
+///   ([`StreamCall::replayable`]); an error after that reaches the caller.
 /// - A server's `retry-after-ms` hint (a rate limit's) is waited for, if longer.
 /// - A retry budget: retries may add at most a fifth to the calls made (and 10 a second
 ///   whatever the traffic; unspent, at most 100 are saved up), so that when a server is down,
@@ -193,10 +195,40 @@ impl Retry {
         }
     }
 
-    /// Whether `error` on `call` may be retried at all.
-    fn retryable_for(&self, call: &UnaryCall, error: &Error) -> bool {
-        let idempotent = !matches!(call.method.idempotency, Idempotency::Unknown);
-        (idempotent || self.non_idempotent) && self.retryable.contains(&error.code())
+    /// How long to wait before retry number `attempt` of a call to `method` that failed with
+    /// `error`, or `None` if it is not to be retried.
+    fn retry_after(
+        &self,
+        attempt: u32,
+        method: &MethodDescriptor,
+        deadline: Option<Instant>,
+        error: &Error,
+    ) -> Option<Duration> {
+        let idempotent = !matches!(method.idempotency, Idempotency::Unknown);
+        if attempt >= self.max_attempts
+            || !(idempotent || self.non_idempotent)
+            || !self.retryable.contains(&error.code())
+        {
+            return None;
+        }
+        // A server that says when to come back (`retry-after-ms`, as a rate limit does) is not
+        // asked sooner.
+        let hinted = error
+            .metadata()
+            .get("retry-after-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let wait = self.jittered(attempt).max(hinted.unwrap_or_default());
+        // Never past the call's deadline: a retry that could not finish is not made.
+        if deadline.is_some_and(|deadline| Instant::now() + wait >= deadline) {
+            return None;
+        }
+        if !self.spend() {
+            tracing::debug!(procedure = method.path, "retry budget spent; not retrying");
+            return None;
+        }
+        Some(wait)
     }
 }
 
@@ -210,33 +242,35 @@ impl Wrap for Retry {
                     Ok(reply) => return Ok(reply),
                     Err(error) => error,
                 };
-                if attempt >= self.max_attempts || !self.retryable_for(&call, &error) {
+                match self.retry_after(attempt, call.method, call.deadline, &error) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(error),
+                }
+                attempt += 1;
+            }
+        })
+    }
+
+    /// Opens the stream again while it fails before any message of it went out (a
+    /// server-streaming call, whose one request is kept, or a client or bidi stream whose
+    /// first message was not sent yet), under the unary rules. Once open, a stream is not
+    /// retried: an error after that reaches the caller.
+    fn stream<'a>(&'a self, call: StreamCall, next: StreamNext<'a>) -> StreamFuture<'a> {
+        Box::pin(async move {
+            self.earn();
+            let mut attempt = 1;
+            loop {
+                let error = match next.run(call.clone()).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(error) => error,
+                };
+                if !call.replayable() {
                     return Err(error);
                 }
-                // A server that says when to come back (`retry-after-ms`, as a rate limit does)
-                // is not asked sooner.
-                let hinted = error
-                    .metadata()
-                    .get("retry-after-ms")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(Duration::from_millis);
-                let wait = self.jittered(attempt).max(hinted.unwrap_or_default());
-                // Never past the call's deadline: a retry that could not finish is not made.
-                if call
-                    .deadline
-                    .is_some_and(|deadline| Instant::now() + wait >= deadline)
-                {
-                    return Err(error);
+                match self.retry_after(attempt, call.method, call.deadline, &error) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(error),
                 }
-                if !self.spend() {
-                    tracing::debug!(
-                        procedure = call.method.path,
-                        "retry budget spent; not retrying"
-                    );
-                    return Err(error);
-                }
-                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
         })
@@ -263,8 +297,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_waits_for_the_servers_hint() {
+        use crate::StreamKind;
         use crate::interceptor::UnaryReply;
-        use crate::{Idempotency, MethodDescriptor, StreamKind};
 
         static METHOD: MethodDescriptor = MethodDescriptor {
             service: "t.T",

@@ -52,9 +52,18 @@ pub(crate) struct Call {
     pub(crate) body_timeout: std::time::Duration,
     /// The connection's peer, if the call came over a socket.
     pub(crate) peer: crate::request::Peer,
+    /// Tells the server's interceptors the outcome (only when there are some).
+    pub(crate) observer: Option<super::intercept::Observer>,
 }
 
 impl Call {
+    /// Tells the interceptors, if any, how the call ended.
+    fn finish(&mut self, outcome: Result<(), &Error>) {
+        if let Some(observer) = self.observer.take() {
+            observer.finish(outcome);
+        }
+    }
+
     fn request_format(&self) -> MessageFormat {
         MessageFormat {
             codec: self.codec,
@@ -242,6 +251,7 @@ where
                 (self.f)(request).await
             })
             .await;
+            call.finish(result.as_ref().map(drop));
             match result {
                 Ok(response) => unary_response(&call, response),
                 Err(error) => error_response(&error),
@@ -303,11 +313,14 @@ pub(crate) fn stream_error(call: &Call, error: &Error) -> http::Response<Body> {
 }
 
 fn stream_body<Res: Message>(
-    call: &Call,
+    call: &mut Call,
     response: Response<MessageStream<Res>>,
 ) -> http::Response<Body> {
     let (stream, headers, trailers) = response.into_parts();
-    let body = ResponseStreamBody::new(stream, call.response_format(), trailers, call.deadline);
+    let mut body = ResponseStreamBody::new(stream, call.response_format(), trailers, call.deadline);
+    if let Some(observer) = call.observer.take() {
+        body = body.on_end(Box::new(move |outcome| observer.finish(outcome)));
+    }
     stream_response(call, &headers, Body::Stream(Box::pin(body)))
 }
 
@@ -335,8 +348,11 @@ where
             })
             .await;
             match result {
-                Ok(response) => stream_body(&call, response),
-                Err(error) => stream_error(&call, &error),
+                Ok(response) => stream_body(&mut call, response),
+                Err(error) => {
+                    call.finish(Err(&error));
+                    stream_error(&call, &error)
+                }
             }
         })
     }
@@ -393,12 +409,17 @@ where
                     let (message, headers, trailers) = response.into_parts();
                     let mut buf = BytesMut::new();
                     if let Err(error) = call.response_format().encode(&message, &mut buf) {
+                        call.finish(Err(&error));
                         return stream_error(&call, &error);
                     }
+                    call.finish(Ok(()));
                     stream::end_stream(None, &trailers, &mut buf);
                     stream_response(&call, &headers, Body::full(buf.freeze()))
                 }
-                Err(error) => stream_error(&call, &error),
+                Err(error) => {
+                    call.finish(Err(&error));
+                    stream_error(&call, &error)
+                }
             }
         })
     }
@@ -431,8 +452,11 @@ where
             })
             .await;
             match result {
-                Ok(response) => stream_body(&call, response),
-                Err(error) => stream_error(&call, &error),
+                Ok(response) => stream_body(&mut call, response),
+                Err(error) => {
+                    call.finish(Err(&error));
+                    stream_error(&call, &error)
+                }
             }
         })
     }

@@ -30,7 +30,7 @@ use crate::memory::Incoming;
 use crate::tls::ServerTls;
 pub use handler::Service;
 pub use http_service::{HttpService, ResponseBody};
-pub use intercept::{CallContext, ServerInterceptor};
+pub use intercept::{CallContext, CallSummary, ServerInterceptor};
 pub(crate) use response::error_response;
 pub(crate) use router::Router;
 use router::{CallLimits, Route};
@@ -73,7 +73,7 @@ pub async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct Server {
     routes: HashMap<&'static str, Route>,
     raw: HashMap<&'static str, RawHandler>,
-    prefixes: Vec<(String, RawHandler)>,
+    prefixes: Vec<router::PrefixRoute>,
     limits: CallLimits,
     shutdown_timeout: Duration,
     tls: Option<ServerTls>,
@@ -183,7 +183,22 @@ impl Server {
     /// Serves plain HTTP requests under `prefix` with `handler` (proxies such as
     /// `/capabilities/`). Connect procedures and exact paths take precedence.
     pub(crate) fn route_prefix(mut self, prefix: impl Into<String>, handler: RawHandler) -> Self {
-        self.prefixes.push((prefix.into(), handler));
+        self.prefixes.push(router::PrefixRoute {
+            prefix: prefix.into(),
+            handler,
+            proxy: false,
+        });
+        self
+    }
+
+    /// [`Server::route_prefix`] for a proxy of Connect calls (paths ending with the
+    /// procedure): the server's interceptors see the calls it forwards.
+    pub(crate) fn route_proxy(mut self, prefix: impl Into<String>, handler: RawHandler) -> Self {
+        self.prefixes.push(router::PrefixRoute {
+            prefix: prefix.into(),
+            handler,
+            proxy: true,
+        });
         self
     }
 
@@ -191,14 +206,14 @@ impl Server {
     /// broker's proxy).
     pub(crate) fn into_router(self) -> Arc<router::Router> {
         let mut prefixes = self.prefixes;
-        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        prefixes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Arc::new(Router {
             routes: self.routes,
             raw: self.raw,
             prefixes,
             limits: self.limits,
             guard: self.guard,
-            interceptors: self.interceptors,
+            interceptors: self.interceptors.into(),
         })
     }
 

@@ -15,7 +15,7 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::handler::{Call, CallBody, Handler};
-use super::intercept::{CallContext, ServerInterceptor};
+use super::intercept::{CallContext, Observer, ServerInterceptor};
 use super::response::{error_response, error_response_with_status};
 use crate::body::{Body, RecvBody};
 use crate::method::{Idempotency, MethodDescriptor, StreamKind};
@@ -53,12 +53,21 @@ pub(crate) struct Router {
     /// Plain HTTP handlers by exact path.
     pub(crate) raw: HashMap<&'static str, RawHandler>,
     /// Plain HTTP handlers by path prefix, longest first.
-    pub(crate) prefixes: Vec<(String, RawHandler)>,
+    pub(crate) prefixes: Vec<PrefixRoute>,
     pub(crate) limits: CallLimits,
     /// Checked before anything else, on every request.
     pub(crate) guard: Option<Guard>,
-    /// Run before each call's handler.
-    pub(crate) interceptors: Vec<Arc<dyn ServerInterceptor>>,
+    /// Run before each call's handler, and told its outcome.
+    pub(crate) interceptors: Arc<[Arc<dyn ServerInterceptor>]>,
+}
+
+/// Plain HTTP requests under a path prefix.
+pub(crate) struct PrefixRoute {
+    pub(crate) prefix: String,
+    pub(crate) handler: RawHandler,
+    /// Forwards Connect calls (whose paths end with the procedure): the server's
+    /// interceptors see them.
+    pub(crate) proxy: bool,
 }
 
 /// A check every request must pass before it is routed (who may call this server at all);
@@ -72,18 +81,16 @@ impl Router {
         request: http::Request<RecvBody>,
         peer: &crate::request::Peer,
     ) -> http::Response<Body> {
+        // One hash lookup on the hot path; plain HTTP routes only when it misses.
+        let route = self.routes.get(request.uri().path());
         if let Some(guard) = &self.guard
             && let Err(refused) = guard(&request)
         {
-            return error_response_with_status(
-                &refused,
-                StatusCode::from_u16(refused.code().http_status())
-                    .unwrap_or(StatusCode::UNAUTHORIZED),
-            );
+            let streaming = route.is_some_and(|r| r.method.kind.is_streaming());
+            return refusal_response(&request, streaming, &refused);
         }
-        // One hash lookup on the hot path; plain HTTP routes only when it misses.
-        let Some(route) = self.routes.get(request.uri().path()) else {
-            return self.handle_other(request).await;
+        let Some(route) = route else {
+            return self.handle_other(request, peer).await;
         };
         let (parts, body) = request.into_parts();
         let kind = route.method.kind;
@@ -113,42 +120,53 @@ impl Router {
             Err(rejection) => return rejection,
         };
         if !self.interceptors.is_empty() {
-            let mut context = CallContext {
-                method: route.method,
+            let context = CallContext {
+                method: Some(route.method),
+                procedure: route.method.path,
                 headers: &call.headers,
                 peer: &mut call.peer,
                 deadline: call.deadline,
             };
-            for interceptor in &self.interceptors {
-                if let Err(refused) = interceptor.before(&mut context) {
-                    // As the handler would have answered: a stream's error in its end-stream
-                    // message (metadata such as a retry hint included), a unary one with its
-                    // code's status.
-                    if kind.is_streaming() {
-                        return super::handler::stream_error(&call, &refused);
-                    }
-                    return error_response_with_status(
-                        &refused,
-                        StatusCode::from_u16(refused.code().http_status())
-                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    );
+            let (observer, refusal) = Observer::before(&self.interceptors, context);
+            if let Some(refused) = refusal {
+                // The refusing interceptor sees it too (its `before` ran).
+                observer.finish(Err(&refused));
+                // As the handler would have answered: a stream's error in its end-stream
+                // message (metadata such as a retry hint included), a unary one with its
+                // code's status.
+                if kind.is_streaming() {
+                    return super::handler::stream_error(&call, &refused);
                 }
+                return error_response_with_status(
+                    &refused,
+                    StatusCode::from_u16(refused.code().http_status())
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                );
             }
+            call.observer = Some(observer);
         }
         Arc::clone(&route.handler).call(call).await
     }
 
     /// Plain HTTP routes (exact, then by prefix), else the 404 of an unknown procedure.
-    async fn handle_other(&self, request: http::Request<RecvBody>) -> http::Response<Body> {
+    async fn handle_other(
+        &self,
+        request: http::Request<RecvBody>,
+        peer: &crate::request::Peer,
+    ) -> http::Response<Body> {
         let path = request.uri().path();
-        let raw = self.raw.get(path).or_else(|| {
-            self.prefixes
-                .iter()
-                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                .map(|(_, handler)| handler)
-        });
-        if let Some(handler) = raw {
+        if let Some(handler) = self.raw.get(path) {
             return handler(request).await;
+        }
+        let prefixed = self
+            .prefixes
+            .iter()
+            .find(|route| path.starts_with(route.prefix.as_str()));
+        if let Some(route) = prefixed {
+            if route.proxy && !self.interceptors.is_empty() {
+                return self.proxy(&route.handler, request, peer).await;
+            }
+            return (route.handler)(request).await;
         }
         // P1: an unknown procedure is a 404, which clients read as `unimplemented`.
         error_response_with_status(
@@ -157,6 +175,50 @@ impl Router {
             )),
             StatusCode::NOT_FOUND,
         )
+    }
+
+    /// A call a proxy route forwards, through the interceptors: its procedure is the end of
+    /// its path, and its outcome the status of the answer (a stream's, when it opens).
+    async fn proxy(
+        &self,
+        handler: &RawHandler,
+        request: http::Request<RecvBody>,
+        peer: &crate::request::Peer,
+    ) -> http::Response<Body> {
+        let path = request.uri().path();
+        let procedure = connect_procedure(path);
+        let deadline = request
+            .headers()
+            .get(&CONNECT_TIMEOUT_MS)
+            .and_then(|v| timeout::parse(v).ok())
+            .and_then(|t| Instant::now().checked_add(t));
+        let mut peer = peer.clone();
+        let context = CallContext {
+            method: None,
+            procedure,
+            headers: request.headers(),
+            peer: &mut peer,
+            deadline,
+        };
+        let (observer, refusal) = Observer::before(&self.interceptors, context);
+        if let Some(refused) = refusal {
+            observer.finish(Err(&refused));
+            return refusal_response(&request, true, &refused);
+        }
+        let response = handler(request).await;
+        if response.status() == StatusCode::OK {
+            observer.finish(Ok(()));
+        } else {
+            let code = crate::Code::from_http_status(response.status().as_u16());
+            observer.finish(Err(&Error::new(
+                code,
+                format!(
+                    "the forwarded call was answered with HTTP {}",
+                    response.status()
+                ),
+            )));
+        }
+        response
     }
 
     // The rejection is a cold path and `Call` is no smaller: boxing buys nothing here.
@@ -240,6 +302,7 @@ impl Router {
             compress_min_bytes: self.limits.compress_min_bytes,
             body_timeout: self.limits.body_timeout,
             peer: peer.clone(),
+            observer: None,
         })
     }
 
@@ -276,7 +339,44 @@ impl Router {
             compress_min_bytes: self.limits.compress_min_bytes,
             body_timeout: self.limits.body_timeout,
             peer: peer.clone(),
+            observer: None,
         })
+    }
+}
+
+/// A guard's refusal, answered as the procedure would answer an error: a streaming call's in
+/// its end-stream message (HTTP 200, so that stream clients read it), anything else with the
+/// code's HTTP status.
+fn refusal_response(
+    request: &http::Request<RecvBody>,
+    streaming: bool,
+    refused: &Error,
+) -> http::Response<Body> {
+    let stream_codec = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .filter(|_| streaming)
+        .and_then(|v| Codec::from_stream_content_type(v.as_bytes()));
+    if let Some(codec) = stream_codec {
+        let mut response = http::Response::new(Body::full(stream::end_stream_error(refused)));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, codec.stream_content_type());
+        return response;
+    }
+    error_response_with_status(
+        refused,
+        StatusCode::from_u16(refused.code().http_status()).unwrap_or(StatusCode::UNAUTHORIZED),
+    )
+}
+
+/// The Connect procedure at the end of a forwarded call's path: its last two segments
+/// (`/pkg.Service/Method`), or the whole path if it has fewer.
+fn connect_procedure(path: &str) -> &str {
+    let mut slashes = path.rmatch_indices('/').map(|(i, _)| i);
+    match (slashes.next(), slashes.next()) {
+        (Some(_), Some(start)) => &path[start..],
+        _ => path,
     }
 }
 
