@@ -461,3 +461,62 @@ async fn the_host_stops_a_plugin_it_did_not_launch_and_a_stranger_cannot() {
     assert!(exited.is_some(), "the plugin process exits");
     drop(logger);
 }
+
+/// `Shutdown`'s grace period holds: a plugin with a call that would keep its drain going for
+/// its own 30 s shutdown timeout stops once the host's 1 s grace period is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_plugin_keeps_to_the_grace_period_its_host_gives() {
+    use connect_plugin::handshake::JOIN_TOKEN_ENV;
+    use connect_plugin::{Channel, LaunchConfig, MessageStream, PluginProcess};
+    use connect_plugin_tests::interop::InteropServicePlugin;
+
+    const TOKEN: &str = "interop-join-token-0123456789abcdef";
+    let registry = ServiceRegistry::new();
+    registry
+        .join_policy()
+        .allow(Some("interop-plugin"), TOKEN, ["interop"])
+        .unwrap();
+    let host_url = serve_registry(&registry).await;
+    let plugin = PluginProcess::launch(
+        LaunchConfig::new("interop", env!("CARGO_BIN_EXE_interop-plugin"))
+            .env("HOST_URL", &host_url)
+            .env(JOIN_TOKEN_ENV, TOKEN)
+            .answer_anyone()
+            .start_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    within(Duration::from_secs(10), || {
+        !registry.providers("interop").is_empty()
+    })
+    .await
+    .expect("registered");
+    let runtime_id = registry.providers("interop")[0].runtime_id.clone();
+    let pid = plugin.id().unwrap();
+
+    // A bidi call that stays open: without the grace period the drain would wait 30 s.
+    let interop =
+        connect_plugin::dispense::<InteropServicePlugin>(&Channel::new(plugin.endpoint()).unwrap());
+    let (_requests_open, requests) = MessageStream::channel(1);
+    let open = interop.bidi(requests).await.unwrap();
+
+    let asked = Instant::now();
+    registry
+        .stop_plugin(&runtime_id, Duration::from_secs(1), "maintenance")
+        .await
+        .expect("the host stops it");
+    let exited = within(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.split(' ').nth(2) == Some("Z"))
+    })
+    .await
+    .map(|_| asked.elapsed());
+    println!("stopped with a 1 s grace period and a call open: exited after {exited:?}");
+    let exited = exited.expect("the plugin process exits");
+    assert!(
+        exited >= Duration::from_millis(900) && exited < Duration::from_secs(4),
+        "{exited:?}"
+    );
+    drop(open);
+    drop(plugin);
+}

@@ -12,6 +12,7 @@
 //! [`ServiceRegistry::stop_plugin`](crate::host::ServiceRegistry::stop_plugin).
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -42,12 +43,40 @@ pub(crate) struct Control {
     health: HealthServer,
     /// Notified when the host asks the plugin to stop.
     stop: Arc<Notify>,
+    /// The grace period the host gave, once it has asked.
+    grace: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
 impl Control {
-    pub(crate) fn new(health: HealthServer, stop: Arc<Notify>) -> Self {
-        Self { health, stop }
+    pub(crate) fn new(
+        health: HealthServer,
+        stop: Arc<Notify>,
+        grace: tokio::sync::watch::Sender<Option<Duration>>,
+    ) -> Self {
+        Self {
+            health,
+            stop,
+            grace,
+        }
     }
+}
+
+/// Resolves once the host has asked the plugin to stop with a grace period and that period
+/// has passed: serving ends then, calls still in flight or not. Never resolves otherwise.
+pub(crate) async fn grace_over(mut grace: tokio::sync::watch::Receiver<Option<Duration>>) {
+    let period = loop {
+        if let Some(period) = *grace.borrow_and_update() {
+            break period;
+        }
+        if grace.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    };
+    tokio::time::sleep(period).await;
+    tracing::warn!(
+        grace_ms = period.as_millis() as u64,
+        "the host's grace period is over: stopping with calls still in flight"
+    );
 }
 
 impl wire::PluginControl for Control {
@@ -85,8 +114,12 @@ impl wire::PluginControl for Control {
                 ),
             ));
         }
-        let reason = request.into_message().reason;
-        tracing::info!(%reason, "the host asked this plugin to stop");
+        let message = request.into_message();
+        // A grace period of 0 (or less) leaves the plugin's own shutdown timeout.
+        if let Ok(seconds @ 1..) = u64::try_from(message.grace_period_seconds) {
+            self.grace.send_replace(Some(Duration::from_secs(seconds)));
+        }
+        tracing::info!(reason = %message.reason, grace_period_seconds = message.grace_period_seconds, "the host asked this plugin to stop");
         self.stop.notify_one();
         Ok(Response::new(wire::ShutdownResponse { acknowledged: true }))
     }

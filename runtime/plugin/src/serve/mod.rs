@@ -446,6 +446,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         on_join: host.on_join,
     };
     let control_stop = Arc::new(tokio::sync::Notify::new());
+    let (grace, grace_given) = tokio::sync::watch::channel(None);
     server = server
         .add_service(HandshakeServiceServer::new(handshake).into_service())
         .add_service(HealthServiceServer::new(health.clone()).into_service())
@@ -453,6 +454,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
             wire::PluginControlServer::new(control::Control::new(
                 health.clone(),
                 Arc::clone(&control_stop),
+                grace,
             ))
             .into_service(),
         );
@@ -500,9 +502,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         // Readiness flips first, so load balancers and hosts stop sending new calls.
         health.shutdown();
     };
-    let served = match incoming {
-        Incoming::Tcp(listener) => server.serve_with_shutdown(listener, stop).await,
-        Incoming::Memory(pipes) => rpc_private::serve_memory(server, pipes, stop).await,
+    let serving = async {
+        match incoming {
+            Incoming::Tcp(listener) => server.serve_with_shutdown(listener, stop).await,
+            Incoming::Memory(pipes) => rpc_private::serve_memory(server, pipes, stop).await,
+        }
+    };
+    // A host that stops the plugin with a grace period shorter than the drain gets it kept.
+    let served = tokio::select! {
+        served = serving => served,
+        () = control::grace_over(grace_given) => Ok(()),
     };
     for task in tasks {
         task.abort();
