@@ -520,3 +520,121 @@ async fn a_stopped_plugin_keeps_to_the_grace_period_its_host_gives() {
     drop(open);
     drop(plugin);
 }
+
+/// `kill -9` under continuous direct load (no host in between), through a circuit breaker:
+/// no call outlives its deadline, the breaker opens while the plugin is down and closes again
+/// once its restart answers, and calls through the channel made before the crash succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opens_on_a_killed_plugin_and_closes_once_it_is_back() {
+    use connect_plugin::process::{PluginState, RestartPolicy as Policy};
+    use connect_plugin::rpc::policy::{BreakerState, CircuitBreaker};
+    use connect_plugin::{LaunchConfig, SupervisedPlugin};
+    use kv::v1::{KvServicePlugin, PutRequest};
+
+    let plugin =
+        SupervisedPlugin::launch(
+            LaunchConfig::new("kv", env!("CARGO_BIN_EXE_e2e-kv-plugin")).restart(
+                Policy::with_backoff(3, Duration::from_millis(50), Duration::from_secs(1)),
+            ),
+        )
+        .await
+        .unwrap();
+    let changes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&changes);
+    let channel = plugin.channel().unwrap();
+    // The same connection settings, with a breaker: rebuild from the plugin's channel.
+    let channel = connect_plugin::Channel::builder(channel.base_url())
+        .metadata(channel.metadata().clone())
+        .wrap(
+            CircuitBreaker::new()
+                .failure_threshold(3)
+                .open_for(Duration::from_millis(300))
+                .on_state_change(move |old, new| seen.lock().unwrap().push((old, new))),
+        )
+        .build()
+        .unwrap();
+    let kv = connect_plugin::dispense::<KvServicePlugin>(&channel);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<[AtomicUsize; 5]> = Arc::new(Default::default());
+    const MADE: usize = 0;
+    const OK: usize = 1;
+    const FAILED: usize = 2;
+    const REFUSED_BY_BREAKER: usize = 3;
+    const HUNG: usize = 4;
+    let worker = {
+        let (kv, stop, counts) = (kv.clone(), Arc::clone(&stop), Arc::clone(&counts));
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                counts[MADE].fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let request = Request::new(PutRequest {
+                    key: format!("k{i}"),
+                    value: "v".into(),
+                })
+                .with_timeout(Duration::from_secs(1));
+                let outcome = kv.put(request).await;
+                if started.elapsed() > Duration::from_millis(1_500) {
+                    counts[HUNG].fetch_add(1, Ordering::Relaxed);
+                }
+                match outcome {
+                    Ok(_) => counts[OK].fetch_add(1, Ordering::Relaxed),
+                    Err(e) if e.message().contains("circuit breaker") => {
+                        counts[REFUSED_BY_BREAKER].fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => counts[FAILED].fetch_add(1, Ordering::Relaxed),
+                };
+                // A caller that backs off a little, as real ones do.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    within(Duration::from_secs(5), || {
+        counts[OK].load(Ordering::Relaxed) >= 20
+    })
+    .await
+    .expect("calls succeed before the crash");
+    let PluginState::Running { pid, .. } = plugin.state() else {
+        panic!("not running: {:?}", plugin.state());
+    };
+    let killed = Instant::now();
+    kill9(pid);
+    use BreakerState::{Closed, HalfOpen, Open};
+    let opened = within(Duration::from_secs(2), || {
+        changes.lock().unwrap().contains(&(Closed, Open))
+    })
+    .await
+    .expect("the breaker opens while the plugin is down");
+    let closed = within(Duration::from_secs(10), || {
+        changes.lock().unwrap().contains(&(HalfOpen, Closed))
+    })
+    .await
+    .expect("the breaker closes once the plugin is back");
+    let ok_then = counts[OK].load(Ordering::Relaxed);
+    within(Duration::from_secs(5), || {
+        counts[OK].load(Ordering::Relaxed) >= ok_then + 20
+    })
+    .await
+    .expect("calls succeed again");
+    stop.store(true, Ordering::Relaxed);
+    worker.await.unwrap();
+    let count = |i: usize| counts[i].load(Ordering::Relaxed);
+    println!(
+        "kill -9 under direct load with a breaker: opened {opened:?} and closed {closed:?} after the kill ({:?} ago); calls made {}, ok {}, failed {}, refused by the open breaker {}, hung {}; breaker changes {:?}",
+        killed.elapsed(),
+        count(MADE),
+        count(OK),
+        count(FAILED),
+        count(REFUSED_BY_BREAKER),
+        count(HUNG),
+        changes.lock().unwrap()
+    );
+    assert_eq!(count(HUNG), 0, "no call outlived its deadline");
+    assert!(
+        count(REFUSED_BY_BREAKER) > 0,
+        "the open breaker answered at once"
+    );
+    plugin.shutdown(Duration::from_secs(5)).await;
+}
