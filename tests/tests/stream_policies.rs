@@ -373,3 +373,77 @@ async fn streams_fail_over_and_calls_spread_over_the_preferred_endpoints() {
     assert!((30..=130).contains(&to_c), "about a quarter to c: {to_c}");
     assert!(to_b > to_c, "{to_b} vs {to_c}");
 }
+
+/// A request stream that fails before its first message is the caller's error, not a retry
+/// that would send the server an empty (and so complete) stream.
+#[tokio::test]
+async fn a_request_stream_that_fails_at_once_is_not_sent_again_empty() {
+    let server = serve_interop().await;
+    let retrying = client(&server, |c| c.wrap(stream_retry()));
+    let (tx, requests) = MessageStream::<Payload>::channel(1);
+    tx.fail(Error::new(Code::Aborted, "the caller gave up"))
+        .await;
+    let error = retrying.client_stream(requests).await.unwrap_err();
+    assert_eq!(error.code(), Code::Aborted, "{error}");
+}
+
+/// An opened stream a wrapper gives up on (dropped before it is read) is no verdict: a
+/// half-open breaker's probe place comes back.
+#[tokio::test]
+async fn a_stream_dropped_by_a_wrapper_gives_its_probe_back() {
+    use std::sync::atomic::AtomicBool;
+
+    struct DropOpened(Arc<AtomicBool>);
+    impl Wrap for DropOpened {
+        fn unary<'a>(
+            &'a self,
+            call: connect_plugin::rpc::interceptor::UnaryCall,
+            next: connect_plugin::rpc::interceptor::Next<'a>,
+        ) -> connect_plugin::rpc::interceptor::WrapFuture<'a> {
+            next.run(call)
+        }
+        fn stream<'a>(&'a self, call: StreamCall, next: StreamNext<'a>) -> StreamFuture<'a> {
+            Box::pin(async move {
+                let reply = next.run(call).await?;
+                if self.0.load(Ordering::SeqCst) {
+                    drop(reply);
+                    return Err(Error::new(Code::Aborted, "not this one"));
+                }
+                Ok(reply)
+            })
+        }
+    }
+    let server = serve_interop().await;
+    let dropping = Arc::new(AtomicBool::new(false));
+    let guarded = client(&server, |c| {
+        c.wrap(DropOpened(Arc::clone(&dropping))).wrap(
+            CircuitBreaker::new()
+                .failure_threshold(1)
+                .open_for(Duration::from_millis(100)),
+        )
+    });
+    let mut failing = guarded
+        .server_stream(Payload {
+            fail_code: Code::Unavailable.as_str().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_message();
+    assert!(failing.message().await.is_err());
+    drop(failing);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    dropping.store(true, Ordering::SeqCst);
+    let given_up = guarded.server_stream(Payload::default()).await.unwrap_err();
+    assert_eq!(given_up.code(), Code::Aborted);
+    dropping.store(false, Ordering::SeqCst);
+    let mut probe = guarded
+        .server_stream(Payload {
+            count: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("the probe place came back")
+        .into_message();
+    assert!(probe.message().await.unwrap().is_some());
+}

@@ -17,7 +17,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -160,19 +159,28 @@ impl std::fmt::Debug for StreamCall {
 impl StreamCall {
     /// Whether the call may still be sent (again): always for a server-streaming call (its one
     /// request message is kept); for client and bidi streaming, until the first request
-    /// message has been handed to a connection.
+    /// message (or the request stream's failure or end) has been handed to a connection.
     pub fn replayable(&self) -> bool {
         match &self.request {
             StreamRequest::Ready(_) => true,
-            StreamRequest::Shared(shared) => !shared.started.load(Ordering::Acquire),
+            StreamRequest::Shared(shared) => !shared.lock().started,
         }
     }
 
-    /// The HTTP body of one attempt.
+    /// The HTTP body of one attempt (which takes the request stream over from any earlier
+    /// attempt).
     pub(crate) fn body(&self) -> Body {
         match &self.request {
             StreamRequest::Ready(bytes) => Body::full(bytes.clone()),
             StreamRequest::Shared(shared) => Body::Stream(Box::pin(shared.attempt())),
+        }
+    }
+
+    /// Cuts the current attempt off the request stream (it failed): nothing more of the stream
+    /// goes to it, so what [`StreamCall::replayable`] says stays true until another attempt.
+    pub(crate) fn fence(&self) {
+        if let StreamRequest::Shared(shared) = &self.request {
+            shared.lock().epoch += 1;
         }
     }
 }
@@ -187,27 +195,38 @@ pub(crate) enum StreamRequest {
 
 type BoxedBody = Pin<Box<dyn http_body::Body<Data = Bytes, Error = Error> + Send>>;
 
-/// A request stream several attempts may use in turn: the newest attempt reads it, an older
-/// one sees its end; once a message has gone out it is no longer replayable.
-pub(crate) struct SharedRequest {
-    body: Mutex<BoxedBody>,
-    started: AtomicBool,
-    epoch: AtomicU64,
+/// A request stream several attempts may use in turn: only the newest attempt reads it (the
+/// epoch says which, checked under the same lock as every read); once anything of it has gone
+/// out it is no longer replayable.
+pub(crate) struct SharedRequest(Mutex<SharedState>);
+
+struct SharedState {
+    body: BoxedBody,
+    /// Whether a frame (a message, the stream's failure or its end) was handed out.
+    started: bool,
+    /// The attempt that may read the stream.
+    epoch: u64,
 }
 
 impl SharedRequest {
     pub(crate) fn new(body: BoxedBody) -> Arc<Self> {
-        Arc::new(Self {
-            body: Mutex::new(body),
-            started: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-        })
+        Arc::new(Self(Mutex::new(SharedState {
+            body,
+            started: false,
+            epoch: 0,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn attempt(self: &Arc<Self>) -> AttemptBody {
+        let mut state = self.lock();
+        state.epoch += 1;
         AttemptBody {
             shared: Arc::clone(self),
-            epoch: self.epoch.fetch_add(1, Ordering::AcqRel) + 1,
+            epoch: state.epoch,
         }
     }
 }
@@ -227,23 +246,25 @@ impl http_body::Body for AttemptBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
         let this = self.get_mut();
-        // A newer attempt owns the stream: this one (abandoned) sends nothing more.
-        if this.shared.epoch.load(Ordering::Acquire) != this.epoch {
+        let mut state = this.shared.lock();
+        // Another attempt owns the stream: this one (failed or abandoned) sends nothing more,
+        // and never touches the stream (nor its waker).
+        if state.epoch != this.epoch {
             return Poll::Ready(Some(Err(Error::new(
                 crate::Code::Canceled,
-                "the stream was sent again by a newer attempt",
+                "the stream was taken over by another attempt",
             ))));
         }
-        let mut body = this
-            .shared
-            .body
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let frame = body.as_mut().poll_frame(cx);
-        if matches!(&frame, Poll::Ready(Some(Ok(f))) if f.is_data()) {
-            this.shared.started.store(true, Ordering::Release);
+        let frame = state.body.as_mut().poll_frame(cx);
+        if matches!(frame, Poll::Ready(Some(_))) {
+            state.started = true;
         }
         frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.shared.lock();
+        state.epoch != self.epoch || state.body.is_end_stream()
     }
 }
 
@@ -251,7 +272,8 @@ impl http_body::Body for AttemptBody {
 pub struct StreamReply {
     /// The response headers.
     pub headers: HeaderMap,
-    pub(crate) body: RecvBody,
+    /// (Taken when the reply becomes a stream.)
+    pub(crate) body: Option<RecvBody>,
     pub(crate) compression: Option<Compression>,
     pub(crate) watchers: Vec<FirstOutcome>,
 }
@@ -264,6 +286,21 @@ impl std::fmt::Debug for StreamReply {
         f.debug_struct("StreamReply")
             .field("headers", &self.headers)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for StreamReply {
+    fn drop(&mut self) {
+        // Dropped before it became a stream (a wrapper gave up on it): no verdict.
+        if !self.watchers.is_empty() {
+            let gone = Error::new(
+                crate::Code::Canceled,
+                "the opened stream was dropped before it was read",
+            );
+            for watch in std::mem::take(&mut self.watchers) {
+                watch(Err(&gone));
+            }
+        }
     }
 }
 

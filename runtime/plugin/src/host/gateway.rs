@@ -160,6 +160,13 @@ async fn route(
             "{path} is not a routed call: expected /services/<type>/<provider id>/<package.Service>/<Method>"
         )));
     };
+    // Interceptors and the provider must read the same procedure: no percent-encoding (a
+    // provider may decode it, an interceptor's rule would not).
+    if procedure.contains('%') {
+        return Err(Error::invalid_argument(format!(
+            "{path} is not a routed call: procedure names are not percent-encoded"
+        )));
+    }
     // A replaced provider's calls go to its replacement; only registered procedures route.
     let target = match registry.route_target(service_type, provider_id, procedure) {
         Ok(target) => target,

@@ -571,10 +571,12 @@ impl Channel {
         if inner.wrappers.is_empty() {
             return self.attempt(call, timeout).await;
         }
-        // The channel's timeout bounds the whole chain; each attempt carries what is left.
-        let deadline = call.deadline;
+        // The channel's timeout bounds the whole chain; each attempt carries what is left of
+        // the deadline as the wrappers left it.
         let send = move |call: UnaryCall| -> WrapFuture<'_> {
-            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            let left = call
+                .deadline
+                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
             // Each attempt ends by the deadline itself, so wrappers see its outcome
             // (`deadline_exceeded`) rather than being dropped by the outer timeout.
             Box::pin(with_timeout(left, self.attempt(call, left)))
@@ -818,15 +820,16 @@ impl Channel {
                 };
                 self.chain_stream(call).await?
             };
-            let StreamReply {
-                headers,
-                body,
-                compression,
-                watchers,
-            } = reply;
+            let mut reply = reply;
+            let headers = std::mem::take(&mut reply.headers);
+            let body = reply
+                .body
+                .take()
+                .ok_or_else(|| Error::internal("a stream reply without its body"))?;
+            let watchers = std::mem::take(&mut reply.watchers);
             let stream = Streaming::new(
                 body,
-                self.format(compression),
+                self.format(reply.compression),
                 Direction::FromServer,
                 deadline,
             )
@@ -840,14 +843,31 @@ impl Channel {
 
     /// Runs a streaming call's opening through this channel's wrappers and transport.
     async fn chain_stream(&self, call: StreamCall) -> Result<StreamReply, Error> {
-        let deadline = call.deadline;
         let send = move |call: StreamCall| -> StreamFuture<'_> {
-            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            // The deadline as the wrappers left it.
+            let left = call
+                .deadline
+                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
             let body = call.body();
-            Box::pin(with_timeout(
-                left,
-                self.stream_attempt(call.method, call.headers, left, call.compression, body),
-            ))
+            Box::pin(async move {
+                let StreamCall {
+                    method,
+                    headers,
+                    compression,
+                    ..
+                } = call.clone();
+                let opened = with_timeout(
+                    left,
+                    self.stream_attempt(method, headers, left, compression, body),
+                )
+                .await;
+                if opened.is_err() {
+                    // A failed attempt reads no more of the request: whether it may be sent
+                    // again is settled now.
+                    call.fence();
+                }
+                opened
+            })
         };
         StreamNext::new(&self.inner.wrappers, &send).run(call).await
     }
@@ -909,7 +929,7 @@ impl Channel {
         let compression = response_encoding(&parts.headers, &CONNECT_CONTENT_ENCODING)?;
         Ok(StreamReply {
             headers: parts.headers,
-            body,
+            body: Some(body),
             compression,
             watchers: Vec::new(),
         })

@@ -110,7 +110,8 @@ impl Auth {
         self
     }
 
-    /// Does not check calls to `procedure` (e.g. `/grpc.health.v1.Health/Check`).
+    /// Does not check calls to `procedure` (e.g. `/grpc.health.v1.Health/Check`), one this
+    /// server serves itself (calls a proxy route forwards are always checked).
     #[must_use]
     pub fn open(mut self, procedure: &'static str) -> Self {
         self.open.push(procedure);
@@ -200,7 +201,9 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 impl ServerInterceptor for Auth {
     fn before(&self, call: &mut CallContext<'_>) -> Result<(), Error> {
-        if self.open.contains(&call.procedure()) {
+        // Open procedures are this server's own: a forwarded call whose path merely ends
+        // the same way is checked.
+        if call.method().is_some() && self.open.contains(&call.procedure()) {
             return Ok(());
         }
         match self.authenticate(call)? {

@@ -61,7 +61,12 @@ struct Inner {
     count: u32,
     opened: Instant,
     probes: u32,
+    /// Counts state changes: a probe belongs to the half-open period it was admitted in.
+    generation: u64,
 }
+
+/// A call let through: `Some(generation)` for a probe of that half-open period.
+type Ticket = Option<u64>;
 
 impl Default for CircuitBreaker {
     fn default() -> Self {
@@ -90,6 +95,7 @@ impl CircuitBreaker {
                 count: 0,
                 opened: Instant::now(),
                 probes: 0,
+                generation: 0,
             }),
         };
         Self {
@@ -163,6 +169,7 @@ impl Core {
         inner.state = state;
         inner.count = 0;
         inner.probes = 0;
+        inner.generation += 1;
         if state == BreakerState::Open {
             inner.opened = Instant::now();
         }
@@ -175,8 +182,8 @@ impl Core {
         }
     }
 
-    /// Lets a call through (and whether it is a probe), or refuses it.
-    fn admit(&self) -> Result<bool, Error> {
+    /// Lets a call through (a probe, or not), or refuses it.
+    fn admit(&self) -> Result<Ticket, Error> {
         let mut inner = self.inner();
         let mut change = None;
         if inner.state == BreakerState::Open {
@@ -202,20 +209,23 @@ impl Core {
             }
             inner.probes += 1;
         }
+        let ticket = probe.then_some(inner.generation);
         drop(inner);
         self.changed(change);
-        Ok(probe)
+        Ok(ticket)
     }
 
     /// Records the outcome of a call let through; `canceled` (the caller gave up) is no
     /// verdict: a probe gives its place back.
-    fn record(&self, probe: bool, outcome: Result<(), Code>) {
+    fn record(&self, ticket: Ticket, outcome: Result<(), Code>) {
         if outcome == Err(Code::Canceled) {
-            self.release(probe);
+            self.release(ticket);
             return;
         }
         let failed = outcome.is_err_and(|code| self.failures.contains(&code));
         let mut inner = self.inner();
+        // A probe of an earlier half-open period is old news.
+        let probe = ticket == Some(inner.generation);
         let change = match (inner.state, failed) {
             (BreakerState::Closed, false) => {
                 inner.count = 0;
@@ -242,11 +252,11 @@ impl Core {
         self.changed(change);
     }
 
-    /// A probe that ended with no verdict gives its place back.
-    fn release(&self, probe: bool) {
-        if probe {
+    /// A probe that ended with no verdict gives its place back (in its own half-open period).
+    fn release(&self, ticket: Ticket) {
+        if let Some(generation) = ticket {
             let mut inner = self.inner();
-            if inner.state == BreakerState::HalfOpen {
+            if inner.state == BreakerState::HalfOpen && inner.generation == generation {
                 inner.probes = inner.probes.saturating_sub(1);
             }
         }
@@ -257,7 +267,7 @@ impl Core {
 /// place back, counting as neither success nor failure.
 struct Admitted<'a> {
     breaker: &'a Core,
-    probe: bool,
+    probe: Ticket,
     recorded: bool,
 }
 
@@ -315,7 +325,13 @@ impl Wrap for CircuitBreaker {
                 Ok(mut reply) => {
                     let core = Arc::clone(&self.core);
                     reply.on_first_outcome(move |first| {
-                        core.record(probe, first.map_err(Error::code));
+                        let outcome = match first.map_err(Error::code) {
+                            // Its own deadline ended a stream that opened: a quiet stream,
+                            // not a failing endpoint.
+                            Err(Code::DeadlineExceeded) => Err(Code::Canceled),
+                            outcome => outcome,
+                        };
+                        core.record(probe, outcome);
                     });
                     Ok(reply)
                 }
@@ -331,7 +347,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_given_up_gives_its_place_back() {
         let breaker = CircuitBreaker::new().failure_threshold(1);
-        breaker.core.record(false, Err(Code::Unavailable));
+        breaker.core.record(None, Err(Code::Unavailable));
         tokio::time::advance(Duration::from_secs(10)).await;
         let probe = Admitted {
             breaker: &breaker.core,
@@ -340,7 +356,10 @@ mod tests {
         };
         assert!(breaker.core.admit().is_err(), "one probe at a time");
         drop(probe);
-        assert!(breaker.core.admit().unwrap(), "the next call probes");
+        assert!(
+            breaker.core.admit().unwrap().is_some(),
+            "the next call probes"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -352,15 +371,15 @@ mod tests {
         let fail = Err(Code::Unavailable);
         // Caller mistakes do not count; four failures do not open it; a success resets.
         for _ in 0..4 {
-            breaker.core.record(false, fail);
+            breaker.core.record(None, fail);
         }
-        breaker.core.record(false, Err(Code::InvalidArgument));
-        breaker.core.record(false, Ok(()));
+        breaker.core.record(None, Err(Code::InvalidArgument));
+        breaker.core.record(None, Ok(()));
         for _ in 0..4 {
-            breaker.core.record(false, fail);
+            breaker.core.record(None, fail);
         }
         assert_eq!(breaker.state(), BreakerState::Closed);
-        breaker.core.record(false, fail);
+        breaker.core.record(None, fail);
         assert_eq!(breaker.state(), BreakerState::Open);
         let err = breaker.core.admit().unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
@@ -368,19 +387,41 @@ mod tests {
 
         // After the open time, one probe at a time; a failed probe opens it again.
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.core.admit().unwrap(), "a probe");
+        let probe = breaker.core.admit().unwrap();
+        assert!(probe.is_some(), "a probe");
         assert!(breaker.core.admit().is_err(), "one probe at a time");
-        breaker.core.record(true, fail);
+        breaker.core.record(probe, fail);
         assert_eq!(breaker.state(), BreakerState::Open);
 
         // Two successful probes close it.
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.core.admit().unwrap());
-        breaker.core.record(true, Ok(()));
+        let probe = breaker.core.admit().unwrap();
+        breaker.core.record(probe, Ok(()));
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert!(breaker.core.admit().unwrap());
-        breaker.core.record(true, Ok(()));
+        let probe = breaker.core.admit().unwrap();
+        breaker.core.record(probe, Ok(()));
         assert_eq!(breaker.state(), BreakerState::Closed);
+
+        // A probe of an earlier half-open period does not count in a later one.
+        let breaker = CircuitBreaker::new()
+            .failure_threshold(1)
+            .half_open_probes(2);
+        breaker.core.record(None, fail);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let stale = breaker.core.admit().unwrap();
+        let failing = breaker.core.admit().unwrap();
+        breaker.core.record(failing, fail);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let fresh = breaker.core.admit().unwrap();
+        breaker.core.record(stale, Ok(()));
+        breaker.core.record(stale, Ok(()));
+        assert_eq!(breaker.state(), BreakerState::HalfOpen, "old news");
+        breaker.core.record(fresh, Ok(()));
+        assert_eq!(
+            breaker.state(),
+            BreakerState::HalfOpen,
+            "one success of two"
+        );
 
         use BreakerState::{Closed, HalfOpen, Open};
         assert_eq!(

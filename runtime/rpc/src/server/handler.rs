@@ -251,28 +251,25 @@ where
                 (self.f)(request).await
             })
             .await;
-            call.finish(result.as_ref().map(drop));
-            match result {
-                Ok(response) => unary_response(&call, response),
-                Err(error) => error_response(&error),
-            }
+            let answer = result.and_then(|response| unary_response(&call, response));
+            call.finish(answer.as_ref().map(drop));
+            answer.unwrap_or_else(|error| error_response(&error))
         })
     }
 }
 
-fn unary_response<Res: Message>(call: &Call, response: Response<Res>) -> http::Response<Body> {
+fn unary_response<Res: Message>(
+    call: &Call,
+    response: Response<Res>,
+) -> Result<http::Response<Body>, Error> {
     let (message, headers, trailers) = response.into_parts();
     let mut buf = BytesMut::new();
-    if let Err(error) = call.codec.encode(&message, &mut buf) {
-        return error_response(&error);
-    }
+    call.codec.encode(&message, &mut buf)?;
     let mut out_compression = None;
     let body = match call.response_compression {
         Some(c) if buf.len() >= call.compress_min_bytes => {
             let mut compressed = BytesMut::new();
-            if let Err(error) = c.compress(&buf, &mut compressed) {
-                return error_response(&error);
-            }
+            c.compress(&buf, &mut compressed)?;
             out_compression = Some(c);
             compressed.freeze()
         }
@@ -286,7 +283,7 @@ fn unary_response<Res: Message>(call: &Call, response: Response<Res>) -> http::R
     }
     copy_user_headers(&headers, h);
     copy_trailers_as_headers(&trailers, h);
-    out
+    Ok(out)
 }
 
 /// The start of a streaming response: 200, the stream content type and, if negotiated, the

@@ -208,12 +208,101 @@ impl Observer {
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        if !self.told {
-            let gone = Error::new(
-                crate::Code::Canceled,
-                "the client went away before the call ended",
-            );
-            self.tell(Err(&gone));
+        if self.told {
+            return;
         }
+        if std::thread::panicking() {
+            // The handler panicked: say so, and let no interceptor's own panic abort the
+            // process while this one unwinds.
+            let panicked = Error::internal("the handler panicked");
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.tell(Err(&panicked));
+            }));
+            return;
+        }
+        let gone = Error::new(
+            crate::Code::Canceled,
+            "the client went away before the call ended",
+        );
+        self.tell(Err(&gone));
+    }
+}
+
+/// A forwarded call's response body that tells the interceptors the outcome when it ends:
+/// `Ok` at its end, its error if it breaks, `canceled` if it is dropped first.
+pub(crate) struct ObservedBody {
+    inner: crate::body::Body,
+    observer: Option<Observer>,
+    /// Bytes still to pass on, when the answer said how many (`content-length`): a client
+    /// that has them all may go before the body's end is seen.
+    left: Option<u64>,
+}
+
+impl ObservedBody {
+    pub(crate) fn new(inner: crate::body::Body, observer: Observer, length: Option<u64>) -> Self {
+        Self {
+            inner,
+            observer: Some(observer),
+            left: length,
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // A body that was complete when dropped (an empty one is never polled) ended well;
+        // otherwise the observer reports `canceled`.
+        if http_body::Body::is_end_stream(&self.inner)
+            && let Some(observer) = self.observer.take()
+        {
+            observer.finish(Ok(()));
+        }
+    }
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Error>>> {
+        let this = self.get_mut();
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            std::task::Poll::Ready(None) => {
+                if let Some(observer) = this.observer.take() {
+                    observer.finish(Ok(()));
+                }
+            }
+            std::task::Poll::Ready(Some(Err(error))) => {
+                if let Some(observer) = this.observer.take() {
+                    observer.finish(Err(error));
+                }
+            }
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(left), Some(data)) = (this.left.as_mut(), frame.data_ref()) {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                // The last frame: the connection may not ask again once the body says it
+                // ended, nor the client wait for the end once it has every byte.
+                if (this.inner.is_end_stream() || this.left == Some(0))
+                    && let Some(observer) = this.observer.take()
+                {
+                    observer.finish(Ok(()));
+                }
+            }
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

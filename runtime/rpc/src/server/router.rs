@@ -15,7 +15,7 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::handler::{Call, CallBody, Handler};
-use super::intercept::{CallContext, Observer, ServerInterceptor};
+use super::intercept::{CallContext, ObservedBody, Observer, ServerInterceptor};
 use super::response::{error_response, error_response_with_status};
 use crate::body::{Body, RecvBody};
 use crate::method::{Idempotency, MethodDescriptor, StreamKind};
@@ -86,7 +86,16 @@ impl Router {
         if let Some(guard) = &self.guard
             && let Err(refused) = guard(&request)
         {
-            let streaming = route.is_some_and(|r| r.method.kind.is_streaming());
+            // Unknown here (a forwarded call): a stream by its content type.
+            let streaming = route.map_or_else(
+                || {
+                    request
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/connect+"))
+                },
+                |r| r.method.kind.is_streaming(),
+            );
             return refusal_response(&request, streaming, &refused);
         }
         let Some(route) = route else {
@@ -206,9 +215,7 @@ impl Router {
             return refusal_response(&request, true, &refused);
         }
         let response = handler(request).await;
-        if response.status() == StatusCode::OK {
-            observer.finish(Ok(()));
-        } else {
+        if response.status() != StatusCode::OK {
             let code = crate::Code::from_http_status(response.status().as_u16());
             observer.finish(Err(&Error::new(
                 code,
@@ -217,8 +224,15 @@ impl Router {
                     response.status()
                 ),
             )));
+            return response;
         }
-        response
+        // The outcome comes when the answer has been passed on (or given up).
+        let length = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        response.map(|body| Body::Stream(Box::pin(ObservedBody::new(body, observer, length))))
     }
 
     // The rejection is a cold path and `Call` is no smaller: boxing buys nothing here.
