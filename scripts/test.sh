@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repository, as CI does. Installs what the tests need first:
-# the pinned Node packages (buf CLI, connect-node peers) from package-lock.json.
+# the pinned Node packages (buf CLI, connect-node peers) from package-lock.json, the Go
+# programs (the official conformance runner, the connect-go peers) from the Go module proxy
+# as their go.sum files pin them, and Debian's dnsmasq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,17 @@ if [ ! -x /usr/sbin/dnsmasq ] && ! command -v dnsmasq >/dev/null 2>&1; then
   $sudo apt-get install -y -q dnsmasq-base >/dev/null 2>&1 \
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dnsmasq-base >/dev/null; }
 fi
+
+# Go: the official Connect conformance runner and the Go peers of the interop tests. Go caches
+# builds in its own cache (~/.cache/go-build), so a second run on a machine rebuilds nothing.
+command -v go >/dev/null || { echo "Go is needed (the conformance runner and the Go peers)" >&2; exit 1; }
+echo "==> go build: connectconformance (conformance/runner/go.sum), Go peers (tests/go/go.sum)"
+mkdir -p target/go-tools
+(cd conformance/runner && go build -o ../../target/go-tools/connectconformance \
+  connectrpc.com/conformance/cmd/connectconformance)
+(cd tests/go && test -z "$(gofmt -l cmd)" && go vet ./... \
+  && go build -o ../../target/go-tools/go-peer ./cmd/peer) \
+  || { echo "tests/go: gofmt, go vet or go build failed (gofmt -l: $(cd tests/go && gofmt -l cmd))" >&2; exit 1; }
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

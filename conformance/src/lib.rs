@@ -9,6 +9,7 @@
 //! are answered with an error result. See `conformance/README.md` for running the official
 //! runner against them.
 
+pub mod any;
 #[path = "gen/mod.rs"]
 #[allow(missing_docs)]
 pub mod generated;
@@ -66,8 +67,8 @@ pub fn write_delimited(output: &mut impl Write, message: &impl Message) -> std::
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
 /// Packs a message into an `Any`.
-pub fn to_any<M: Message + prost::Name>(message: &M) -> pbjson_types::Any {
-    pbjson_types::Any {
+pub fn to_any<M: Message + prost::Name>(message: &M) -> crate::any::Any {
+    crate::any::Any {
         type_url: format!("{TYPE_URL_PREFIX}{}", M::full_name()),
         value: message.encode_to_vec().into(),
     }
@@ -77,7 +78,7 @@ pub fn to_any<M: Message + prost::Name>(message: &M) -> pbjson_types::Any {
 ///
 /// # Errors
 /// `invalid_argument` if it holds another type or bad bytes.
-pub fn from_any<M: Message + prost::Name + Default>(any: &pbjson_types::Any) -> Result<M, Error> {
+pub fn from_any<M: Message + prost::Name + Default>(any: &crate::any::Any) -> Result<M, Error> {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
     if name != M::full_name() {
         return Err(Error::invalid_argument(format!(
@@ -160,7 +161,7 @@ pub fn error_to_proto(error: &Error) -> proto::Error {
         details: error
             .details()
             .iter()
-            .map(|d| pbjson_types::Any {
+            .map(|d| crate::any::Any {
                 type_url: format!("{TYPE_URL_PREFIX}{}", d.type_name()),
                 value: d.value().clone(),
             })

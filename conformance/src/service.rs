@@ -23,7 +23,7 @@ pub struct Conformance;
 fn request_info(
     headers: &HeaderMap,
     timeout: Option<Duration>,
-    requests: Vec<pbjson_types::Any>,
+    requests: Vec<crate::any::Any>,
 ) -> RequestInfo {
     RequestInfo {
         request_headers: headers_to_proto(headers),
@@ -122,10 +122,14 @@ fn response_stream<T: Send + 'static>(
     let (tx, stream) = MessageStream::channel(1);
     let data = definition.response_data.clone();
     let delay = Duration::from_millis(u64::from(definition.response_delay_ms));
-    let error = definition
-        .error
-        .as_ref()
-        .map(|e| definition_error(e, &info));
+    // The request info rides in the error only when no message carried it.
+    let error = definition.error.as_ref().map(|e| {
+        if data.is_empty() {
+            definition_error(e, &info)
+        } else {
+            error_from_proto(e)
+        }
+    });
     tokio::spawn(async move {
         let mut info = Some(info);
         for data in data {
@@ -249,6 +253,7 @@ impl ConformanceService for Conformance {
             let error = definition.error.clone();
             tokio::spawn(async move {
                 let mut next = Some(first);
+                let mut sent_any = false;
                 let mut data = data.into_iter();
                 while let Some(request) = next.take() {
                     let info = request_info(&headers, timeout, vec![to_any(&request)]);
@@ -264,10 +269,18 @@ impl ConformanceService for Conformance {
                             if tx.send(wrap(payload)).await.is_err() {
                                 return;
                             }
+                            sent_any = true;
                         }
                         None => {
                             if let Some(error) = &error {
-                                return tx.fail(definition_error(error, &info)).await;
+                                // The request info rides in the error only when no message
+                                // carried it.
+                                let error = if sent_any {
+                                    error_from_proto(error)
+                                } else {
+                                    definition_error(error, &info)
+                                };
+                                return tx.fail(error).await;
                             }
                         }
                     }
@@ -285,10 +298,15 @@ impl ConformanceService for Conformance {
                     if tx.send(wrap(payload)).await.is_err() {
                         return;
                     }
+                    sent_any = true;
                 }
                 if let Some(error) = error {
-                    let info = request_info(&headers, timeout, Vec::new());
-                    tx.fail(definition_error(&error, &info)).await;
+                    let error = if sent_any {
+                        error_from_proto(&error)
+                    } else {
+                        definition_error(&error, &request_info(&headers, timeout, Vec::new()))
+                    };
+                    tx.fail(error).await;
                 }
             });
             stream

@@ -22,7 +22,7 @@ fn case(
     name: &str,
     method: &str,
     version: HttpVersion,
-    messages: Vec<pbjson_types::Any>,
+    messages: Vec<connect_plugin_conformance::any::Any>,
 ) -> ClientCompatRequest {
     ClientCompatRequest {
         test_name: name.into(),

@@ -34,8 +34,9 @@ fn targets() -> Vec<(PathBuf, PathBuf, &'static str)> {
         (
             root.join("conformance/proto"),
             root.join("conformance/src/gen"),
-            // The conformance crate depends on the Connect crate alone.
-            "runtime_crate=::connect_plugin_rpc,no_plugin",
+            // The conformance crate depends on the Connect crate alone, and writes `Any` in
+            // the canonical JSON form the suite's peers expect.
+            "runtime_crate=::connect_plugin_rpc,no_plugin,extern_path=.google.protobuf.Any=crate::any::Any",
         ),
     ];
     let mut examples: Vec<_> = std::fs::read_dir(root.join("examples"))

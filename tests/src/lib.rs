@@ -402,3 +402,85 @@ impl RestartableHost {
         self.serve(registry, listener);
     }
 }
+
+/// The Go peer (`tests/go/cmd/peer`: connect-go servers and clients, and plugin-system peers
+/// written with connect-go), built by `scripts/test.sh`. Fails, never skips, when it is
+/// missing.
+pub fn go_peer() -> PathBuf {
+    let path = repo_root().join("target/go-tools/go-peer");
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test.sh builds it (cd tests/go && go build -o ../../target/go-tools/go-peer ./cmd/peer)",
+        path.display()
+    );
+    path
+}
+
+/// A running Go peer: its process (killed on drop) and the lines it printed so far.
+pub struct GoPeer {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl GoPeer {
+    /// Starts `go-peer <args>` with `env`.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(go_peer())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the Go peer starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Self {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// Waits (up to 20 s) for a line starting with `prefix`; the rest of it.
+    pub async fn line(&mut self, prefix: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.next_line().await.expect("reading the Go peer") {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return rest.trim().to_owned();
+                }
+                println!("go-peer: {line}");
+            }
+            panic!("the Go peer ended without printing {prefix:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("the Go peer printed no {prefix:?} within 20 s"))
+    }
+
+    /// Stops it (closes its stdin, then kills it).
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+    }
+}
+
+/// Runs `go-peer <args>` to completion and checks that it printed `OK <n> checks`; `n`.
+pub async fn run_go_client(args: &[&str]) -> usize {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(go_peer()).args(args).output(),
+    )
+    .await
+    .expect("the Go client ends within 2 minutes")
+    .expect("the Go client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "go-peer {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("OK ")?.strip_suffix(" checks")?.parse().ok())
+        .unwrap_or_else(|| panic!("go-peer {args:?} printed no OK line:\n{stdout}"))
+}

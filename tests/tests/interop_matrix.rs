@@ -232,3 +232,22 @@ async fn our_client_matrix_against_connect_node() {
         + client_matrix(&h2.url, &[HttpVersion::Http2]).await;
     assert!(checks > 100, "{checks}");
 }
+
+/// connect-go (`connectrpc.com/connect`, pinned by tests/go/go.sum) calling our server: the
+/// same matrix as connect-node's, written with connect-go's client.
+#[tokio::test]
+async fn connect_go_client_matrix_against_our_server() {
+    let url = serve_interop().await;
+    let checks = connect_plugin_tests::run_go_client(&["interop-client", &url]).await;
+    assert!(checks > 100, "{checks}");
+}
+
+/// Our client against a connect-go server (HTTP/1.1 and h2c on one port).
+#[tokio::test]
+async fn our_client_matrix_against_connect_go() {
+    let mut server = connect_plugin_tests::GoPeer::start(&["interop-server"], &[]);
+    let url = server.line("LISTENING ").await;
+    let checks = client_matrix(&url, &[HttpVersion::Http1, HttpVersion::Http2]).await;
+    assert!(checks > 100, "{checks}");
+    server.stop().await;
+}

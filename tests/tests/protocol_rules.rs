@@ -487,11 +487,21 @@ async fn s7_invalid_end_stream_is_internal_and_a_compressed_one_is_read() {
         reply(
             200,
             "application/connect+proto",
-            envelope(2, br#"{"error":{}}"#),
+            envelope(2, br#"{"error":5}"#),
         )
     })
     .await;
     assert_eq!(err.code(), Code::Internal, "{err}");
+    // An error without a code is `unknown` with its message (conformance `end-stream/missing-code`).
+    let (_, err) = stream_outcome(|| {
+        reply(
+            200,
+            "application/connect+proto",
+            envelope(2, br#"{"error":{"message":"oops"}}"#),
+        )
+    })
+    .await;
+    assert_eq!((err.code(), err.message()), (Code::Unknown, "oops"));
     let (_, err) = stream_outcome(|| {
         let mut r = reply(
             200,

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         }
     };
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    // The runner sends every case at once; running them all at once on a small machine makes
+    // the timing cases (deadlines of a second or two) fail for want of CPU, not of correctness.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     let mut stdin = std::io::stdin().lock();
     loop {
@@ -41,7 +44,9 @@ fn main() -> ExitCode {
             }
         };
         let stdout = Arc::clone(&stdout);
+        let in_flight = Arc::clone(&in_flight);
         tasks.push(runtime.spawn(async move {
+            let _turn = in_flight.acquire_owned().await;
             let test_name = request.test_name.clone();
             let result = match run(request).await {
                 Ok(result) => Outcome::Response(result),
@@ -126,7 +131,12 @@ async fn run(request: p::ClientCompatRequest) -> Result<p::ClientResponseResult,
         .codec(codec)
         .use_get(request.use_get_http_method);
     match p::Compression::try_from(request.compression) {
-        Ok(p::Compression::Gzip) => builder = builder.send_compression(Compression::Gzip),
+        // Every message compressed, however small (the suite checks what was sent).
+        Ok(p::Compression::Gzip) => {
+            builder = builder
+                .send_compression(Compression::Gzip)
+                .compress_min_bytes(0);
+        }
         Ok(p::Compression::Identity | p::Compression::Unspecified) => {}
         _ => {
             return Err(format!(
@@ -139,10 +149,14 @@ async fn run(request: p::ClientCompatRequest) -> Result<p::ClientResponseResult,
         builder = builder.max_message_size(request.message_receive_limit as usize);
     }
     if tls {
-        builder = builder.tls(
-            ClientTls::with_root_certificates_pem(&request.server_tls_cert)
-                .map_err(|e| e.to_string())?,
-        );
+        let tls = match &request.client_tls_creds {
+            // Mutual TLS: present the runner's client certificate.
+            Some(creds) => {
+                ClientTls::mutual_from_pem(&request.server_tls_cert, &creds.cert, &creds.key)
+            }
+            None => ClientTls::with_root_certificates_pem(&request.server_tls_cert),
+        };
+        builder = builder.tls(tls.map_err(|e| e.to_string())?);
     }
     let client = ConformanceServiceClient::new(builder.build().map_err(|e| e.to_string())?);
     let headers = headers_from_proto(&request.request_headers);
@@ -150,44 +164,65 @@ async fn run(request: p::ClientCompatRequest) -> Result<p::ClientResponseResult,
         .timeout_ms
         .map(|ms| Duration::from_millis(u64::from(ms)));
     let delay = Duration::from_millis(u64::from(request.request_delay_ms));
-    let cancel = request.cancel.and_then(|c| c.cancel_timing);
+    // A cancel without a timing cancels right after close-send.
+    let cancel = request
+        .cancel
+        .map(|c| c.cancel_timing.unwrap_or(CancelTiming::AfterCloseSendMs(0)));
+    let full_duplex = request.stream_type == p::StreamType::FullDuplexBidiStream as i32;
     let messages = request.request_messages;
     let mut observed = Observed::default();
     let method = request.method.as_deref().unwrap_or_default();
+    // For unary and server-streaming calls, close-send is the call itself.
+    let after_invoke = || async {
+        match cancel {
+            Some(CancelTiming::AfterCloseSendMs(ms)) => {
+                tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+            }
+            _ => std::future::pending().await,
+        }
+    };
     match method {
         "Unary" | "IdempotentUnary" | "Unimplemented" => {
             let any = messages.first().ok_or("no request message")?;
-            let outcome = match method {
-                "Unary" => client
-                    .unary(prepare_stream(
-                        &headers,
-                        timeout,
-                        from_any::<p::UnaryRequest>(any).map_err(|e| e.to_string())?,
-                    ))
-                    .await
-                    .map(|r| split(r, |m| m.payload)),
-                "IdempotentUnary" => client
-                    .idempotent_unary(prepare_stream(
-                        &headers,
-                        timeout,
-                        from_any::<p::IdempotentUnaryRequest>(any).map_err(|e| e.to_string())?,
-                    ))
-                    .await
-                    .map(|r| split(r, |m| m.payload)),
-                _ => client
-                    .unimplemented(prepare_stream(
-                        &headers,
-                        timeout,
-                        from_any::<p::UnimplementedRequest>(any).map_err(|e| e.to_string())?,
-                    ))
-                    .await
-                    .map(|r| split(r, |_| None)),
+            let call = async {
+                match method {
+                    "Unary" => client
+                        .unary(prepare_stream(
+                            &headers,
+                            timeout,
+                            from_any::<p::UnaryRequest>(any).map_err(|e| e.to_string())?,
+                        ))
+                        .await
+                        .map(|r| split(r, |m| m.payload)),
+                    "IdempotentUnary" => client
+                        .idempotent_unary(prepare_stream(
+                            &headers,
+                            timeout,
+                            from_any::<p::IdempotentUnaryRequest>(any)
+                                .map_err(|e| e.to_string())?,
+                        ))
+                        .await
+                        .map(|r| split(r, |m| m.payload)),
+                    _ => client
+                        .unimplemented(prepare_stream(
+                            &headers,
+                            timeout,
+                            from_any::<p::UnimplementedRequest>(any).map_err(|e| e.to_string())?,
+                        ))
+                        .await
+                        .map(|r| split(r, |_| None)),
+                }
+                .map_or_else(|e| Ok(Err(e)), |ok| Ok::<_, String>(Ok(ok)))
+            };
+            let outcome = tokio::select! {
+                outcome = call => outcome?,
+                () = after_invoke() => Err(canceled()),
             };
             match outcome {
                 Ok((headers, payload, trailers)) => {
                     observed.headers = headers;
                     observed.trailers = trailers;
-                    observed.payloads.extend(payload);
+                    observed.payloads.push(payload.unwrap_or_default());
                 }
                 Err(e) => observed.fail(e),
             }
@@ -195,21 +230,30 @@ async fn run(request: p::ClientCompatRequest) -> Result<p::ClientResponseResult,
         "ServerStream" => {
             let any = messages.first().ok_or("no request message")?;
             let message = from_any::<p::ServerStreamRequest>(any).map_err(|e| e.to_string())?;
-            match client
-                .server_stream(prepare_stream(&headers, timeout, message))
-                .await
-            {
-                Ok(response) => {
-                    observed.headers = response.headers().clone();
-                    read_stream(
-                        response.into_message(),
-                        &mut observed,
-                        cancel_after(&cancel),
-                        |m: p::ServerStreamResponse| m.payload,
-                    )
-                    .await;
+            let call = async {
+                match client
+                    .server_stream(prepare_stream(&headers, timeout, message))
+                    .await
+                {
+                    Ok(response) => {
+                        observed.headers = response.headers().clone();
+                        read_stream(
+                            response.into_message(),
+                            &mut observed,
+                            cancel_after(&cancel),
+                            |m: p::ServerStreamResponse| m.payload,
+                        )
+                        .await;
+                    }
+                    Err(e) => observed.fail(e),
                 }
-                Err(e) => observed.fail(e),
+            };
+            let canceled_first = tokio::select! {
+                () = call => false,
+                () = after_invoke() => true,
+            };
+            if canceled_first {
+                observed.error = Some(canceled());
             }
         }
         "ClientStream" => {
@@ -218,23 +262,29 @@ async fn run(request: p::ClientCompatRequest) -> Result<p::ClientResponseResult,
                 .map(from_any::<p::ClientStreamRequest>)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            let (stream, unsent) = sender(
+            let (stream, unsent, closed) = sender(
                 decoded,
                 delay,
                 matches!(cancel, Some(CancelTiming::BeforeCloseSend(_))),
             );
-            let outcome = client
-                .client_stream(prepare_stream(&headers, timeout, stream))
-                .await;
+            let call = client.client_stream(prepare_stream(&headers, timeout, stream));
+            let outcome = tokio::select! {
+                outcome = call => outcome,
+                () = after_close_send(&cancel, closed) => Err(canceled()),
+            };
             observed.unsent = unsent.load(std::sync::atomic::Ordering::SeqCst) as i32;
             match outcome {
                 Ok(response) => {
                     let (headers, payload, trailers) = split(response, |m| m.payload);
                     observed.headers = headers;
                     observed.trailers = trailers;
-                    observed.payloads.extend(payload);
+                    observed.payloads.push(payload.unwrap_or_default());
                 }
-                Err(e) => observed.fail(e),
+                Err(e) => {
+                    // The error's metadata is the headers and trailers together.
+                    observed.trailers = e.metadata().clone();
+                    observed.fail(e);
+                }
             }
         }
         "BidiStream" => {
@@ -243,32 +293,174 @@ async fn run(request: p::ClientCompatRequest) -> Result<p::ClientResponseResult,
                 .map(from_any::<p::BidiStreamRequest>)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            let (stream, unsent) = sender(
-                decoded,
-                delay,
-                matches!(cancel, Some(CancelTiming::BeforeCloseSend(_))),
-            );
-            match client
-                .bidi_stream(prepare_stream(&headers, timeout, stream))
-                .await
-            {
-                Ok(response) => {
-                    observed.headers = response.headers().clone();
-                    read_stream(
-                        response.into_message(),
-                        &mut observed,
-                        cancel_after(&cancel),
-                        |m: p::BidiStreamResponse| m.payload,
-                    )
-                    .await;
+            if full_duplex {
+                full_duplex_bidi(
+                    &client,
+                    &headers,
+                    timeout,
+                    delay,
+                    decoded,
+                    cancel,
+                    &mut observed,
+                )
+                .await;
+            } else {
+                let (stream, unsent, closed) = sender(
+                    decoded,
+                    delay,
+                    matches!(cancel, Some(CancelTiming::BeforeCloseSend(_))),
+                );
+                let call = async {
+                    match client
+                        .bidi_stream(prepare_stream(&headers, timeout, stream))
+                        .await
+                    {
+                        Ok(response) => {
+                            observed.headers = response.headers().clone();
+                            read_stream(
+                                response.into_message(),
+                                &mut observed,
+                                cancel_after(&cancel),
+                                |m: p::BidiStreamResponse| m.payload,
+                            )
+                            .await;
+                        }
+                        Err(e) => observed.fail(e),
+                    }
+                };
+                let canceled_first = tokio::select! {
+                    () = call => false,
+                    () = after_close_send(&cancel, closed) => true,
+                };
+                if canceled_first {
+                    observed.error = Some(canceled());
                 }
-                Err(e) => observed.fail(e),
+                observed.unsent = unsent.load(std::sync::atomic::Ordering::SeqCst) as i32;
             }
-            observed.unsent = unsent.load(std::sync::atomic::Ordering::SeqCst) as i32;
         }
         other => return Err(format!("unknown method {other:?}")),
     }
     Ok(observed.into_result())
+}
+
+/// The error a call the client canceled ends with.
+fn canceled() -> Error {
+    Error::new(connect_plugin_rpc::Code::Canceled, "canceled by the client")
+}
+
+/// Resolves when a stream's cancel time has come: `ms` after its request stream closed.
+async fn after_close_send(
+    cancel: &Option<CancelTiming>,
+    closed: tokio::sync::oneshot::Receiver<()>,
+) {
+    match cancel {
+        Some(CancelTiming::AfterCloseSendMs(ms)) => {
+            if closed.await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(Duration::from_millis(u64::from(*ms))).await;
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// A full-duplex bidi call: each request, then one response, in turn; then close-send (or
+/// cancel instead), and the remaining responses.
+async fn full_duplex_bidi(
+    client: &ConformanceServiceClient,
+    headers: &http::HeaderMap,
+    timeout: Option<Duration>,
+    delay: Duration,
+    messages: Vec<p::BidiStreamRequest>,
+    cancel: Option<CancelTiming>,
+    observed: &mut Observed,
+) {
+    let total = messages.len();
+    let (tx, stream) = MessageStream::channel(1);
+    let payload = |m: p::BidiStreamResponse| m.payload.unwrap_or_default();
+    let mut messages = messages.into_iter();
+    // The first request goes out before the call opens (the server answers headers after it).
+    let mut sent = 0;
+    if let Some(first) = messages.next() {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if tx.send(first).await.is_ok() {
+            sent += 1;
+        }
+    }
+    let response = match client
+        .bidi_stream(prepare_stream(headers, timeout, stream))
+        .await
+    {
+        Ok(response) => response,
+        Err(e) => {
+            observed.unsent = (total - sent) as i32;
+            return observed.fail(e);
+        }
+    };
+    observed.headers = response.headers().clone();
+    let mut responses = response.into_message();
+    let limit = cancel_after(&cancel);
+    let mut read_one = async |observed: &mut Observed| -> bool {
+        if limit == Some(observed.payloads.len()) {
+            observed.error = Some(canceled());
+            return false;
+        }
+        match responses.message().await {
+            Ok(Some(m)) => {
+                observed.payloads.push(payload(m));
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                observed.trailers = e.metadata().clone();
+                observed.error = Some(e);
+                false
+            }
+        }
+    };
+    if sent == 1 && !read_one(observed).await {
+        observed.unsent = (total - sent) as i32;
+        return;
+    }
+    for message in messages.by_ref() {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if tx.send(message).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if !read_one(observed).await {
+            observed.unsent = (total - sent) as i32;
+            return;
+        }
+    }
+    observed.unsent = (total - sent) as i32;
+    match cancel {
+        Some(CancelTiming::BeforeCloseSend(_)) => {
+            observed.error = Some(canceled());
+            return;
+        }
+        Some(CancelTiming::AfterCloseSendMs(ms)) => {
+            drop(tx);
+            let rest = async { while read_one(observed).await {} };
+            let canceled_first = tokio::select! {
+                () = rest => false,
+                () = tokio::time::sleep(Duration::from_millis(u64::from(ms))) => true,
+            };
+            if canceled_first {
+                observed.error = Some(canceled());
+            }
+            return;
+        }
+        _ => drop(tx),
+    }
+    while read_one(observed).await {}
+    if observed.error.is_none() {
+        observed.trailers = responses.trailers().cloned().unwrap_or_default();
+    }
 }
 
 fn cancel_after(cancel: &Option<CancelTiming>) -> Option<usize> {
@@ -305,25 +497,23 @@ fn prepare_stream<T>(
     call
 }
 
-/// A request stream sending `messages` with `delay` before each; `cancel` aborts it before
-/// anything is sent. Counts what was never sent.
+/// A request stream sending `messages` with `delay` before each, then closing (its receiver
+/// told), or, with `cancel_instead`, failing with `canceled` instead of closing. Counts what
+/// was never sent.
 fn sender<T: Send + 'static>(
     messages: Vec<T>,
     delay: Duration,
-    cancel: bool,
-) -> (MessageStream<T>, Arc<std::sync::atomic::AtomicUsize>) {
+    cancel_instead: bool,
+) -> (
+    MessageStream<T>,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
     let unsent = Arc::new(std::sync::atomic::AtomicUsize::new(messages.len()));
     let (tx, stream) = MessageStream::channel(1);
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
     let counter = Arc::clone(&unsent);
     tokio::spawn(async move {
-        if cancel {
-            return tx
-                .fail(Error::new(
-                    connect_plugin_rpc::Code::Canceled,
-                    "canceled before close-send",
-                ))
-                .await;
-        }
         for message in messages {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -333,8 +523,13 @@ fn sender<T: Send + 'static>(
             }
             counter.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
+        if cancel_instead {
+            return tx.fail(canceled()).await;
+        }
+        drop(tx);
+        let _ = closed_tx.send(());
     });
-    (stream, unsent)
+    (stream, unsent, closed)
 }
 
 async fn read_stream<T: connect_plugin_rpc::Message>(
@@ -352,7 +547,7 @@ async fn read_stream<T: connect_plugin_rpc::Message>(
             return;
         }
         match stream.message().await {
-            Ok(Some(message)) => observed.payloads.extend(payload(message)),
+            Ok(Some(message)) => observed.payloads.push(payload(message).unwrap_or_default()),
             Ok(None) => break,
             Err(e) => {
                 observed.trailers = e.metadata().clone();

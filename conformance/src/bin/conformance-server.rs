@@ -50,7 +50,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .server_creds
             .as_ref()
             .ok_or("use_tls is set but server_creds is missing")?;
-        server = server.tls(ServerTls::from_pem(&creds.cert, &creds.key)?);
+        // With a client certificate to trust, clients must present it (mutual TLS).
+        server = server.tls(if request.client_tls_cert.is_empty() {
+            ServerTls::from_pem(&creds.cert, &creds.key)?
+        } else {
+            ServerTls::mutual_from_pem(
+                &creds.cert,
+                &creds.key,
+                &request.client_tls_cert,
+                connect_plugin_rpc::tls::ClientAuth::Required,
+            )?
+        });
         pem_cert = creds.cert.to_vec();
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -756,7 +756,7 @@ pub mod conformance_payload {
         /// For full-duplex bidirectional-streaming, this should contain all requests in the order
         /// they were received since the last sent response.
         #[prost(message, repeated, tag = "3")]
-        pub requests: ::prost::alloc::vec::Vec<::pbjson_types::Any>,
+        pub requests: ::prost::alloc::vec::Vec<crate::any::Any>,
         /// If present, the request used the Connect protocol and a GET method. This
         /// captures other relevant information about the request. If a server implementation
         /// is unable to populate this (due to the server framework not exposing all of these
@@ -819,7 +819,7 @@ pub struct Error {
     /// Errors in Connect and gRPC protocols can have arbitrary messages
     /// attached to them, which are known as error details.
     #[prost(message, repeated, tag = "3")]
-    pub details: ::prost::alloc::vec::Vec<::pbjson_types::Any>,
+    pub details: ::prost::alloc::vec::Vec<crate::any::Any>,
 }
 impl ::prost::Name for Error {
     const NAME: &'static str = "Error";
@@ -952,7 +952,7 @@ pub mod message_contents {
         /// serialized to the protobuf binary formats, and the
         /// resulting bytes will be the contents.
         #[prost(message, tag = "3")]
-        BinaryMessage(::pbjson_types::Any),
+        BinaryMessage(crate::any::Any),
     }
 }
 impl ::prost::Name for MessageContents {
@@ -1759,7 +1759,7 @@ pub struct ClientCompatRequest {
     /// For client and bidi stream methods, all entries will have the
     /// same type URL.
     #[prost(message, repeated, tag = "16")]
-    pub request_messages: ::prost::alloc::vec::Vec<::pbjson_types::Any>,
+    pub request_messages: ::prost::alloc::vec::Vec<crate::any::Any>,
     /// The timeout, in milliseconds, for the request. This is equivalent to a
     /// deadline for the request. If unset, there will be no timeout.
     #[prost(uint32, optional, tag = "17")]

@@ -433,6 +433,8 @@ impl JoinPolicy {
             }
         }
         tokens.open.then(|| Admission {
+            // A plugin that declares nothing (connect-plugin-go's plugins do not) may register
+            // any type, as upstream allows; one that declares is held to its list.
             provides: request
                 .client_metadata
                 .get(PROVIDES_KEY)
@@ -443,7 +445,7 @@ impl JoinPolicy {
                         .map(str::to_owned)
                         .collect()
                 })
-                .unwrap_or_default(),
+                .unwrap_or_else(|| vec![ANY_TYPE.to_owned()]),
             reach: Reach::Own,
             token: None,
             certificate: false,
@@ -550,6 +552,10 @@ impl Drop for JoinTicket {
 fn digest(token: &str) -> String {
     crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
+
+/// What an open-mode admission holds for a plugin that declared no `provides`: any service
+/// type (never a valid type name itself).
+pub(crate) const ANY_TYPE: &str = "*";
 
 /// The client metadata key listing the service types a plugin provides, comma-separated
 /// (`"logger,cache"`); a host with a registry lets it register those.

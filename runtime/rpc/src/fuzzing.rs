@@ -45,7 +45,7 @@ impl<I: Iterator> futures_core::Stream for Chunks<I> {
 
 /// Parses `data` as a unary error body and as an end-stream message.
 pub fn error_json(data: &[u8]) {
-    let _ = error_json::decode_error(data);
+    let _ = error_json::decode_error(data, crate::Code::Unknown);
     let _ = error_json::decode_end_stream(data);
 }
 

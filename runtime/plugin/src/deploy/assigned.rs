@@ -149,21 +149,29 @@ impl wire::PluginIdentity for AssignedIdentity {
             }
         }
         let request = request.into_message();
-        if request.runtime_id.is_empty()
-            || request.runtime_token.is_empty()
-            || request.host_url.is_empty()
-        {
+        if request.runtime_id.is_empty() || request.runtime_token.is_empty() {
             return Err(Error::new(
                 Code::InvalidArgument,
-                "runtime_id, runtime_token and host_url are all required",
+                "runtime_id and runtime_token are both required",
             ));
         }
+        // connect-plugin-go's platform sends no host_url: the plugin's host is then the one
+        // in HOST_URL, which every launching host sets.
+        let host_url = match request.host_url {
+            url if url.is_empty() => std::env::var("HOST_URL").map_err(|_| {
+                Error::new(
+                    Code::InvalidArgument,
+                    "host_url is empty and HOST_URL is not set: the plugin cannot tell where its host is",
+                )
+            })?,
+            url => url,
+        };
         let assignment = Assignment {
             identity: RuntimeIdentity {
                 runtime_id: request.runtime_id,
                 token: request.runtime_token,
             },
-            host_url: request.host_url,
+            host_url,
         };
         // Taken once: nobody can re-point a plugin at another host or identity later.
         let mut assignment = Some(assignment);

@@ -29,6 +29,8 @@ pub use monitor::{HealthMonitor, HealthStatus};
 
 struct State {
     statuses: HashMap<String, ServingStatus>,
+    /// Other names of a service (a plugin's name for its service path).
+    aliases: HashMap<String, String>,
     shut_down: bool,
 }
 
@@ -61,6 +63,7 @@ impl HealthServer {
         Self {
             state: Arc::new(Mutex::new(State {
                 statuses,
+                aliases: HashMap::new(),
                 shut_down: false,
             })),
             changed: Arc::new(tokio::sync::watch::channel(0).0),
@@ -82,9 +85,22 @@ impl HealthServer {
         }
     }
 
-    /// The status of `service`, `None` if it was never set.
+    /// The status of `service` (or of the service it is another name for), `None` if it was
+    /// never set.
     pub fn status(&self, service: &str) -> Option<ServingStatus> {
-        self.state().statuses.get(service).copied()
+        let state = self.state();
+        state.statuses.get(service).copied().or_else(|| {
+            let target = state.aliases.get(service)?;
+            state.statuses.get(target).copied()
+        })
+    }
+
+    /// Answers for `service` under `alias` too: a plugin's name (connect-plugin-go checks
+    /// `Check("kv")`) for its service path. A status set under the alias itself wins.
+    pub fn alias(&self, alias: &str, service: &str) {
+        self.state()
+            .aliases
+            .insert(alias.to_owned(), service.to_owned());
     }
 
     /// Whether the whole server is `SERVING` (what `/readyz` reports).

@@ -23,7 +23,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use crate::log::{escape_control, read_bounded_line};
 use crate::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use crate::serve::host_only::{LAUNCH_SECRET_ENV, LAUNCH_SECRET_HEADER};
-use crate::serve::readiness::{LAUNCHED_ENV, READY_PREFIX, READY_SUFFIX, parse_ready_line};
+use crate::serve::readiness::{LAUNCHED_ENV, READY_PREFIX, READY_SUFFIX, parse_ready};
 use crate::{Code, Error};
 
 /// How to start a plugin process.
@@ -241,6 +241,8 @@ pub struct PluginProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     addr: SocketAddr,
+    /// Whether it answers HTTP/1.1 only (its readiness line said `connect-http1`).
+    http1: bool,
     /// The secret calls to this process must carry (none with `answer_anyone`).
     secret: Option<http::HeaderValue>,
 }
@@ -315,8 +317,8 @@ impl PluginProcess {
         let mut stdout = BufReader::new(stdout);
         let wait_ready = async {
             while let Some(line) = read_bounded_line(&mut stdout).await {
-                if let Some(addr) = parse_ready_line(&line) {
-                    return Ok(addr);
+                if let Some(ready) = parse_ready(&line) {
+                    return Ok(ready);
                 }
                 let line = escape_control(&line);
                 tracing::info!(plugin = %name, stream = "stdout", "{line}");
@@ -324,18 +326,23 @@ impl PluginProcess {
             Err("it closed stdout without printing the readiness line".to_owned())
         };
         let outcome = tokio::time::timeout(start_timeout, wait_ready).await;
-        let addr = match outcome {
+        let (addr, http1) = match outcome {
+            Ok(Ok((addr, http1))) => (Ok(addr), http1),
+            Ok(Err(why)) => (Err(Ok(why)), false),
+            Err(elapsed) => (Err(Err(elapsed)), false),
+        };
+        let addr = match addr {
             // A child runs on this machine: the host reaches it over loopback, never at an
             // address the child merely names (that would point the host's calls elsewhere).
-            Ok(Ok(addr)) if addr.ip().is_unspecified() => {
+            Ok(addr) if addr.ip().is_unspecified() => {
                 let loopback = match addr {
                     SocketAddr::V4(_) => std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
                     SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
                 };
                 SocketAddr::new(loopback, addr.port())
             }
-            Ok(Ok(addr)) if addr.ip().is_loopback() => addr,
-            Ok(Ok(addr)) => {
+            Ok(addr) if addr.ip().is_loopback() => addr,
+            Ok(addr) => {
                 let _ = child.kill().await;
                 return Err(Error::unavailable(format!(
                     "plugin {name:?} ({}) announced {addr}, which is not a loopback address: a \
@@ -344,7 +351,7 @@ impl PluginProcess {
                     program.display()
                 )));
             }
-            Ok(Err(why)) => {
+            Err(Ok(why)) => {
                 let status = child.wait().await.ok();
                 return Err(Error::unavailable(format!(
                     "plugin {name:?} ({}) did not start: {why}{}",
@@ -354,7 +361,7 @@ impl PluginProcess {
                         .unwrap_or_default()
                 )));
             }
-            Err(_) => {
+            Err(Err(_)) => {
                 let _ = child.kill().await;
                 return Err(Error::new(
                     Code::Unavailable,
@@ -373,6 +380,7 @@ impl PluginProcess {
             child,
             stdin,
             addr,
+            http1,
             secret,
         })
     }
@@ -410,7 +418,10 @@ impl PluginProcess {
     /// A channel builder for the plugin, with the launch secret set, to adjust further
     /// (timeouts, codec) before building.
     pub fn channel_builder(&self) -> crate::rpc::ChannelBuilder {
-        let builder = crate::Channel::builder(self.endpoint());
+        let mut builder = crate::Channel::builder(self.endpoint());
+        if self.http1 {
+            builder = builder.http_version(crate::rpc::HttpVersion::Http1);
+        }
         match &self.secret {
             Some(secret) => builder.header(
                 http::HeaderName::from_static(LAUNCH_SECRET_HEADER),
@@ -423,11 +434,20 @@ impl PluginProcess {
     /// A [`ClientConfig`](crate::ClientConfig) for the plugin (handshake, dispense) that
     /// carries the launch secret on every call.
     pub fn client_config(&self) -> crate::ClientConfig {
-        let config = crate::ClientConfig::new(self.endpoint());
+        let mut config = crate::ClientConfig::new(self.endpoint());
+        if self.http1 {
+            config = config.channel(|c| c.http_version(crate::rpc::HttpVersion::Http1));
+        }
         match &self.secret {
             Some(secret) => config.launch_secret(secret.clone()),
             None => config,
         }
+    }
+
+    /// Whether the plugin answers HTTP/1.1 only (it announced `connect-http1`): the host's
+    /// channels to it speak HTTP/1.1.
+    pub fn http1_only(&self) -> bool {
+        self.http1
     }
 
     /// Waits for the process to exit.

@@ -424,6 +424,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     let mut infos = Vec::new();
     for (metadata, service) in set.into_parts() {
         health.set_status(&metadata.service_path, ServingStatus::Serving);
+        // connect-plugin-go's clients check a plugin's health by its name.
+        health.alias(&metadata.name, &metadata.service_path);
         infos.push(metadata.info());
         server = server.add_service(service);
     }

@@ -714,7 +714,8 @@ impl Channel {
     /// returns the server's one response.
     ///
     /// # Errors
-    /// As for [`Channel::unary`]; an `Err` in the request stream aborts the call with it.
+    /// As for [`Channel::unary`]; an `Err` in the request stream aborts the call with it. As
+    /// for a unary call, the error's metadata holds the response headers and trailers.
     pub async fn client_streaming<Req: Message, Res: Message>(
         &self,
         method: &'static MethodDescriptor,
@@ -748,7 +749,15 @@ impl Channel {
             }
             Ok(message)
         };
-        let message = read.await?;
+        // As for a unary call, an error carries the response headers as well as the trailers
+        // (the caller gets no `Response` to read them from).
+        let message = read.await.map_err(|mut error| {
+            let trailers = std::mem::take(error.metadata_mut());
+            let metadata = error.metadata_mut();
+            metadata.extend(headers.clone());
+            metadata.extend(trailers);
+            error
+        })?;
         let trailers = stream.trailers().cloned().unwrap_or_default();
         Ok(Response::from_parts(message, headers, trailers))
     }
@@ -1142,14 +1151,15 @@ async fn error_from_response(
     // U6: the error body may be compressed. One larger than the message limit, or in an
     // encoding we do not know, is not worth reading: the status still tells the code.
     let compression = response_encoding(&headers, &CONTENT_ENCODING);
+    let status_code = Code::from_http_status(status.as_u16());
     let parsed = match (is_json, compression) {
         (true, Ok(compression)) => match body::read_to_bytes(body, inner.max_message_size).await {
             Ok(bytes) => match compression {
                 Some(c) => c
                     .decompress(&bytes, inner.max_message_size)
                     .ok()
-                    .and_then(|b| error_json::decode_error(&b)),
-                None => error_json::decode_error(&bytes),
+                    .and_then(|b| error_json::decode_error(&b, status_code)),
+                None => error_json::decode_error(&bytes, status_code),
             },
             Err(_) => None,
         },
@@ -1157,7 +1167,7 @@ async fn error_from_response(
     };
     let mut error = parsed.unwrap_or_else(|| {
         Error::new(
-            Code::from_http_status(status.as_u16()),
+            status_code,
             format!(
                 "HTTP status {status} from {} with no Connect error body",
                 inner.base_url

@@ -80,19 +80,24 @@ pub(crate) fn encode_error(error: &Error) -> Bytes {
         .into()
 }
 
-/// Parses a JSON error body. `None` when it is not a valid Connect error (no code, not JSON),
-/// so the caller falls back to the HTTP status (rules C2, E1). An unknown code string maps to
-/// `unknown`.
-pub(crate) fn decode_error(body: &[u8]) -> Option<Error> {
+/// Parses a JSON error body: `None` when it is not a JSON object, so the caller falls back to
+/// the HTTP status (rule C2). An object without a code, or with a code this side does not know,
+/// takes `fallback` (the code the HTTP status maps to) and keeps its message, as the
+/// conformance suite expects (`error/missing-code`, `error/unrecognized-code`).
+pub(crate) fn decode_error(body: &[u8], fallback: Code) -> Option<Error> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
     let wire: WireErrorIn = serde_json::from_slice(body).ok()?;
-    from_wire(wire)
+    Some(from_wire(wire, fallback))
 }
 
-fn from_wire(wire: WireErrorIn) -> Option<Error> {
-    let code = Code::from_wire(&wire.code?).unwrap_or(Code::Unknown);
+fn from_wire(wire: WireErrorIn, fallback: Code) -> Error {
+    let code = wire
+        .code
+        .as_deref()
+        .and_then(Code::from_wire)
+        .unwrap_or(fallback);
     let mut error = Error::new(code, wire.message.unwrap_or_default());
     for detail in wire.details {
         // A detail with undecodable bytes is dropped rather than failing the whole error.
@@ -100,7 +105,7 @@ fn from_wire(wire: WireErrorIn) -> Option<Error> {
             error.push_detail(ErrorDetail::new(detail.type_name, value));
         }
     }
-    Some(error)
+    error
 }
 
 #[derive(Serialize)]
@@ -158,8 +163,10 @@ pub(crate) fn encode_end_stream(error: Option<&Error>, trailers: &HeaderMap) -> 
         .into()
 }
 
-/// Parses an end-stream payload into the trailers and the error it carries, if any.
-/// `{"error":null}`, `{"error":{}}` and a code that is not a string are invalid (S7).
+/// Parses an end-stream payload into the trailers and the error it carries, if any. As the
+/// conformance suite expects, `{"error":null}` is a success, and an error without a code (or
+/// with one this side does not know) is `unknown` with its message; an error that is not an
+/// object, or a payload that is not one, is invalid (S7).
 pub(crate) fn decode_end_stream(payload: &[u8]) -> Result<(HeaderMap, Option<Error>), Error> {
     let invalid = |why: &str| {
         Error::new(
@@ -193,11 +200,11 @@ pub(crate) fn decode_end_stream(payload: &[u8]) -> Result<(HeaderMap, Option<Err
         }
     }
     let error = match end.error {
-        None => None,
+        None | Some(serde_json::Value::Null) => None,
         Some(value) => {
             let wire: WireErrorIn =
                 serde_json::from_value(value).map_err(|_| invalid("error is not an object"))?;
-            let mut error = from_wire(wire).ok_or_else(|| invalid("error has no code"))?;
+            let mut error = from_wire(wire, Code::Unknown);
             *error.metadata_mut() = trailers.clone();
             Some(error)
         }
@@ -217,7 +224,7 @@ mod tests {
             &body[..],
             br#"{"code":"not_found","message":"no such key"}"#
         );
-        let back = decode_error(&body).unwrap();
+        let back = decode_error(&body, Code::Unknown).unwrap();
         assert_eq!(
             (back.code(), back.message()),
             (Code::NotFound, "no such key")
@@ -225,13 +232,18 @@ mod tests {
     }
 
     #[test]
-    fn e1_error_without_code_is_not_an_error_body() {
-        assert!(decode_error(br#"{}"#).is_none());
-        assert!(decode_error(br#"{"code":null}"#).is_none());
-        assert!(decode_error(b"not json").is_none());
-        assert!(decode_error(br#"["internal"]"#).is_none());
-        let unknown = decode_error(br#"{"code":"teapot"}"#).unwrap();
-        assert_eq!(unknown.code(), Code::Unknown);
+    fn e1_an_error_without_a_known_code_takes_the_status_code_and_keeps_its_message() {
+        let fallback = Code::Unavailable;
+        for body in [
+            &br#"{"message":"oops"}"#[..],
+            br#"{"code":null,"message":"oops"}"#,
+            br#"{"code":"teapot","message":"oops"}"#,
+        ] {
+            let error = decode_error(body, fallback).unwrap();
+            assert_eq!((error.code(), error.message()), (fallback, "oops"));
+        }
+        assert!(decode_error(b"not json", fallback).is_none());
+        assert!(decode_error(br#"["internal"]"#, fallback).is_none());
     }
 
     #[test]
@@ -244,9 +256,11 @@ mod tests {
                 .unwrap()
                 .contains(r#""value":"AQ""#)
         );
-        let padded =
-            decode_error(br#"{"code":"internal","details":[{"type":"a.B","value":"AQ=="}]}"#)
-                .unwrap();
+        let padded = decode_error(
+            br#"{"code":"internal","details":[{"type":"a.B","value":"AQ=="}]}"#,
+            Code::Unknown,
+        )
+        .unwrap();
         assert_eq!(padded.details()[0].value().as_ref(), b"\x01");
         assert_eq!(padded.details()[0].type_name(), "a.B");
     }
@@ -269,15 +283,16 @@ mod tests {
     }
 
     #[test]
-    fn s7_invalid_end_stream_messages_are_internal_errors() {
-        for bad in [
-            &br#"{"error":null}"#[..],
-            br#"{"error":{}}"#,
-            br#"{"error":{"code":null}}"#,
-            br#"{"error":5}"#,
-            b"[]",
-            b"",
+    fn s7_lenient_end_stream_errors_and_invalid_messages() {
+        assert!(decode_end_stream(br#"{"error":null}"#).unwrap().1.is_none());
+        for codeless in [
+            &br#"{"error":{"message":"oops"}}"#[..],
+            br#"{"error":{"code":null,"message":"oops"}}"#,
         ] {
+            let error = decode_end_stream(codeless).unwrap().1.unwrap();
+            assert_eq!((error.code(), error.message()), (Code::Unknown, "oops"));
+        }
+        for bad in [&br#"{"error":5}"#[..], b"[]", b""] {
             let err = decode_end_stream(bad).unwrap_err();
             assert_eq!(
                 err.code(),

@@ -301,9 +301,42 @@ fn stream_response(call: &Call, headers: &HeaderMap, body: Body) -> http::Respon
 }
 
 /// A streaming response that carries only an error in its end-stream message. The error's
-/// metadata travels in the end-stream message only.
+/// metadata is split as for a unary error: names with the `trailer-` prefix go (without it)
+/// in the end-stream message's metadata, the others in the response headers.
 pub(crate) fn stream_error(call: &Call, error: &Error) -> http::Response<Body> {
-    let mut out = http::Response::new(Body::full(stream::end_stream_error(error)));
+    let body = if error.metadata().is_empty() {
+        stream::end_stream_error(error)
+    } else {
+        let mut headers = HeaderMap::new();
+        let mut trailers = HeaderMap::new();
+        let mut name = None;
+        for (key, value) in error.metadata().clone() {
+            if let Some(key) = key {
+                name = Some(key);
+            }
+            let Some(key) = &name else { continue };
+            match key.as_str().strip_prefix("trailer-") {
+                Some(stripped) => {
+                    if let Ok(stripped) = http::HeaderName::from_bytes(stripped.as_bytes()) {
+                        trailers.append(stripped, value);
+                    }
+                }
+                None => {
+                    headers.append(key.clone(), value);
+                }
+            }
+        }
+        let mut bare = error.clone();
+        *bare.metadata_mut() = HeaderMap::new();
+        let mut buf = BytesMut::new();
+        stream::end_stream(Some(&bare), &trailers, &mut buf);
+        let mut out = http::Response::new(Body::full(buf.freeze()));
+        copy_user_headers(&headers, out.headers_mut());
+        out.headers_mut()
+            .insert(CONTENT_TYPE, call.codec.stream_content_type());
+        return out;
+    };
+    let mut out = http::Response::new(Body::full(body));
     out.headers_mut()
         .insert(CONTENT_TYPE, call.codec.stream_content_type());
     out

@@ -105,19 +105,19 @@ impl Router {
         let kind = route.method.kind;
         let get_allowed =
             kind == StreamKind::Unary && route.method.idempotency == Idempotency::NoSideEffects;
+        let http1 = parts.version < http::Version::HTTP_2;
+        let mut body = Some(body);
         let call = match parts.method {
-            Method::POST => self.post(parts, body, kind, peer),
+            Method::POST => self.post(parts, &mut body, kind, peer),
             Method::GET if get_allowed => self.get(parts, peer),
             ref other => {
                 // P2, G5: only POST, and GET for side-effect-free unary methods.
+                // No Connect error body (connect-go sends none): a client reads the bare 405
+                // as `unknown`, as the conformance suite expects.
                 let allow = if get_allowed { "GET, POST" } else { "POST" };
-                let mut response = error_response_with_status(
-                    &Error::unimplemented(format!(
-                        "HTTP method {other} is not allowed for {}; allowed: {allow}",
-                        route.method.path
-                    )),
-                    StatusCode::METHOD_NOT_ALLOWED,
-                );
+                tracing::debug!(method = %other, procedure = route.method.path, "refused: HTTP method not allowed");
+                let mut response = http::Response::new(Body::empty());
+                *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
                 response
                     .headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
@@ -126,7 +126,14 @@ impl Router {
         };
         let mut call = match call {
             Ok(call) => call,
-            Err(rejection) => return rejection,
+            Err(rejection) => {
+                // An HTTP/1.1 client still writing its body would get a broken pipe if the
+                // answer closed the connection first: read a little of it.
+                if let (true, Some(body)) = (http1, body) {
+                    drain(body).await;
+                }
+                return rejection;
+            }
         };
         if !self.interceptors.is_empty() {
             let context = CallContext {
@@ -240,7 +247,7 @@ impl Router {
     fn post(
         &self,
         parts: http::request::Parts,
-        body: RecvBody,
+        body: &mut Option<RecvBody>,
         kind: StreamKind,
         peer: &crate::request::Peer,
     ) -> Result<Call, http::Response<Body>> {
@@ -307,7 +314,19 @@ impl Router {
         };
         Ok(Call {
             headers: parts.headers,
-            body: CallBody::Http(body),
+            body: CallBody::Http({
+                let body = body
+                    .take()
+                    .ok_or_else(|| error_response(&Error::internal("the request body is gone")))?;
+                // Over HTTP/1.1 a stream the handler stops reading early (a message over the
+                // limit, an error) is read on, so the client finishing its upload reads the
+                // answer instead of a broken pipe.
+                if streaming && parts.version < http::Version::HTTP_2 {
+                    RecvBody::Boxed(Box::pin(DrainOnDrop(Some(body))))
+                } else {
+                    body
+                }
+            }),
             codec,
             request_compression,
             response_compression,
@@ -392,6 +411,75 @@ fn connect_procedure(path: &str) -> &str {
         (Some(_), Some(start)) => &path[start..],
         _ => path,
     }
+}
+
+/// A request body that, dropped before its end, is read on in the background (at most
+/// 16 MiB, for at most 5 s) and thrown away.
+struct DrainOnDrop(Option<RecvBody>);
+
+impl http_body::Body for DrainOnDrop {
+    type Data = bytes::Bytes;
+    type Error = crate::body::RecvError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(body) = self.0.take() else { return };
+        if http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                use http_body_util::BodyExt as _;
+                let mut body = body;
+                let mut left: usize = 16 * 1024 * 1024;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    while left > 0 {
+                        match body.frame().await {
+                            Some(Ok(frame)) => {
+                                left = left
+                                    .saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
+                            }
+                            _ => return,
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    }
+}
+
+/// Reads and drops up to 64 KiB of a refused request's body, for at most 1 s.
+async fn drain(body: RecvBody) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut left: usize = 64 * 1024;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while left > 0 {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
+                }
+                _ => return,
+            }
+        }
+    })
+    .await;
 }
 
 /// P5: the deadline from `Connect-Timeout-Ms`, if any.

@@ -914,15 +914,14 @@ impl ServiceRegistry {
         );
         {
             let mut state = self.state();
-            let allowed = state
-                .allowed
-                .get(runtime_id)
-                .is_some_and(|types| types.contains(&request.service_type));
+            let allowed = state.allowed.get(runtime_id).is_some_and(|types| {
+                types.contains(&request.service_type) || types.contains(crate::handshake::ANY_TYPE)
+            });
             if !allowed {
                 return Err(Error::new(
                     Code::PermissionDenied,
                     format!(
-                        "plugin {runtime_id} not authorized to register service type {}: its join token does not admit it (in open mode: declare it in the handshake, client metadata \"{PROVIDES_KEY}\")",
+                        "plugin {runtime_id} not authorized to register service type {}: its join token does not admit it (in open mode: declare it in the handshake's client metadata \"{PROVIDES_KEY}\", or declare nothing)",
                         request.service_type
                     ),
                 ));
