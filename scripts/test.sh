@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the repository, as CI does. Installs what the tests need first:
-# the pinned Node packages (buf CLI, connect-node peers) from package-lock.json, the Go
+# the pinned Node packages (buf CLI, connect-node peers, TypeScript) from package-lock.json, the Go
 # programs (the official conformance runner, the connect-go peers) from the Go module proxy
 # as their go.sum files pin them, and Debian's dnsmasq.
 set -euo pipefail
@@ -14,6 +14,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   npm ci --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"
 fi
+
+# The TypeScript plugin of the polyglot test (tests/ts-plugin), with the pinned tsc.
+echo "==> tsc -p tests/ts-plugin (the TypeScript plugin)"
+npx --no-install tsc -p tests/ts-plugin
 
 # dnsmasq: the real DNS server the discovery tests query (Debian's dnsmasq-base, the binary
 # alone, no system service).

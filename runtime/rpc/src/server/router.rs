@@ -451,8 +451,7 @@ impl Drop for DrainOnDrop {
                     while left > 0 {
                         match body.frame().await {
                             Some(Ok(frame)) => {
-                                left = left
-                                    .saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
+                                left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
                             }
                             _ => return,
                         }
