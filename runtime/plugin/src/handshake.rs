@@ -56,10 +56,12 @@ pub(crate) enum Reach {
     Own,
     /// A process this host is launching, whose address is not known yet: not routed to.
     Launching,
-    /// A process this host launched: only at `endpoint`, with its launch secret.
+    /// A process this host launched: only at `endpoint`, with its launch secret, over
+    /// HTTP/1.1 if it announced it answers nothing else.
     Launched {
         endpoint: String,
         secret: Option<http::HeaderValue>,
+        http1: bool,
     },
     /// At its own address or at these base URLs (the operator's list).
     Listed(Arc<[String]>),
@@ -125,6 +127,9 @@ const ADMITTED_KEPT: usize = 8;
 pub(crate) struct Admission {
     /// The service types its identity may provide.
     pub(crate) provides: Vec<String>,
+    /// Whether it may provide any type (open mode, and it declared none, as
+    /// connect-plugin-go's plugins do not).
+    pub(crate) any_type: bool,
     /// Where its plugin may be reached.
     pub(crate) reach: Reach,
     /// The digest of the join token that admitted it (none in open mode without a token).
@@ -331,12 +336,14 @@ impl JoinPolicy {
         token: &str,
         endpoint: &str,
         secret: Option<http::HeaderValue>,
+        http1: bool,
     ) -> Option<Vec<String>> {
         let mut tokens = self.tokens();
         let grant = tokens.grants.get_mut(&digest(token))?;
         grant.reach = Reach::Launched {
             endpoint: endpoint.to_owned(),
             secret,
+            http1,
         };
         Some(grant.admitted.clone())
     }
@@ -402,6 +409,7 @@ impl JoinPolicy {
                     .is_none_or(|id| id == request.self_id)
             {
                 return Some(Admission {
+                    any_type: false,
                     provides: grant.provides.clone(),
                     reach: grant.reach.clone(),
                     token: Some(token),
@@ -420,6 +428,7 @@ impl JoinPolicy {
         {
             if certificate.is_valid_for_name(&request.self_id) {
                 return Some(Admission {
+                    any_type: false,
                     provides: provides.clone(),
                     reach: Reach::Own,
                     token: None,
@@ -432,12 +441,9 @@ impl JoinPolicy {
                 tracing::warn!(self_id = %request.self_id, "handshake with a client certificate that does not name the plugin");
             }
         }
+        let declared = request.client_metadata.get(PROVIDES_KEY);
         tokens.open.then(|| Admission {
-            // A plugin that declares nothing (connect-plugin-go's plugins do not) may register
-            // any type, as upstream allows; one that declares is held to its list.
-            provides: request
-                .client_metadata
-                .get(PROVIDES_KEY)
+            provides: declared
                 .map(|list| {
                     list.split(',')
                         .map(str::trim)
@@ -445,7 +451,10 @@ impl JoinPolicy {
                         .map(str::to_owned)
                         .collect()
                 })
-                .unwrap_or_else(|| vec![ANY_TYPE.to_owned()]),
+                .unwrap_or_default(),
+            // A plugin that declares nothing (connect-plugin-go's plugins do not) may register
+            // any type, as upstream allows; one that declares is held to its list.
+            any_type: declared.is_none(),
             reach: Reach::Own,
             token: None,
             certificate: false,
@@ -552,10 +561,6 @@ impl Drop for JoinTicket {
 fn digest(token: &str) -> String {
     crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
-
-/// What an open-mode admission holds for a plugin that declared no `provides`: any service
-/// type (never a valid type name itself).
-pub(crate) const ANY_TYPE: &str = "*";
 
 /// The client metadata key listing the service types a plugin provides, comma-separated
 /// (`"logger,cache"`); a host with a registry lets it register those.

@@ -220,13 +220,16 @@ impl ClientConfig {
         self
     }
 
-    /// Adjusts the channel: timeouts, codec, compression, TLS and the like.
+    /// Adjusts the channel: timeouts, codec, compression, TLS and the like. Adjustments add
+    /// up, in the order given (a config from [`crate::PluginProcess::client_config`] keeps
+    /// what the process needs, such as HTTP/1.1).
     #[must_use]
     pub fn channel(
         mut self,
         configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder + Send + 'static,
     ) -> Self {
-        self.channel = Box::new(configure);
+        let earlier = std::mem::replace(&mut self.channel, Box::new(|b| b));
+        self.channel = Box::new(move |b| configure(earlier(b)));
         self
     }
 }

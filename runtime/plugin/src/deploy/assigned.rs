@@ -40,6 +40,9 @@ pub struct AssignedIdentity {
     assignment: Arc<watch::Sender<Option<Assignment>>>,
     /// Accept an assignment though no launch secret guards this plugin.
     from_anyone: bool,
+    /// The host's URL when an assignment names none (connect-plugin-go's platform sends an
+    /// empty `host_url`): `HOST_URL`, read when this was made.
+    default_host: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for AssignedIdentity {
@@ -85,7 +88,17 @@ impl AssignedIdentity {
             info: Arc::new(info),
             assignment: Arc::new(watch::channel(None).0),
             from_anyone: false,
+            default_host: std::env::var("HOST_URL").ok().map(Arc::from),
         }
+    }
+
+    /// The host's URL to use when an assignment names none (default: `HOST_URL`, which
+    /// launching hosts set; connect-plugin-go's platform assigns identities with an empty
+    /// `host_url`).
+    #[must_use]
+    pub fn default_host_url(mut self, url: impl Into<String>) -> Self {
+        self.default_host = Some(Arc::from(url.into()));
+        self
     }
 
     /// Accepts `SetRuntimeIdentity` even when no host launched this plugin with a launch
@@ -158,7 +171,7 @@ impl wire::PluginIdentity for AssignedIdentity {
         // connect-plugin-go's platform sends no host_url: the plugin's host is then the one
         // in HOST_URL, which every launching host sets.
         let host_url = match request.host_url {
-            url if url.is_empty() => std::env::var("HOST_URL").map_err(|_| {
+            url if url.is_empty() => self.default_host.as_deref().map(str::to_owned).ok_or_else(|| {
                 Error::new(
                     Code::InvalidArgument,
                     "host_url is empty and HOST_URL is not set: the plugin cannot tell where its host is",
@@ -219,6 +232,23 @@ mod tests {
         assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
         assert!(err.message().contains("already has its runtime identity"));
         assert_eq!(plugin.assigned().await.identity.runtime_id, "first");
+
+        // connect-plugin-go's platform names no host: the plugin's own HOST_URL is its host.
+        let upstream = AssignedIdentity::new("logger-plugin", "1.0.0", &[], Vec::new())
+            .accept_from_anyone()
+            .default_host_url("http://127.0.0.1:7");
+        let mut empty = assign("go-assigned");
+        empty.message_mut().host_url.clear();
+        upstream.set_runtime_identity(empty).await.unwrap();
+        assert_eq!(upstream.assigned().await.host_url, "http://127.0.0.1:7");
+        let nowhere =
+            AssignedIdentity::new("logger-plugin", "1.0.0", &[], Vec::new()).accept_from_anyone();
+        let mut nowhere = nowhere;
+        nowhere.default_host = None;
+        let mut empty = assign("go-assigned");
+        empty.message_mut().host_url.clear();
+        let err = nowhere.set_runtime_identity(empty).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
         // Without a launch secret guarding it, and without the opt-in: refused.
         let unguarded = AssignedIdentity::new("logger-plugin", "1.0.0", &[], Vec::new());

@@ -101,6 +101,8 @@ impl HealthServer {
         self.state()
             .aliases
             .insert(alias.to_owned(), service.to_owned());
+        // Watchers of the alias see its status from now on.
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// Whether the whole server is `SERVING` (what `/readyz` reports).

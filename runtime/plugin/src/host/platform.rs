@@ -543,6 +543,7 @@ impl Shared {
             &identity.runtime_id,
             &process.endpoint(),
             process.launch_secret().cloned(),
+            process.http1_only(),
         )?;
         identity_client
             .set_runtime_identity(wire::SetRuntimeIdentityRequest {

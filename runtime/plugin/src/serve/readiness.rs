@@ -36,13 +36,15 @@ pub(crate) fn announce_ready(addr: SocketAddr) -> std::io::Result<()> {
     stdout.flush()
 }
 
-/// Parses a readiness line; `None` for any other line.
+/// Parses a readiness line; `None` for any other line. (It leaves out whether the plugin
+/// answers HTTP/1.1 only: [`parse_ready`] tells.)
 pub fn parse_ready_line(line: &str) -> Option<SocketAddr> {
     parse_ready(line).map(|(addr, _)| addr)
 }
 
-/// Parses a readiness line: the address, and whether the plugin answers HTTP/1.1 only.
-pub(crate) fn parse_ready(line: &str) -> Option<(SocketAddr, bool)> {
+/// Parses a readiness line: the address, and whether the plugin answers HTTP/1.1 only
+/// (`connect-http1`); `None` for any other line.
+pub fn parse_ready(line: &str) -> Option<(SocketAddr, bool)> {
     let rest = line.trim_end().strip_prefix(READY_PREFIX)?;
     let (addr, http1) = match rest.strip_suffix(READY_SUFFIX_HTTP1) {
         Some(addr) => (addr, true),

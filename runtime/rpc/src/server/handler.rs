@@ -300,7 +300,17 @@ fn stream_response(call: &Call, headers: &HeaderMap, body: Body) -> http::Respon
     out
 }
 
-/// A streaming response that carries only an error in its end-stream message. The error's
+/// A refusal of a streaming call before its handler runs (an interceptor's): the error, with
+/// all its metadata (a retry hint, say), in the end-stream message, where stream clients read
+/// an error's metadata.
+pub(crate) fn stream_refusal(call: &Call, error: &Error) -> http::Response<Body> {
+    let mut out = http::Response::new(Body::full(stream::end_stream_error(error)));
+    out.headers_mut()
+        .insert(CONTENT_TYPE, call.codec.stream_content_type());
+    out
+}
+
+/// A handler's error that ends a streaming call before any message. The error's
 /// metadata is split as for a unary error: names with the `trailer-` prefix go (without it)
 /// in the end-stream message's metadata, the others in the response headers.
 pub(crate) fn stream_error(call: &Call, error: &Error) -> http::Response<Body> {

@@ -105,7 +105,13 @@ impl Router {
         let kind = route.method.kind;
         let get_allowed =
             kind == StreamKind::Unary && route.method.idempotency == Idempotency::NoSideEffects;
-        let http1 = parts.version < http::Version::HTTP_2;
+        // An HTTP/1.1 body worth reading on after a refusal: not one the client waits to be
+        // asked for (`Expect: 100-continue`), nor one larger than the bound.
+        let http1 = parts.version < http::Version::HTTP_2
+            && !parts.headers.contains_key(http::header::EXPECT)
+            && http_body::Body::size_hint(&body)
+                .exact()
+                .is_none_or(|n| n <= DRAIN_REFUSED as u64);
         let mut body = Some(body);
         let call = match parts.method {
             Method::POST => self.post(parts, &mut body, kind, peer),
@@ -151,7 +157,7 @@ impl Router {
                 // message (metadata such as a retry hint included), a unary one with its
                 // code's status.
                 if kind.is_streaming() {
-                    return super::handler::stream_error(&call, &refused);
+                    return super::handler::stream_refusal(&call, &refused);
                 }
                 return error_response_with_status(
                     &refused,
@@ -414,7 +420,7 @@ fn connect_procedure(path: &str) -> &str {
 }
 
 /// A request body that, dropped before its end, is read on in the background (at most
-/// 16 MiB, for at most 5 s) and thrown away.
+/// [`DRAIN_DROPPED`], for at most 5 s) and thrown away.
 struct DrainOnDrop(Option<RecvBody>);
 
 impl http_body::Body for DrainOnDrop {
@@ -439,14 +445,17 @@ impl http_body::Body for DrainOnDrop {
 impl Drop for DrainOnDrop {
     fn drop(&mut self) {
         let Some(body) = self.0.take() else { return };
-        if http_body::Body::is_end_stream(&body) {
+        let too_much = http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n > DRAIN_DROPPED as u64);
+        if http_body::Body::is_end_stream(&body) || too_much {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 use http_body_util::BodyExt as _;
                 let mut body = body;
-                let mut left: usize = 16 * 1024 * 1024;
+                let mut left = DRAIN_DROPPED;
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
                     while left > 0 {
                         match body.frame().await {
@@ -463,11 +472,17 @@ impl Drop for DrainOnDrop {
     }
 }
 
-/// Reads and drops up to 64 KiB of a refused request's body, for at most 1 s.
+/// How much of a refused HTTP/1.1 request's body is read on.
+const DRAIN_REFUSED: usize = 64 * 1024;
+
+/// How much of a streaming HTTP/1.1 request's body is read on once its handler stopped.
+const DRAIN_DROPPED: usize = 16 * 1024 * 1024;
+
+/// Reads and drops up to [`DRAIN_REFUSED`] of a refused request's body, for at most 1 s.
 async fn drain(body: RecvBody) {
     use http_body_util::BodyExt as _;
     let mut body = body;
-    let mut left: usize = 64 * 1024;
+    let mut left = DRAIN_REFUSED;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         while left > 0 {
             match body.frame().await {

@@ -122,6 +122,8 @@ struct State {
     providers: HashMap<String, Vec<Provider>>,
     /// Service types each runtime id may register.
     allowed: HashMap<String, HashSet<String>>,
+    /// Runtime ids that may register any type (open mode, no types declared).
+    any_type: HashSet<String>,
     /// Where the host may reach each runtime id, when not simply at its own address.
     reach: HashMap<String, Reach>,
     /// The control token each runtime id gave the host in its handshake.
@@ -461,6 +463,9 @@ impl ServiceRegistry {
             .entry(runtime_id.to_owned())
             .or_default()
             .extend(admission.provides.iter().cloned());
+        if admission.any_type {
+            state.any_type.insert(runtime_id.to_owned());
+        }
         if let Some(token) = &admission.control_token {
             state.control.insert(runtime_id.to_owned(), token.clone());
         }
@@ -487,28 +492,31 @@ impl ServiceRegistry {
     pub fn launched(&self, join_token: &str, process: &crate::PluginProcess) -> Result<(), Error> {
         let endpoint = process.endpoint();
         let secret = process.launch_secret().cloned();
+        let http1 = process.http1_only();
         let ids = self
             .inner
             .join
-            .launched(join_token, &endpoint, secret.clone())
+            .launched(join_token, &endpoint, secret.clone(), http1)
             .ok_or_else(|| {
                 Error::not_found(
                     "no such join token: issue it with JoinPolicy::issue before launching the plugin",
                 )
             })?;
         for id in ids {
-            self.bind(&id, &endpoint, secret.clone())?;
+            self.bind(&id, &endpoint, secret.clone(), http1)?;
         }
         Ok(())
     }
 
     /// `runtime_id` is a process this host launched, listening at `endpoint` and answering
-    /// calls that carry `secret` (deployment model A, or see [`ServiceRegistry::launched`]).
+    /// calls that carry `secret`, over HTTP/1.1 only if `http1` (deployment model A, or see
+    /// [`ServiceRegistry::launched`]).
     pub(crate) fn bind(
         &self,
         runtime_id: &str,
         endpoint: &str,
         secret: Option<http::HeaderValue>,
+        http1: bool,
     ) -> Result<(), Error> {
         let origin = Origin::parse(endpoint)?;
         let mut types = Vec::new();
@@ -519,6 +527,7 @@ impl ServiceRegistry {
                 Reach::Launched {
                     endpoint: endpoint.to_owned(),
                     secret,
+                    http1,
                 },
             );
             for (service_type, providers) in &mut state.providers {
@@ -646,20 +655,22 @@ impl ServiceRegistry {
                 BASE_URL_KEY
             ))
         })?;
-        let secret = match state.reach.get(id) {
+        let (secret, launched_http1) = match state.reach.get(id) {
             Some(Reach::Launching) => {
                 return Err(Error::unavailable(format!(
                     "provider {id:?} of service {service_type:?} is still starting"
                 )));
             }
-            Some(Reach::Launched { secret, .. }) => secret.clone(),
-            _ => None,
+            Some(Reach::Launched { secret, http1, .. }) => (secret.clone(), *http1),
+            _ => (None, false),
         };
         Ok(RouteTarget {
             provider_id: id.to_owned(),
             base_url: base.clone(),
             secret,
-            http1: provider.metadata.get(HTTP_VERSION_KEY).map(String::as_str) == Some("1.1"),
+            // What a launched process announced, or what the registration says.
+            http1: launched_http1
+                || provider.metadata.get(HTTP_VERSION_KEY).map(String::as_str) == Some("1.1"),
         })
     }
 
@@ -689,7 +700,7 @@ impl ServiceRegistry {
         grace: std::time::Duration,
         reason: &str,
     ) -> Result<(), Error> {
-        let (base_url, token, secret) = {
+        let (base_url, token, secret, http1) = {
             let state = self.state();
             let base_url = state
                 .providers
@@ -710,11 +721,11 @@ impl ServiceRegistry {
                     ),
                 )
             })?;
-            let secret = match state.reach.get(runtime_id) {
-                Some(Reach::Launched { secret, .. }) => secret.clone(),
-                _ => None,
+            let (secret, http1) = match state.reach.get(runtime_id) {
+                Some(Reach::Launched { secret, http1, .. }) => (secret.clone(), *http1),
+                _ => (None, false),
             };
-            (base_url, token, secret)
+            (base_url, token, secret, http1)
         };
         if base_url.starts_with("http://")
             && Origin::parse(&base_url)
@@ -738,6 +749,9 @@ impl ServiceRegistry {
             && let Some(tls) = self.provider_tls()
         {
             builder = builder.tls(tls);
+        }
+        if http1 {
+            builder = builder.http_version(crate::rpc::HttpVersion::Http1);
         }
         let control = wire::PluginControlClient::new(builder.build()?);
         control
@@ -841,6 +855,7 @@ impl ServiceRegistry {
             }
             state.health.remove(runtime_id);
             state.allowed.remove(runtime_id);
+            state.any_type.remove(runtime_id);
             state.reach.remove(runtime_id);
             state.control.remove(runtime_id);
             state.last_seen.remove(runtime_id);
@@ -914,9 +929,11 @@ impl ServiceRegistry {
         );
         {
             let mut state = self.state();
-            let allowed = state.allowed.get(runtime_id).is_some_and(|types| {
-                types.contains(&request.service_type) || types.contains(crate::handshake::ANY_TYPE)
-            });
+            let allowed = state
+                .allowed
+                .get(runtime_id)
+                .is_some_and(|types| types.contains(&request.service_type))
+                || state.any_type.contains(runtime_id);
             if !allowed {
                 return Err(Error::new(
                     Code::PermissionDenied,
@@ -1372,11 +1389,11 @@ mod tests {
         // It listens at 7001: the registration pointing elsewhere goes, only 7001 is taken.
         let secret = http::HeaderValue::from_static("s3cret");
         let ids = policy
-            .launched(&token, "http://127.0.0.1:7001", Some(secret.clone()))
+            .launched(&token, "http://127.0.0.1:7001", Some(secret.clone()), false)
             .unwrap();
         for id in ids {
             registry
-                .bind(&id, "http://127.0.0.1:7001", Some(secret.clone()))
+                .bind(&id, "http://127.0.0.1:7001", Some(secret.clone()), false)
                 .unwrap();
         }
         assert!(registry.providers("cache").is_empty());
