@@ -292,15 +292,21 @@ impl std::fmt::Debug for StreamReply {
 impl Drop for StreamReply {
     fn drop(&mut self) {
         // Dropped before it became a stream (a wrapper gave up on it): no verdict.
-        if !self.watchers.is_empty() {
-            let gone = Error::new(
-                crate::Code::Canceled,
-                "the opened stream was dropped before it was read",
-            );
-            for watch in std::mem::take(&mut self.watchers) {
-                watch(Err(&gone));
-            }
-        }
+        tell_canceled(
+            &mut self.watchers,
+            "the opened stream was dropped before it was read",
+        );
+    }
+}
+
+/// Tells `watchers` (if any are left) that the stream was given up: `canceled`, no verdict.
+pub(crate) fn tell_canceled(watchers: &mut Vec<FirstOutcome>, why: &str) {
+    if watchers.is_empty() {
+        return;
+    }
+    let gone = Error::new(crate::Code::Canceled, why);
+    for watch in std::mem::take(watchers) {
+        watch(Err(&gone));
     }
 }
 

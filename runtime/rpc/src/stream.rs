@@ -474,15 +474,10 @@ impl<T: Message> Streaming<T> {
 
 impl<T> Drop for Streaming<T> {
     fn drop(&mut self) {
-        if !self.watchers.is_empty() {
-            let gone = Error::new(
-                Code::Canceled,
-                "the caller dropped the stream before its first message",
-            );
-            for watch in std::mem::take(&mut self.watchers) {
-                watch(Err(&gone));
-            }
-        }
+        crate::interceptor::tell_canceled(
+            &mut self.watchers,
+            "the caller dropped the stream before its first message",
+        );
     }
 }
 

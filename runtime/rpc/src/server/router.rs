@@ -136,7 +136,7 @@ impl Router {
                 // An HTTP/1.1 client still writing its body would get a broken pipe if the
                 // answer closed the connection first: read a little of it.
                 if let (true, Some(body)) = (http1, body) {
-                    drain(body).await;
+                    drain(body, DRAIN_REFUSED, std::time::Duration::from_secs(1)).await;
                 }
                 return rejection;
             }
@@ -452,22 +452,11 @@ impl Drop for DrainOnDrop {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                use http_body_util::BodyExt as _;
-                let mut body = body;
-                let mut left = DRAIN_DROPPED;
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                    while left > 0 {
-                        match body.frame().await {
-                            Some(Ok(frame)) => {
-                                left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len()));
-                            }
-                            _ => return,
-                        }
-                    }
-                })
-                .await;
-            });
+            runtime.spawn(drain(
+                body,
+                DRAIN_DROPPED,
+                std::time::Duration::from_secs(5),
+            ));
         }
     }
 }
@@ -478,12 +467,12 @@ const DRAIN_REFUSED: usize = 64 * 1024;
 /// How much of a streaming HTTP/1.1 request's body is read on once its handler stopped.
 const DRAIN_DROPPED: usize = 16 * 1024 * 1024;
 
-/// Reads and drops up to [`DRAIN_REFUSED`] of a refused request's body, for at most 1 s.
-async fn drain(body: RecvBody) {
+/// Reads and drops up to `budget` bytes of a request's body, for at most `time`.
+async fn drain(body: RecvBody, budget: usize, time: std::time::Duration) {
     use http_body_util::BodyExt as _;
     let mut body = body;
-    let mut left = DRAIN_REFUSED;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+    let mut left = budget;
+    let _ = tokio::time::timeout(time, async {
         while left > 0 {
             match body.frame().await {
                 Some(Ok(frame)) => {
