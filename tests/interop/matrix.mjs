@@ -35,6 +35,8 @@ for (const httpVersion of ["1.1", "2"]) {
       expect(echoed.text === "hi" && echoed.data.length === 2048 && echoed.data[300] === 300 % 251, `${ctx}: unary echo`);
       expect(echoed.echoedHeader === "ping", `${ctx}: request header seen by the server`);
       expect(headers.get("x-echo-response") === "yes", `${ctx}: response header`);
+      const sentAs = headers.get("x-request-encoding");
+      expect(sentAs === (gzip ? "gzip" : "identity"), `${ctx}: the request went out ${gzip ? "gzip" : "identity"}-encoded, the server saw ${sentAs}`);
       expect(trailers.get("x-trailer") === "done", `${ctx}: trailer`);
 
       // GET for NO_SIDE_EFFECTS.

@@ -38,6 +38,11 @@ async function respond(payload, ctx) {
     ]);
   }
   ctx.responseHeader.set("x-echo-response", "yes");
+  // How the request's messages came compressed, as seen on the wire.
+  ctx.responseHeader.set(
+    "x-request-encoding",
+    ctx.requestHeader.get("content-encoding") ?? ctx.requestHeader.get("connect-content-encoding") ?? "identity",
+  );
   ctx.responseTrailer.set("x-trailer", "done");
   return { ...payload, echoedHeader: ctx.requestHeader.get("x-echo") ?? "" };
 }

@@ -41,6 +41,15 @@ async fn respond(
     response
         .headers_mut()
         .insert("x-echo-response", HeaderValue::from_static("yes"));
+    // How the request's messages came compressed, as seen on the wire.
+    let encoding = headers
+        .get("content-encoding")
+        .or_else(|| headers.get("connect-content-encoding"))
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("identity"));
+    response
+        .headers_mut()
+        .insert("x-request-encoding", encoding);
     response
         .trailers_mut()
         .insert("x-trailer", HeaderValue::from_static("done"));

@@ -92,7 +92,11 @@ async fn a_nested_call_ends_at_the_callers_deadline() {
     let started = std::time::Instant::now();
     let err = client.unary(slow).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let seen = timeouts.lock().unwrap()[0].expect("the nested call carried Connect-Timeout-Ms");
     assert!(
         seen <= Duration::from_millis(300),

@@ -58,6 +58,11 @@ async fn client_matrix(url: &str, versions: &[HttpVersion]) -> usize {
                     "yes",
                     "{ctx}"
                 );
+                assert_eq!(
+                    echoed.headers().get("x-request-encoding").unwrap(),
+                    if gzip { "gzip" } else { "identity" },
+                    "{ctx}: how the request went out, as the server saw it"
+                );
                 assert_eq!(echoed.trailers().get("x-trailer").unwrap(), "done", "{ctx}");
                 assert!(
                     echoed

@@ -52,6 +52,15 @@ func respond(ctx context.Context, header http.Header, p *interopv1.Payload) (*co
 	out := &interopv1.Payload{Text: p.Text, Data: p.Data, Count: p.Count, EchoedHeader: header.Get("x-echo")}
 	res := connect.NewResponse(out)
 	res.Header().Set("x-echo-response", "yes")
+	// How the request's messages came compressed, as seen on the wire.
+	encoding := header.Get("Content-Encoding")
+	if encoding == "" {
+		encoding = header.Get("Connect-Content-Encoding")
+	}
+	if encoding == "" {
+		encoding = "identity"
+	}
+	res.Header().Set("x-request-encoding", encoding)
 	res.Trailer().Set("x-trailer", "done")
 	return res, nil
 }
@@ -174,6 +183,11 @@ func interopClient(url string) {
 				expect(res.Msg.Text == "hi" && bytes.Equal(res.Msg.Data, data(2048)), "%s: unary echo", what)
 				expect(res.Msg.EchoedHeader == "ping", "%s: request header seen by the server", what)
 				expect(res.Header().Get("x-echo-response") == "yes", "%s: response header", what)
+				want := "identity"
+				if gzip {
+					want = "gzip"
+				}
+				expect(res.Header().Get("x-request-encoding") == want, "%s: the request went out %s-encoded, the server saw %q", what, want, res.Header().Get("x-request-encoding"))
 				expect(res.Trailer().Get("x-trailer") == "done", "%s: trailer", what)
 
 				getClient := interopv1connect.NewInteropServiceClient(httpClient(h2c), url, append(opts, connect.WithHTTPGet())...)
