@@ -220,3 +220,21 @@ pub async fn answered_by(client: &InteropServiceClient) -> Result<String, Error>
         .await
         .map(|r| r.into_message().text)
 }
+
+/// Answers `unary` with its request after `delay`, telling `arrived` as each call comes in:
+/// for tests that must act while a call is in flight, without guessing with a sleep.
+#[derive(Debug, Clone)]
+pub struct SlowAnswer {
+    /// Notified as each call arrives.
+    pub arrived: std::sync::Arc<tokio::sync::Notify>,
+    /// How long each call takes.
+    pub delay: Duration,
+}
+
+impl InteropService for SlowAnswer {
+    async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
+        self.arrived.notify_one();
+        tokio::time::sleep(self.delay).await;
+        Ok(Response::new(request.into_message()))
+    }
+}

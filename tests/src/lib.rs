@@ -352,11 +352,9 @@ pub struct RestartableHost {
 }
 
 impl RestartableHost {
-    /// Serves `registry` on a free port.
+    /// Serves `registry` on a free port (one no other test is handed while it is free).
     pub async fn start(registry: &connect_plugin::ServiceRegistry) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = listen_on_a_stable_port().await;
         let addr = listener.local_addr().expect("local addr");
         let mut host = Self {
             addr,
@@ -483,4 +481,21 @@ pub async fn run_go_client(args: &[&str]) -> usize {
         .lines()
         .find_map(|l| l.strip_prefix("OK ")?.strip_suffix(" checks")?.parse().ok())
         .unwrap_or_else(|| panic!("go-peer {args:?} printed no OK line:\n{stdout}"))
+}
+
+/// A loopback listener on a port below the kernel's ephemeral range (Linux: 32768 and up),
+/// for a test that stops a server and starts another on the same address: no other test's
+/// `bind(":0")` can take the port while it is free. Ports are tried from a random start.
+pub async fn listen_on_a_stable_port() -> tokio::net::TcpListener {
+    use std::hash::BuildHasher as _;
+    let start = std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+        as usize
+        % 10_000;
+    for i in 0..10_000 {
+        let port = 20_000 + ((start + i) % 10_000) as u16;
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+    }
+    panic!("no free port between 20000 and 29999 on 127.0.0.1");
 }

@@ -260,7 +260,12 @@ async fn failover_moves_to_a_healthy_endpoint_and_back() {
     use connect_plugin::rpc::policy::Failover;
 
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (stop_a, a, task_a) = serve_named("a", any).await;
+    // A's port must stay free for A's return: one no other test is handed meanwhile.
+    let stable = connect_plugin_tests::listen_on_a_stable_port()
+        .await
+        .local_addr()
+        .unwrap();
+    let (stop_a, a, task_a) = serve_named("a", stable).await;
     let (_stop_b, b, _task_b) = serve_named("b", any).await;
     let channel = Failover::new(
         [(format!("http://{a}"), 10), (format!("http://{b}"), 1)],

@@ -28,10 +28,17 @@ fn payload(text: &str) -> Payload {
 
 /// Serves the interop service on `listener` until the returned sender fires (or drops).
 fn serve(listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    serve_with(listener, InteropServer)
+}
+
+fn serve_with(
+    listener: TcpListener,
+    service: impl connect_plugin_tests::interop::InteropService,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         Server::new()
-            .add_service(InteropServiceServer::new(InteropServer).into_service())
+            .add_service(InteropServiceServer::new(service).into_service())
             .shutdown_timeout(Duration::from_secs(2))
             .serve_with_shutdown(listener, async {
                 let _ = stopped.await;
@@ -69,7 +76,8 @@ async fn concurrent_calls_share_one_connection() {
 
 #[tokio::test]
 async fn a_channel_reconnects_after_the_server_comes_back() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A port no other test is handed while it is free between the two servers.
+    let listener = connect_plugin_tests::listen_on_a_stable_port().await;
     let addr = listener.local_addr().unwrap();
     let (stop, task) = serve(listener);
     let client = client(addr);
@@ -112,6 +120,7 @@ async fn more_concurrent_calls_than_the_server_allows_streams_wait_their_turn() 
             })
         })
         .collect();
+    let started = std::time::Instant::now();
     let all = async {
         for (i, call) in calls.into_iter().enumerate() {
             assert_eq!(call.await.unwrap().unwrap().text, i.to_string());
@@ -120,26 +129,37 @@ async fn more_concurrent_calls_than_the_server_allows_streams_wait_their_turn() 
     tokio::time::timeout(Duration::from_secs(20), all)
         .await
         .expect("300 calls of 100 ms over 200 streams finish well within 20 s");
+    // At most 200 ran at once: the other 100 waited for a stream, so the whole took two
+    // rounds of 100 ms at least (all at once would take one).
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200),
+        "no call waited: {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_draining_for_shutdown_finishes_the_open_call() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = connect_plugin_tests::listen_on_a_stable_port().await;
     let addr = listener.local_addr().unwrap();
-    let (stop, task) = serve(listener);
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (stop, task) = serve_with(
+        listener,
+        connect_plugin_tests::interop::SlowAnswer {
+            arrived: Arc::clone(&arrived),
+            delay: Duration::from_millis(300),
+        },
+    );
     let client = client(addr);
-    client.unary(payload("warm")).await.unwrap();
 
     // A slow call is in flight when the server starts its graceful shutdown (GOAWAY).
     let slow = tokio::spawn({
         let client = client.clone();
-        async move {
-            let mut slow = payload("slow");
-            slow.sleep_ms = 300;
-            client.unary(slow).await
-        }
+        async move { client.unary(payload("slow")).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("the slow call reaches the server");
     stop.send(()).unwrap();
     assert_eq!(
         slow.await.unwrap().unwrap().text,

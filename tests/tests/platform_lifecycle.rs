@@ -72,11 +72,22 @@ fn traffic(
 }
 
 /// Waits until `n` more rounds succeeded.
+/// Waits (at most 20 s, else fails saying so) until `n` more calls have succeeded.
 async fn rounds(ok: &AtomicUsize, n: usize) {
     let start = ok.load(Ordering::Relaxed);
-    while ok.load(Ordering::Relaxed) < start + n {
-        tokio::task::yield_now().await;
-    }
+    let more = async {
+        while ok.load(Ordering::Relaxed) < start + n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), more)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{n} more calls did not succeed within 20 s ({} did)",
+                ok.load(Ordering::Relaxed) - start
+            )
+        });
 }
 
 #[tokio::test]
@@ -192,18 +203,12 @@ async fn add_replace_under_traffic_and_remove() {
         }));
     }
     // Let traffic flow, replace, let it flow on the new version.
-    let before = ok.load(Ordering::Relaxed);
-    while ok.load(Ordering::Relaxed) < before + 50 {
-        tokio::task::yield_now().await;
-    }
+    rounds(&ok, 50).await;
     let new = platform
         .replace_plugin("cache-plugin", cache())
         .await
         .unwrap();
-    let switched = ok.load(Ordering::Relaxed);
-    while ok.load(Ordering::Relaxed) < switched + 50 {
-        tokio::task::yield_now().await;
-    }
+    rounds(&ok, 50).await;
     stop.store(true, Ordering::Relaxed);
     let mut errors = Vec::new();
     for worker in workers {

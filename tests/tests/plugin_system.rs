@@ -438,8 +438,15 @@ async fn shutdown_flips_readiness_drains_in_flight_calls_and_runs_cleanup() {
     let health = HealthServer::new();
     let cleaned = Arc::new(Mutex::new(false));
     let flag = Arc::clone(&cleaned);
+    let arrived = Arc::new(tokio::sync::Notify::new());
     let config = ServeConfig::new()
-        .service(InteropServiceServer::new(InteropServer).into_service())
+        .service(
+            InteropServiceServer::new(connect_plugin_tests::interop::SlowAnswer {
+                arrived: Arc::clone(&arrived),
+                delay: Duration::from_millis(300),
+            })
+            .into_service(),
+        )
         .health(health.clone())
         .cleanup(move || async move { *flag.lock().unwrap() = true });
     let (url, stop, task) = start(config).await;
@@ -452,15 +459,29 @@ async fn shutdown_flips_readiness_drains_in_flight_calls_and_runs_cleanup() {
             client
                 .unary(Payload {
                     text: "slow".into(),
-                    sleep_ms: 300,
                     ..Default::default()
                 })
                 .await
         }
     });
-    // Let the slow call reach the server, then stop.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("the slow call reaches the server");
+    assert!(health.is_ready());
     stop.send(()).unwrap();
+    // Readiness flips first: while the call is still in flight.
+    let flipped = async {
+        while health.is_ready() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), flipped)
+        .await
+        .expect("readiness flips once the stop is asked");
+    assert!(
+        !slow.is_finished(),
+        "readiness flipped while the call was still in flight"
+    );
     let done = slow
         .await
         .unwrap()

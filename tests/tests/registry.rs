@@ -296,7 +296,9 @@ async fn round_robin_really_alternates_between_providers() {
 
 #[tokio::test]
 async fn a_plugin_that_stops_heartbeating_expires_and_watchers_hear_it() {
-    let registry = connect_plugin_tests::open_registry_with_lease(Duration::from_millis(300));
+    // A 600 ms lease, heartbeats every 50 ms: a loaded machine may delay a heartbeat, not
+    // twelve of them.
+    let registry = connect_plugin_tests::open_registry_with_lease(Duration::from_millis(600));
     let url = host(&registry).await;
     let logger = std::sync::Arc::new(plugin(&url, "logger", &["logger"]));
     logger
@@ -326,8 +328,8 @@ async fn a_plugin_that_stops_heartbeating_expires_and_watchers_hear_it() {
         .into_message();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.state, ServiceState::Available as i32);
-    // Alive while it heartbeats, well past one lease.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Alive while it heartbeats, past two leases (the time passing is what is tested here).
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
     assert_eq!(
         registry.providers("logger").len(),
         1,
@@ -354,8 +356,8 @@ async fn a_self_registering_plugin_registers_again_when_its_host_restarts() {
     use connect_plugin::deploy::self_registration::{
         RegistrationConfig, RegistrationState, SelfRegistration,
     };
-    // Host A on some port.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Host A on some port (one no other test is handed while it is free).
+    let listener = connect_plugin_tests::listen_on_a_stable_port().await;
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");
     let first = connect_plugin_tests::open_registry();
