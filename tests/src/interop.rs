@@ -221,20 +221,20 @@ pub async fn answered_by(client: &InteropServiceClient) -> Result<String, Error>
         .map(|r| r.into_message().text)
 }
 
-/// Answers `unary` with its request after `delay`, telling `arrived` as each call comes in:
-/// for tests that must act while a call is in flight, without guessing with a sleep.
-#[derive(Debug, Clone)]
+/// Answers `unary` with its request after the payload's `sleep_ms`, telling `arrived` as each
+/// call comes in: for tests that must act while a call is in flight, without guessing with a
+/// sleep.
+#[derive(Debug, Clone, Default)]
 pub struct SlowAnswer {
     /// Notified as each call arrives.
     pub arrived: std::sync::Arc<tokio::sync::Notify>,
-    /// How long each call takes.
-    pub delay: Duration,
 }
 
 impl InteropService for SlowAnswer {
     async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Error> {
         self.arrived.notify_one();
-        tokio::time::sleep(self.delay).await;
-        Ok(Response::new(request.into_message()))
+        let payload = request.into_message();
+        tokio::time::sleep(Duration::from_millis(payload.sleep_ms.max(0) as u64)).await;
+        Ok(Response::new(payload))
     }
 }

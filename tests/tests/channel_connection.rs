@@ -147,7 +147,6 @@ async fn a_server_draining_for_shutdown_finishes_the_open_call() {
         listener,
         connect_plugin_tests::interop::SlowAnswer {
             arrived: Arc::clone(&arrived),
-            delay: Duration::from_millis(300),
         },
     );
     let client = client(addr);
@@ -155,7 +154,11 @@ async fn a_server_draining_for_shutdown_finishes_the_open_call() {
     // A slow call is in flight when the server starts its graceful shutdown (GOAWAY).
     let slow = tokio::spawn({
         let client = client.clone();
-        async move { client.unary(payload("slow")).await }
+        async move {
+            let mut slow = payload("slow");
+            slow.sleep_ms = 300;
+            client.unary(slow).await
+        }
     });
     tokio::time::timeout(Duration::from_secs(5), arrived.notified())
         .await
@@ -348,7 +351,13 @@ async fn freezable_forwarder(
 async fn a_connection_that_goes_silent_is_given_up_by_its_pings() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = listener.local_addr().unwrap();
-    let (_stop, _task) = serve(listener);
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (_stop, _task) = serve_with(
+        listener,
+        connect_plugin_tests::interop::SlowAnswer {
+            arrived: Arc::clone(&arrived),
+        },
+    );
     let (front, switches) = freezable_forwarder(server).await;
     let channel = Channel::builder(format!("http://{front}"))
         .keep_alive(Duration::from_millis(200), Duration::from_millis(300))
@@ -356,6 +365,7 @@ async fn a_connection_that_goes_silent_is_given_up_by_its_pings() {
         .unwrap();
     let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
     assert_eq!(client.unary(payload("warm")).await.unwrap().text, "warm");
+    arrived.notified().await;
 
     // A long call is under way when the connection goes silent.
     let long = tokio::spawn({
@@ -366,7 +376,9 @@ async fn a_connection_that_goes_silent_is_given_up_by_its_pings() {
             client.unary(slow).await
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("the long call reaches the server");
     for frozen in switches.lock().unwrap().iter() {
         frozen.store(true, Ordering::SeqCst);
     }

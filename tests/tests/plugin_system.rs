@@ -17,9 +17,7 @@ use connect_plugin::{
     CapabilityBroker, Client, ClientConfig, Code, Error, HealthServer, Request, Response,
     ServeConfig, host::broker::CapabilityDefinition,
 };
-use connect_plugin_tests::interop::{
-    InteropServer, InteropServicePlugin, InteropServiceServer, Payload,
-};
+use connect_plugin_tests::interop::{InteropServicePlugin, InteropServiceServer, Payload};
 use connect_plugin_tests::raw_http1;
 use kv::MemoryStore;
 use kv::v1::{GetRequest, KvServicePlugin, PutRequest};
@@ -443,7 +441,6 @@ async fn shutdown_flips_readiness_drains_in_flight_calls_and_runs_cleanup() {
         .service(
             InteropServiceServer::new(connect_plugin_tests::interop::SlowAnswer {
                 arrived: Arc::clone(&arrived),
-                delay: Duration::from_millis(300),
             })
             .into_service(),
         )
@@ -459,6 +456,7 @@ async fn shutdown_flips_readiness_drains_in_flight_calls_and_runs_cleanup() {
             client
                 .unary(Payload {
                     text: "slow".into(),
+                    sleep_ms: 300,
                     ..Default::default()
                 })
                 .await
