@@ -266,9 +266,19 @@ async fn s3_compressed_messages_each_carry_the_flag() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connect-content-encoding"), Some("gzip"));
-    // Two data messages (compressed: flag 0x01 since the server compresses from 0 bytes),
-    // then the end-stream message.
-    assert_eq!(r.body[0], 1);
+    // Two data messages, each compressed (flag 0x01: the server compresses from 0 bytes),
+    // then the end-stream message (0x02, compressed too: 0x03).
+    let mut flags = Vec::new();
+    let mut rest = &r.body[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        flags.push(rest[0]);
+        rest = &rest[5 + len..];
+    }
+    assert!(rest.is_empty(), "whole envelopes only");
+    assert_eq!(flags.len(), 3, "{flags:?}");
+    assert_eq!(&flags[..2], [1, 1], "every data message carries the flag");
+    assert_eq!(flags[2] & 2, 2, "then the end-stream message");
 }
 
 #[tokio::test]
@@ -330,6 +340,286 @@ fn base64_url(data: &[u8]) -> String {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn p1_an_unknown_or_miscased_path_is_404_and_clients_read_unimplemented() {
+    let r = post("/interop.v1.InteropService/unary", &[PROTO], &payload("x")).await;
+    assert_eq!(r.status, 404, "paths are case-sensitive");
+    let r = post("/interop.v1.Nope/Unary", &[PROTO], &payload("x")).await;
+    assert_eq!(r.status, 404);
+    // Our client behind a routing prefix the server does not serve: unimplemented.
+    let url = format!("{}/some/prefix", serve_interop().await);
+    let err = client_for(url)
+        .await
+        .unary(Payload::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err}");
+}
+
+#[tokio::test]
+async fn p3_binary_metadata_is_base64_padded_or_not_and_connect_names_are_reserved() {
+    use connect_plugin::rpc::metadata::{get_binary, insert_binary};
+    let mut headers = http::HeaderMap::new();
+    insert_binary(&mut headers, "x-data-bin", b"\x00\xffab").unwrap();
+    // Sent unpadded; read padded or not.
+    assert_eq!(headers.get("x-data-bin").unwrap(), "AP9hYg");
+    headers.insert("x-padded-bin", http::HeaderValue::from_static("AP9hYg=="));
+    for key in ["x-data-bin", "x-padded-bin"] {
+        assert_eq!(get_binary(&headers, key).unwrap().unwrap(), b"\x00\xffab");
+    }
+    assert!(insert_binary(&mut headers, "x-not-binary", b"a").is_err());
+    // A caller's connect-* metadata never reaches the wire as such: the server sees only its own.
+    let url = serve_interop().await;
+    let client = client_for(url).await;
+    let mut request = connect_plugin::Request::new(Payload::default());
+    request.metadata_mut().insert(
+        "connect-protocol-version",
+        http::HeaderValue::from_static("7"),
+    );
+    request
+        .metadata_mut()
+        .insert("x-echo", http::HeaderValue::from_static("kept"));
+    let echoed = client
+        .unary(request)
+        .await
+        .expect("not a version-7 request");
+    assert_eq!(echoed.echoed_header, "kept");
+}
+
+#[tokio::test]
+async fn p4_the_protocol_version_may_be_absent_and_clients_send_it() {
+    // Absent: accepted (a server may reject it; ours does not).
+    let r = post(UNARY, &[PROTO], &payload("v")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Our client sends it on POST.
+    let seen = header_seen_by_a_fake_server("connect-protocol-version").await;
+    assert_eq!(seen.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn u1_a_unary_body_is_the_bare_message() {
+    let r = post(UNARY, &[PROTO], &payload("bare")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/proto"));
+    let answer = Payload::decode(&r.body[..]).expect("no envelope around the message");
+    assert_eq!(answer.text, "bare");
+}
+
+#[tokio::test]
+async fn u2_s1_an_unsupported_content_type_is_415_listing_the_supported() {
+    let r = post(UNARY, &[("content-type", "application/xml")], b"<x/>").await;
+    assert_eq!(r.status, 415);
+    assert_eq!(
+        r.header("accept-post"),
+        Some("application/proto, application/json")
+    );
+    let r = post(SERVER_STREAM, &[("content-type", "application/proto")], b"").await;
+    assert_eq!(r.status, 415, "a stream needs application/connect+...");
+    assert_eq!(
+        r.header("accept-post"),
+        Some("application/connect+proto, application/connect+json")
+    );
+}
+
+#[tokio::test]
+async fn u6_errors_are_json_with_the_codes_status() {
+    let failing = Payload {
+        fail_code: "not_found".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let r = post(UNARY, &[PROTO], &failing).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["code"], "not_found");
+    // A compressed error body is read by our client (U6: it may be compressed).
+    let err = unary_error(|| {
+        let mut r = reply(
+            404,
+            "application/json",
+            gzip(br#"{"code":"not_found","message":"zipped"}"#),
+        );
+        r.headers_mut()
+            .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+        r
+    })
+    .await;
+    assert_eq!((err.code(), err.message()), (Code::NotFound, "zipped"));
+}
+
+#[tokio::test]
+async fn u7_unary_trailers_are_trailer_prefixed_headers_on_errors_too() {
+    // The interop server sets `x-trailer: done` on success; the trailer- prefix is on the wire.
+    let r = post(UNARY, &[PROTO], &payload("t")).await;
+    assert_eq!(r.header("trailer-x-trailer"), Some("done"));
+    // Our client strips it: users see a trailer named x-trailer.
+    let response = client_for(serve_interop().await)
+        .await
+        .unary(Payload::default())
+        .await
+        .unwrap();
+    assert_eq!(response.trailers().get("x-trailer").unwrap(), "done");
+    assert!(response.headers().get("trailer-x-trailer").is_none());
+}
+
+#[tokio::test]
+async fn g2_get_accepts_percent_encoded_json_without_base64() {
+    let addr = server().await;
+    let query =
+        "/interop.v1.InteropService/Lookup?encoding=json&message=%7B%22text%22%3A%22plain%22%7D";
+    let r = raw_http1(addr, "GET", query, &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("plain"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn g4_get_without_compression_is_identity_and_the_response_follows_accept_encoding() {
+    let addr = server().await;
+    let message = base64_url(&payload("g4"));
+    let path = format!("{LOOKUP}?encoding=proto&base64=1&message={message}");
+    let r = raw_http1(addr, "GET", &path, &[("accept-encoding", "gzip")], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = if r.header("content-encoding") == Some("gzip") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut out)
+            .unwrap();
+        out
+    } else {
+        r.body.clone()
+    };
+    assert_eq!(Payload::decode(&body[..]).unwrap().text, "g4");
+}
+
+#[tokio::test]
+async fn g6_a_get_too_long_for_a_url_goes_as_post() {
+    // 20 KiB of message: past what a GET URL should carry.
+    let big = Payload {
+        text: "long".into(),
+        data: vec![7u8; 20 * 1024].into(),
+        ..Default::default()
+    };
+    let seen = method_seen_by_a_fake_server(big).await;
+    assert_eq!(seen, "POST");
+    let seen = method_seen_by_a_fake_server(Payload::default()).await;
+    assert_eq!(seen, "GET", "a small side-effect-free call still uses GET");
+}
+
+#[tokio::test]
+async fn s10_bidi_is_half_duplex_over_http1() {
+    let channel = Channel::builder(serve_interop().await)
+        .http_version(HttpVersion::Http1)
+        .build()
+        .unwrap();
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
+    let requests = MessageStream::from_iter(["a", "b"].map(|t| Payload {
+        text: t.into(),
+        ..Default::default()
+    }));
+    let mut replies = client.bidi(requests).await.unwrap().into_message();
+    let mut texts = Vec::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        texts.push(reply.text);
+    }
+    assert_eq!(texts, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn e1_e2_e3_error_json_codes_and_details_on_the_wire() {
+    let failing = Payload {
+        text: "detail".into(),
+        fail_code: "failed_precondition".into(),
+        ..Default::default()
+    };
+    let r = post(UNARY, &[PROTO], &failing.encode_to_vec()).await;
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    // E1: code and message; E3: the snake_case name.
+    assert_eq!(body["code"], "failed_precondition");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed_precondition")
+    );
+    // E2: the detail's type without a type URL prefix, its value unpadded standard base64.
+    let detail = &body["details"][0];
+    assert_eq!(detail["type"], "interop.v1.Payload");
+    let value = detail["value"].as_str().unwrap();
+    assert!(!value.ends_with('='), "unpadded: {value}");
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(value)
+        .unwrap();
+    assert_eq!(Payload::decode(&bytes[..]).unwrap().text, "detail");
+    // E3: every code's wire name, both ways.
+    for code in Code::ALL {
+        let name = code.as_str();
+        assert!(
+            name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{name}"
+        );
+    }
+    assert_eq!(Code::Canceled.as_str(), "canceled");
+    assert_eq!(Code::ALL.len(), 16);
+}
+
+/// The value of `name` in the request our client sends (to a server that records it).
+async fn header_seen_by_a_fake_server(name: &'static str) -> Option<String> {
+    let (url, seen) = recording_server().await;
+    let _ = client_for(url).await.unary(Payload::default()).await;
+    let seen = seen.lock().unwrap().clone();
+    seen.and_then(|(_, headers)| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    })
+}
+
+/// The HTTP method our client uses for `lookup` (side-effect free) with GET enabled.
+async fn method_seen_by_a_fake_server(payload: Payload) -> String {
+    let (url, seen) = recording_server().await;
+    let channel = Channel::builder(url)
+        .http_version(HttpVersion::Http1)
+        .use_get(true)
+        .build()
+        .unwrap();
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
+    let _ = client.lookup(payload).await;
+    let seen = seen.lock().unwrap().clone();
+    seen.map(|(method, _)| method).unwrap_or_default()
+}
+
+type Recorded = std::sync::Arc<std::sync::Mutex<Option<(String, http::HeaderMap)>>>;
+
+/// An HTTP/1.1 server recording the first request's method and headers (and answering 404).
+async fn recording_server() -> (String, Recorded) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Recorded::default();
+    let record = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = std::sync::Arc::clone(&record);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    record
+                        .lock()
+                        .unwrap()
+                        .get_or_insert_with(|| (req.method().to_string(), req.headers().clone()));
+                    async {
+                        Ok::<_, std::convert::Infallible>(reply(404, "text/plain", Vec::new()))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
 }
 
 // ---- The client against a misbehaving server ----
@@ -539,4 +829,74 @@ async fn s9_client_stream_with_zero_or_several_responses_is_unimplemented() {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented, "{err}");
     }
+}
+
+#[tokio::test]
+async fn c6_a_304_is_a_not_modified_error_with_the_headers() {
+    let err = unary_error(|| {
+        http::Response::builder()
+            .status(304)
+            .header("etag", "\"v1\"")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(err.code(), Code::Unknown, "{err}");
+    assert!(err.message().contains("not modified"), "{err}");
+    assert_eq!(err.metadata().get("etag").unwrap(), "\"v1\"");
+}
+
+#[tokio::test]
+async fn c7_an_empty_body_is_not_decompressed_and_trailers_are_split_first() {
+    let client = client_for(
+        fake_server(|| {
+            let mut r = reply(200, "application/proto", Vec::new());
+            r.headers_mut()
+                .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+            r.headers_mut()
+                .insert("trailer-x-done", http::HeaderValue::from_static("yes"));
+            r
+        })
+        .await,
+    )
+    .await;
+    let response = client
+        .unary(Payload::default())
+        .await
+        .expect("an empty gzip body is the empty message, not a decompression error");
+    assert_eq!(response.message().text, "");
+    assert_eq!(response.trailers().get("x-done").unwrap(), "yes");
+}
+
+/// The rule IDs of the Connect protocol summary this project follows (P1-P5, U1-U9, G1-G6,
+/// S1-S10, E1-E3, C1-C7): each has a test in this file (or the golden tests) named after it.
+#[test]
+fn every_rule_has_a_test_named_after_it() {
+    let sources = [include_str!("protocol_rules.rs"), include_str!("golden.rs")].concat();
+    let ids = (1..=5)
+        .map(|n| format!("p{n}"))
+        .chain((1..=9).map(|n| format!("u{n}")))
+        .chain((1..=6).map(|n| format!("g{n}")))
+        .chain((1..=10).map(|n| format!("s{n}")))
+        .chain((1..=3).map(|n| format!("e{n}")))
+        .chain((1..=7).map(|n| format!("c{n}")));
+    let named = |id: &str| {
+        sources.lines().any(|line| {
+            line.trim_start()
+                .strip_prefix("async fn ")
+                .or_else(|| line.trim_start().strip_prefix("fn "))
+                .is_some_and(|name| {
+                    name.split('(')
+                        .next()
+                        .unwrap_or("")
+                        .split('_')
+                        .any(|w| w == id)
+                })
+        })
+    };
+    let missing: Vec<String> = ids.filter(|id| !named(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "rules without a test named after them: {missing:?}"
+    );
 }

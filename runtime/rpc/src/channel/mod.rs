@@ -46,6 +46,10 @@ use crate::{Code, Error, Request, Response};
 
 type TlsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// The longest query string a GET call carries (rule G6; connect-go's default URL limit is
+/// 8 KiB); a longer message goes as POST.
+const MAX_GET_QUERY_BYTES: usize = 8 * 1024;
+
 /// A streaming call's request body as the typed call methods build it.
 enum OutgoingStream {
     /// A server-streaming call's one message, enveloped.
@@ -628,8 +632,11 @@ impl Channel {
             None => message,
         };
         let use_get = inner.use_get && method.idempotency == Idempotency::NoSideEffects;
-        let mut http_request = if use_get {
-            let query = get::build_query(inner.codec, compression, &body);
+        // G6: a message too long for a URL goes as POST.
+        let query = use_get
+            .then(|| get::build_query(inner.codec, compression, &body))
+            .filter(|query| query.len() <= MAX_GET_QUERY_BYTES);
+        let mut http_request = if let Some(query) = query {
             let mut request =
                 self.http_request(method, Some(&query), None, metadata, timeout, Body::empty())?;
             *request.method_mut() = Method::GET;
@@ -1165,6 +1172,15 @@ async fn error_from_response(
         },
         _ => None,
     };
+    // C6: a GET's 304 is "not modified", with the headers (an ETag) it came with.
+    if status == StatusCode::NOT_MODIFIED {
+        let mut error = Error::new(
+            Code::Unknown,
+            format!("not modified: HTTP 304 from {}", inner.base_url),
+        );
+        error.metadata_mut().extend(headers);
+        return error;
+    }
     let mut error = parsed.unwrap_or_else(|| {
         Error::new(
             status_code,
