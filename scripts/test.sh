@@ -56,5 +56,8 @@ fi
 echo "==> cargo doc: both runtime crates, broken links are errors"
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p connect-plugin-rpc -p connect-plugin
 
+echo "==> fuzz targets: build with coverage, smoke-run each (scripts/fuzz-smoke.sh)"
+bash scripts/fuzz-smoke.sh
+
 echo "==> cargo test --workspace"
 cargo test --workspace
