@@ -5,7 +5,7 @@
 //! To refresh the committed code after changing the generator, templates or protos, run:
 //!
 //! ```text
-//! CONNECT_PLUGIN_REGENERATE=1 cargo test -p protoc-gen-connect-plugin --test generated_code_is_fresh
+//! scripts/regenerate.sh
 //! ```
 //! (`buf generate` at the repository root produces the same files.)
 
@@ -130,22 +130,10 @@ fn tempdir() -> PathBuf {
 
 #[test]
 fn committed_generated_code_matches_the_generator() {
-    let regenerate = std::env::var_os("CONNECT_PLUGIN_REGENERATE").is_some();
     let mut stale = Vec::new();
     for (proto_root, out_dir, parameter) in targets() {
         let fresh = generate(&proto_root, parameter);
         assert!(!fresh.is_empty(), "no output for {}", proto_root.display());
-        if regenerate {
-            if out_dir.exists() {
-                std::fs::remove_dir_all(&out_dir).unwrap();
-            }
-            for (rel, content) in &fresh {
-                let path = out_dir.join(rel);
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(path, content).unwrap();
-            }
-            continue;
-        }
         let committed = read_tree(&out_dir);
         for (rel, content) in &fresh {
             if committed.get(rel) != Some(content) {
@@ -160,6 +148,24 @@ fn committed_generated_code_matches_the_generator() {
     }
     assert!(
         stale.is_empty(),
-        "committed generated code is stale: {stale:#?}\nrefresh it with: CONNECT_PLUGIN_REGENERATE=1 cargo test -p protoc-gen-connect-plugin --test generated_code_is_fresh"
+        "committed generated code is stale: {stale:#?}\nrefresh it with: scripts/regenerate.sh"
     );
+}
+
+/// Not a test: rewrites the committed generated code (`scripts/regenerate.sh` runs it).
+#[test]
+#[ignore = "writes the committed generated code: run through scripts/regenerate.sh"]
+fn regenerate_committed_code() {
+    for (proto_root, out_dir, parameter) in targets() {
+        let fresh = generate(&proto_root, parameter);
+        assert!(!fresh.is_empty(), "no output for {}", proto_root.display());
+        if out_dir.exists() {
+            std::fs::remove_dir_all(&out_dir).unwrap();
+        }
+        for (rel, content) in &fresh {
+            let path = out_dir.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+    }
 }

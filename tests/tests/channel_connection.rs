@@ -402,3 +402,76 @@ fn keep_alive_must_be_above_zero() {
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("keep_alive"), "{error}");
 }
+
+#[tokio::test]
+async fn the_clients_message_limit_refuses_a_larger_response() {
+    let url = connect_plugin_tests::interop::serve_interop().await;
+    let channel = Channel::builder(url)
+        .max_message_size(1024)
+        .build()
+        .unwrap();
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
+    let mut small = payload("small");
+    small.data = vec![1u8; 512].into();
+    client.unary(small).await.expect("under the limit");
+    // The request is not limited by the client's receive limit; the 2 KiB echo is.
+    let mut big = payload("big");
+    big.data = vec![1u8; 2048].into();
+    let err = client.unary(big).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+}
+
+#[tokio::test]
+async fn a_servers_own_message_limit_refuses_a_larger_request() {
+    let url =
+        connect_plugin_tests::interop::serve_interop_with(Server::new().max_message_size(1024))
+            .await;
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&Channel::new(url).unwrap());
+    let mut big = payload("big");
+    big.data = vec![1u8; 2048].into();
+    let err = client.unary(big).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("1024"), "the limit is named: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_calls_reuse_pooled_connections_and_open_more_when_busy() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let (_stop, _task) = serve(listener);
+    let (front, accepted) = connect_plugin_tests::counting_forwarder(server).await;
+    let channel = Channel::builder(format!("http://{front}"))
+        .http_version(connect_plugin::rpc::HttpVersion::Http1)
+        .build()
+        .unwrap();
+    let client = connect_plugin::dispense::<InteropServicePlugin>(&channel);
+    for i in 0..10 {
+        client.unary(payload(&i.to_string())).await.unwrap();
+    }
+    // hyper's pool takes a connection back once its response is done, asynchronously: the
+    // call right after the first may still open a second one; the rest reuse them.
+    let sequential = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&sequential),
+        "one after another, the calls share pooled connections: {sequential} for 10 calls"
+    );
+    // Five at once: HTTP/1.1 carries one call per connection at a time.
+    let calls: Vec<_> = (0..5)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut slow = payload(&i.to_string());
+                slow.sleep_ms = 200;
+                client.unary(slow).await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let busy = accepted.load(Ordering::SeqCst);
+    assert!(
+        (5..=sequential + 5).contains(&busy),
+        "five calls at once need five connections (pooled ones reused): {busy}"
+    );
+}

@@ -399,6 +399,24 @@ async fn capability_broker_grants_and_refuses_misuse() {
         log_via(&grant, "after revoke").await.unwrap_err().code(),
         Code::Unauthenticated
     );
+
+    // A plugin that goes loses every grant it holds at once (revoke_runtime), and only its.
+    let first = plugin_a.request_capability("logger", "").await.unwrap();
+    let second = plugin_a.request_capability("logger", "").await.unwrap();
+    let of_b = plugin_b.request_capability("logger", "").await.unwrap();
+    // Grants of a made above and not revoked: the one grant_token took.
+    assert_eq!(broker.revoke_runtime(&a_id), 3, "a's three live grants");
+    for grant in [&first, &second] {
+        assert_eq!(
+            log_via(grant, "after revoke_runtime")
+                .await
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+    }
+    log_via(&of_b, "b's grant still works").await.unwrap();
+    assert_eq!(broker.revoke_runtime(&a_id), 0);
 }
 
 /// A fresh grant's id and bearer token, as the plugin that asked for it holds them.

@@ -463,6 +463,18 @@ fn send_frame(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_keep_alive_pings_every_30_s_and_waits_20_s() {
+        let keep_alive = super::KeepAlive::default();
+        assert_eq!(
+            (keep_alive.interval, keep_alive.timeout),
+            (
+                std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs(20)
+            )
+        );
+    }
+
     use super::*;
 
     #[test]
