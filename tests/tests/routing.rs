@@ -462,6 +462,27 @@ async fn a_routed_call_to_a_stopped_provider_ends_at_the_callers_deadline() {
         assert!(status.success());
     };
     signal("-STOP");
+    // kill returns once the signal is sent; wait until every thread has stopped (state T),
+    // or a loaded machine lets the provider answer one more call.
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().all(|task| {
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|rest| rest.trim_start().starts_with('T'))
+                })
+            })
+        })
+    };
+    let stopped = async {
+        while !all_stopped() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the provider stops within 5 s of SIGSTOP");
     // A raw caller that sends Connect-Timeout-Ms and then simply waits: what it sees is the
     // host's doing (our own client would give up by itself at the deadline).
     let timeout = Duration::from_millis(500);
